@@ -1,0 +1,1 @@
+"""The feedback store: generations, votes, rankings, adapters and exports in SQLite."""

@@ -1,0 +1,1 @@
+"""tunehub application layer: settings, CLI, app factory, OpenAI-compatible API, UI. The only package that knows HTTP."""

@@ -1,0 +1,1 @@
+"""Browser UI (Gradio Blocks) mounted at / of the hub."""

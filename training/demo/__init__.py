@@ -1,0 +1,1 @@
+"""The self-built demo model: synthetic chat corpus, tokenizer, chat template and pre-training."""
