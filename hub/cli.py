@@ -1,0 +1,168 @@
+"""The `tunehub` command line: serve the hub, build the demo model.
+
+tunehub serve [--model PATH_OR_HF_ID] [--host 127.0.0.1] [--port 7860] [--data-dir ./tunehub-data] ...
+tunehub demo-model [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .settings import Settings, SettingsError, quiet_environment
+
+log = logging.getLogger("tunehub")
+
+
+def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=description, unit="step", file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
+def resolve_model(settings: Settings) -> str:
+    """The model to serve: the given one, or the demo model (built on first run, then cached)."""
+    if settings.model:
+        return settings.model
+    from training.demo.build import ensure_demo_model
+
+    update, close = _progress_bar("building the demo model (first run only)")
+    try:
+        return str(ensure_demo_model(settings.data_dir, progress=update))
+    finally:
+        close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings(
+        model=args.model,
+        engine=args.engine,
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir),
+        quantize=args.quantize,
+        max_lora_rank=args.max_lora_rank,
+        max_batch_size=args.max_batch_size,
+        served_model_name=args.served_model_name,
+    )
+    if args.api_key:
+        settings.api_key = args.api_key
+    if args.admin_password:
+        settings.admin_password = args.admin_password
+    try:
+        settings.check()
+    except SettingsError as exc:
+        print(f"tunehub: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from serving.loader import load_local_engine
+
+    from .app import build_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    model = resolve_model(settings)
+    name = settings.served_model_name or (None if settings.model else "tunehub-demo")
+    engine = load_local_engine(
+        model,
+        model_name=name,
+        quantize=settings.quantize,
+        max_lora_rank=settings.max_lora_rank,
+        max_batch_size=settings.max_batch_size,
+    )
+    app = build_app(settings, engine)
+    print(
+        f"tunehub: serving {engine.model_name} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from training.demo.build import build_demo_model, ensure_demo_model
+
+    update, close = _progress_bar("building the demo model")
+    try:
+        if args.out:
+            path = build_demo_model(Path(args.out), progress=update)
+        else:
+            path = ensure_demo_model(Path(args.data_dir), progress=update)
+    finally:
+        close()
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunehub", description="Chat, rate, retrain and hot-swap LLM adapters."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the UI and the OpenAI-compatible API")
+    serve.add_argument("--model", help="local model directory or hub id (default: the self-built demo model)")
+    serve.add_argument(
+        "--engine", choices=["auto", "local"], default="auto", help="inference engine (auto: local)"
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (non-loopback needs --admin-password and --api-key)",
+    )
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument(
+        "--data-dir", default="./tunehub-data", help="models, adapters and the feedback database"
+    )
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (or TUNEHUB_API_KEY)")
+    serve.add_argument("--admin-password", help="password for admin actions (or TUNEHUB_ADMIN_PASSWORD)")
+    serve.add_argument(
+        "--quantize",
+        choices=["none", "8bit", "4bit"],
+        default="none",
+        help="load the base through bitsandbytes",
+    )
+    serve.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="rows decoded together")
+    serve.add_argument(
+        "--served-model-name", help="name of the base model on the API (default: its directory name)"
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo-model", help="build the demo model (cached in the data dir)")
+    demo.add_argument("--out", help="write it to this directory instead of the data dir's cache")
+    demo.add_argument("--data-dir", default="./tunehub-data")
+    demo.set_defaults(func=cmd_demo_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_environment()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Prometheus metrics of one hub instance (its own registry, so tests and apps never share counters)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+class Metrics:
+    def __init__(self, adapter_count: Callable[[], int] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tunehub_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "tunehub_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "tunehub_completion_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.latency = Histogram(
+            "tunehub_generation_seconds",
+            "Time from request to last token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tunehub_time_to_first_token_seconds",
+            "Time from request to first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tunehub_batch_size", "Rows in each decode step", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.adapters = Gauge("tunehub_loaded_adapters", "Adapters loaded in the engine", registry=r)
+        if adapter_count is not None:
+            self.adapters.set_function(adapter_count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,233 @@
+"""The service layer both the API routes and the UI call: generate (n choices), list models, manage adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from serving.engine import AdapterInfo, Delta, Engine, GenerationRequest
+
+from .metrics import Metrics
+
+
+@dataclass
+class Choice:
+    """One finished choice of a non-streamed request."""
+
+    index: int
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    created: int
+    parent: str | None = None  # the base model, for adapters
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+@dataclass
+class GenerationRecord:
+    """What was served, handed to the recorder (the feedback store) when a choice ends."""
+
+    response_id: str
+    choice: int
+    request: GenerationRequest
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    source: str
+    extra: dict = field(default_factory=dict)
+
+
+Recorder = Callable[[GenerationRecord], None]
+
+
+class ChatService:
+    def __init__(self, engine: Engine, metrics: Metrics, recorder: Recorder | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.recorder = recorder
+        self.started = int(time.time())
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
+
+    # ----- models --------------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelEntry]:
+        engine = self.engine
+        base = ModelEntry(
+            id=engine.model_name,
+            created=self.started,
+            root=getattr(engine, "model_path", None) or None,
+            max_model_len=engine.max_context,
+        )
+        return [base] + [
+            ModelEntry(
+                id=a.name,
+                created=int(a.loaded_at),
+                parent=engine.model_name,
+                root=str(a.path),
+                max_model_len=engine.max_context,
+            )
+            for a in engine.adapters()
+        ]
+
+    def adapter_for(self, model: str) -> str | None:
+        """The engine adapter a request's `model` names (None: the base). Unknown names fail in the engine."""
+        return None if model == self.engine.model_name else model
+
+    # ----- generation ----------------------------------------------------------------------------------
+
+    async def stream(
+        self, request: GenerationRequest, n: int = 1, *, response_id: str = "", source: str = "api"
+    ) -> AsyncIterator[tuple[int, Delta]]:
+        """Yield (choice index, delta) for n choices. Errors about the request raise before the first yield."""
+        started = time.perf_counter()
+        requests = [self._choice_request(request, i) for i in range(n)]
+        streams = [self.engine.generate(r) for r in requests]
+        try:
+            firsts = await asyncio.gather(*(s.__anext__() for s in streams))
+        except BaseException:
+            for s in streams:
+                await s.aclose()
+            raise
+        self.metrics.ttft.labels(self._label(request)).observe(time.perf_counter() - started)
+        trackers = [_ChoiceTracker(i, requests[i], started) for i in range(n)]
+        try:
+            if n == 1:
+                async for index, delta in _single(streams[0], firsts[0]):
+                    self._track(trackers[index], delta, response_id, source)
+                    yield index, delta
+            else:
+                async for index, delta in _merged(streams, firsts):
+                    self._track(trackers[index], delta, response_id, source)
+                    yield index, delta
+        finally:
+            for s in streams:
+                await s.aclose()
+
+    async def complete(
+        self, request: GenerationRequest, n: int = 1, *, response_id: str = "", source: str = "api"
+    ) -> list[Choice]:
+        choices = [Choice(index=i) for i in range(n)]
+        async for index, delta in self.stream(request, n, response_id=response_id, source=source):
+            choice = choices[index]
+            choice.text += delta.text
+            choice.prompt_tokens = delta.prompt_tokens
+            choice.completion_tokens = delta.completion_tokens
+            if delta.finish_reason:
+                choice.finish_reason = delta.finish_reason
+        return choices
+
+    def _choice_request(self, request: GenerationRequest, index: int) -> GenerationRequest:
+        seed = request.sampling.seed
+        if index == 0 or seed is None:
+            return request
+        return replace(request, sampling=replace(request.sampling, seed=seed + index))
+
+    def _label(self, request: GenerationRequest) -> str:
+        return request.adapter or self.engine.model_name
+
+    def _track(self, tracker: _ChoiceTracker, delta: Delta, response_id: str, source: str) -> None:
+        tracker.text.append(delta.text)
+        if tracker.ttft is None:
+            tracker.ttft = time.perf_counter() - tracker.started
+        if delta.finish_reason is None:
+            return
+        label = self._label(tracker.request)
+        latency = time.perf_counter() - tracker.started
+        self.metrics.latency.labels(label).observe(latency)
+        self.metrics.prompt_tokens.labels(label).inc(delta.prompt_tokens)
+        self.metrics.completion_tokens.labels(label).inc(delta.completion_tokens)
+        if self.recorder is not None:
+            self.recorder(
+                GenerationRecord(
+                    response_id=response_id,
+                    choice=tracker.index,
+                    request=tracker.request,
+                    text="".join(tracker.text),
+                    finish_reason=delta.finish_reason,
+                    prompt_tokens=delta.prompt_tokens,
+                    completion_tokens=delta.completion_tokens,
+                    latency_s=latency,
+                    ttft_s=tracker.ttft,
+                    source=source,
+                )
+            )
+
+    # ----- adapters ------------------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._adapter_locks.setdefault(name, asyncio.Lock())
+
+    async def load_adapter(self, name: str, path: Path) -> AdapterInfo:
+        async with self._lock(name):  # load/unload of one name are serialised
+            return await self.engine.load_adapter(name, Path(path))
+
+    async def unload_adapter(self, name: str) -> None:
+        async with self._lock(name):
+            await self.engine.unload_adapter(name)
+
+
+@dataclass
+class _ChoiceTracker:
+    index: int
+    request: GenerationRequest
+    started: float
+    ttft: float | None = None
+    text: list[str] = field(default_factory=list)
+
+
+async def _single(stream: AsyncIterator[Delta], first: Delta) -> AsyncIterator[tuple[int, Delta]]:
+    yield 0, first
+    if first.finish_reason is not None:
+        return
+    async for delta in stream:
+        yield 0, delta
+
+
+async def _merged(
+    streams: list[AsyncIterator[Delta]], firsts: list[Delta]
+) -> AsyncIterator[tuple[int, Delta]]:
+    """Interleave n streams as their deltas arrive."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[Delta]) -> None:
+        try:
+            async for delta in stream:
+                await queue.put((index, delta))
+        except Exception as exc:
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, None))
+
+    open_streams = 0
+    tasks = []
+    for index, first in enumerate(firsts):
+        yield index, first
+        if first.finish_reason is None:
+            open_streams += 1
+            tasks.append(asyncio.create_task(pump(index, streams[index])))
+    try:
+        while open_streams:
+            index, item = await queue.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,76 @@
+"""Settings of one hub process, from CLI flags and TUNEHUB_* environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QUIET_ENVIRONMENT = {
+    # nothing phones home: no analytics, no telemetry, no tokenizer fork warnings
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def quiet_environment() -> None:
+    for key, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+class SettingsError(ValueError):
+    """A setting that makes the hub refuse to start; the message says what to change."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Settings:
+    model: str | None = None  # a local directory or hub id; None: the self-built demo model
+    engine: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path = Path("./tunehub-data")
+    api_key: str | None = field(default_factory=lambda: os.environ.get("TUNEHUB_API_KEY") or None)
+    admin_password: str | None = field(
+        default_factory=lambda: os.environ.get("TUNEHUB_ADMIN_PASSWORD") or None
+    )
+    quantize: str = "none"
+    max_lora_rank: int = 64
+    max_batch_size: int = 32
+    served_model_name: str | None = None
+
+    def check(self) -> None:
+        if not is_loopback(self.host) and not (self.admin_password and self.api_key):
+            missing = " and ".join(
+                name
+                for name, value in (("--admin-password", self.admin_password), ("--api-key", self.api_key))
+                if not value
+            )
+            raise SettingsError(
+                f"refusing to listen on {self.host}: binding to anything but loopback needs {missing} "
+                "(or TUNEHUB_ADMIN_PASSWORD / TUNEHUB_API_KEY), so nobody else can use or change this hub"
+            )
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"--port {self.port} is not a TCP port (1-65535)")
+        if self.max_lora_rank < 1:
+            raise SettingsError(f"--max-lora-rank {self.max_lora_rank} must be at least 1")
+        if self.max_batch_size < 1:
+            raise SettingsError(f"--max-batch-size {self.max_batch_size} must be at least 1")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"

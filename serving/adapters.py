@@ -1,0 +1,164 @@
+"""Checks an adapter directory must pass before any engine loads it; a failed check changes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engine import BASE_ADAPTER
+from .errors import InvalidAdapter
+
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What the checks learned about an adapter directory."""
+
+    path: Path
+    peft_type: str
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    use_dora: bool
+    modules_to_save: list[str]
+
+
+def check_adapter_name(name: str, *, reserved: set[str] = frozenset()) -> None:
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or set(name) == {"."}:
+        raise InvalidAdapter(
+            f"adapter name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-'",
+            param="lora_name",
+        )
+    if name == BASE_ADAPTER or name in reserved:
+        raise InvalidAdapter(f"adapter name {name!r} is reserved for the base model", param="lora_name")
+
+
+def read_adapter_config(path: Path) -> dict:
+    if not path.is_dir():
+        raise InvalidAdapter(f"adapter path {str(path)!r} is not a directory", param="lora_path")
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise InvalidAdapter(f"adapter path {str(path)!r} has no adapter_config.json", param="lora_path")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidAdapter(f"{config_file} is not valid JSON: {exc}", param="lora_path") from exc
+    if not isinstance(config, dict):
+        raise InvalidAdapter(f"{config_file} must hold a JSON object", param="lora_path")
+    return config
+
+
+def _module_matches(target: str, module_names: list[str]) -> bool:
+    return any(name == target or name.endswith("." + target) for name in module_names)
+
+
+def inspect_adapter(path: Path) -> AdapterSpec:
+    """Read and sanity-check an adapter directory without knowing the model it will go on."""
+    path = Path(path)
+    config = read_adapter_config(path)
+    if not (path / WEIGHTS_FILE).is_file():
+        found = sorted(p.name for p in path.iterdir() if p.name.startswith("adapter_model"))
+        detail = f" (found {', '.join(found)}; only safetensors are loaded)" if found else ""
+        raise InvalidAdapter(f"adapter path {str(path)!r} has no {WEIGHTS_FILE}{detail}", param="lora_path")
+    targets = config.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    rank_values = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    return AdapterSpec(
+        path=path,
+        peft_type=str(config.get("peft_type", "")).upper(),
+        base_model=str(config.get("base_model_name_or_path") or ""),
+        rank=int(max(rank_values)),
+        target_modules=list(targets),
+        use_dora=bool(config.get("use_dora")),
+        modules_to_save=list(config.get("modules_to_save") or []),
+    )
+
+
+def base_model_matches(declared: str, served_names: set[str]) -> bool:
+    """An adapter's declared base matches when it names the served model by id, path or final path part."""
+    if not declared:
+        return True  # PEFT leaves it empty for models built in memory; shapes are checked on load
+    candidates = {declared, declared.rstrip("/").rsplit("/", 1)[-1]}
+    known = set(served_names) | {n.rstrip("/").rsplit("/", 1)[-1] for n in served_names}
+    return bool(candidates & known)
+
+
+def check_adapter_for_model(
+    spec: AdapterSpec, *, module_names: list[str], served_names: set[str], max_rank: int
+) -> None:
+    """Raise InvalidAdapter unless the adapter fits the model it is about to be loaded on."""
+    if spec.peft_type != "LORA":
+        raise InvalidAdapter(
+            f"adapter {str(spec.path)!r} is a {spec.peft_type or 'unknown'} adapter; this engine serves LoRA "
+            "adapters (merge other adapter types into full weights to serve them)",
+            param="lora_path",
+        )
+    if spec.use_dora:
+        raise InvalidAdapter(
+            f"adapter {str(spec.path)!r} uses DoRA, which cannot share a batch with other adapters; "
+            "merge it into full weights to serve it",
+            param="lora_path",
+        )
+    if not base_model_matches(spec.base_model, served_names):
+        raise InvalidAdapter(
+            f"adapter {str(spec.path)!r} was trained on base model {spec.base_model!r}, "
+            f"but this server runs {sorted(served_names)[0]!r}",
+            param="lora_path",
+        )
+    if spec.rank < 1 or spec.rank > max_rank:
+        raise InvalidAdapter(
+            f"adapter {str(spec.path)!r} has rank {spec.rank}; the allowed range is 1 to {max_rank} "
+            "(raise --max-lora-rank to serve it)",
+            param="lora_path",
+        )
+    if not spec.target_modules:
+        raise InvalidAdapter(f"adapter {str(spec.path)!r} names no target_modules", param="lora_path")
+    for target in spec.target_modules:
+        regex_hit = (
+            any(re.fullmatch(target, name) for name in module_names)
+            if len(spec.target_modules) == 1
+            else False
+        )
+        if not (_module_matches(target, module_names) or regex_hit):
+            raise InvalidAdapter(
+                f"adapter {str(spec.path)!r} targets module {target!r}, which the base model does not have",
+                param="lora_path",
+            )
+
+
+def check_weight_shapes(spec: AdapterSpec, module_shapes: dict[str, tuple[int, int]]) -> None:
+    """Compare LoRA A/B matrix shapes with the base model's linear layers, reading only file headers."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(spec.path / WEIGHTS_FILE), framework="pt") as weights:
+            shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise InvalidAdapter(
+            f"{spec.path / WEIGHTS_FILE} is not a readable safetensors file: {exc}", param="lora_path"
+        ) from exc
+    if not shapes:
+        raise InvalidAdapter(f"{spec.path / WEIGHTS_FILE} holds no tensors", param="lora_path")
+    for key, shape in shapes.items():
+        for part, axis in ((".lora_A.weight", 1), (".lora_B.weight", 0)):
+            if not key.endswith(part):
+                continue
+            module = key[: -len(part)].removeprefix("base_model.model.")
+            if module not in module_shapes:
+                raise InvalidAdapter(
+                    f"adapter {str(spec.path)!r} has weights for module {module!r}, which the base model does not have",
+                    param="lora_path",
+                )
+            in_features, out_features = module_shapes[module]
+            expected = in_features if axis == 1 else out_features
+            if len(shape) != 2 or shape[axis] != expected:
+                raise InvalidAdapter(
+                    f"adapter {str(spec.path)!r} has {key} of shape {list(shape)}, which does not fit the base "
+                    f"model's {module} ({in_features} -> {out_features}); it was trained on another model",
+                    param="lora_path",
+                )

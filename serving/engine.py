@@ -1,0 +1,72 @@
+"""The engine interface every backend implements, and the request/stream types it speaks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+BASE_ADAPTER = "__base__"  # the adapter name that means "no adapter" inside a mixed batch
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling; each row of a batch keeps its own."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: no top-k cut
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """One completion to produce: either chat `messages` (templated by the engine) or a raw `prompt`."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    adapter: str | None = None  # None: the base model
+
+
+@dataclass
+class Delta:
+    """A piece of streamed output. The last delta of a stream has `finish_reason` set."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (EOS or stop string) | "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class AdapterInfo:
+    name: str
+    path: Path
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    loaded_at: float
+
+
+class Engine(Protocol):
+    """What the hub needs from a serving backend."""
+
+    model_name: str  # the name the base model is served under
+    max_context: int
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+
+    async def load_adapter(self, name: str, path: Path) -> AdapterInfo: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> list[AdapterInfo]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,485 @@
+"""LocalEngine: transformers + peft in process, with continuous batching and a LoRA adapter per row.
+
+One worker thread owns the model. Requests from the event loop go into its inbox; between decode steps it
+admits waiting requests (prefilled together, then merged into the running batch), applies adapter loads and
+unloads, and runs one forward step for every running row with `adapter_names=[...]`, so rows on different
+adapters (or on the base, "__base__") share a batch. Each row samples with its own temperature, top-p,
+top-k, seed and stop strings, and streams its text back through its own asyncio queue. Nothing here runs on
+the event loop except queue hand-offs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import kvbatch
+from .adapters import (
+    AdapterSpec,
+    check_adapter_for_model,
+    check_adapter_name,
+    check_weight_shapes,
+    inspect_adapter,
+)
+from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest
+from .errors import (
+    AdapterConflict,
+    ContextTooLong,
+    EngineError,
+    EngineUnavailable,
+    InvalidAdapter,
+    InvalidRequest,
+    ModelNotFound,
+)
+from .sampling import make_generator, sample_next
+from .textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Adapter:
+    info: AdapterInfo
+    key: str  # the name inside the PeftModel (served names may hold '.', which module dicts refuse)
+    users: int = 0  # rows queued or running on it
+    retiring: bool = False
+
+
+@dataclass
+class _Job:
+    prompt_ids: list[int]
+    request: GenerationRequest
+    max_new_tokens: int
+    adapter: _Adapter | None
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    cancelled: bool = False
+    generated: int = 0
+    pending_token: int = -1
+    stream: TextStream | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class _Command:
+    action: Callable[[], object]
+    done: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class LocalEngine:
+    """The embedded engine. Build it with `serving.loader.load_local_engine(...)`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        model_name: str,
+        model_path: str = "",
+        max_batch_size: int = 32,
+        max_lora_rank: int = 64,
+        batch_wait_s: float = 0.004,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.model_path = model_path
+        self.tokenizer = tokenizer
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.max_batch_size = max_batch_size
+        self.max_lora_rank = max_lora_rank
+        self.batch_wait_s = batch_wait_s
+        self._on_step = on_step
+        self._base = model.eval()
+        self._peft = None  # a PeftModel once the first adapter is loaded
+        self._device = next(model.parameters()).device
+        self._module_names = [name for name, _ in model.named_modules()]
+        self._module_shapes = {
+            name: (m.in_features, m.out_features)
+            for name, m in model.named_modules()
+            if hasattr(m, "in_features") and hasattr(m, "out_features")
+        }
+        eos = tokenizer.eos_token_id
+        config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_ids = {eos} if eos is not None else set()
+        eos_ids |= set(
+            config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else []
+        )
+        self._eos_ids = eos_ids
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        self._adapters: dict[str, _Adapter] = {}
+        self._lock = threading.Lock()  # guards _adapters and the users counts
+        self._keys = (f"adapter{i}" for i in itertools.count())
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: deque[_Job] = deque()
+        self._rows: list[_Job] = []
+        self._batch: kvbatch.KVBatch | None = None
+        self._thread: threading.Thread | None = None
+        self._healthy = True
+
+    # ----- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tunehub-local-engine", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    def observe_steps(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(rows)` before every decode step (the hub feeds its batch-size histogram)."""
+        self._on_step = callback
+
+    @property
+    def ready(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._healthy
+
+    # ----- requests -------------------------------------------------------------------------------------
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """Tokenise a request the way the model will see it (chat template for messages)."""
+        if request.messages is not None:
+            try:
+                ids = self.tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                )
+            except Exception as exc:  # jinja errors, unknown roles, ...
+                raise InvalidRequest(
+                    f"the chat template could not format these messages: {exc}", param="messages"
+                ) from exc
+            if hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return list(self.tokenizer(request.prompt or "", add_special_tokens=False)["input_ids"])
+
+    def _resolve_adapter(self, name: str | None) -> _Adapter | None:
+        if name is None or name == self.model_name:
+            return None
+        adapter = self._adapters.get(name)
+        if adapter is None or adapter.retiring:
+            raise ModelNotFound(f"the model {name!r} does not exist", param="model")
+        return adapter
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream the completion. Errors about the request are raised before the first delta."""
+        if not self.ready:
+            raise EngineUnavailable("the local engine is not running")
+        prompt_ids = self.prompt_ids(request)
+        if not prompt_ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        room = self.max_context - len(prompt_ids)
+        wanted = request.sampling.max_tokens
+        if room <= 0 or (wanted is not None and wanted > room):
+            raise ContextTooLong(
+                f"this model's maximum context length is {self.max_context} tokens; the prompt has "
+                f"{len(prompt_ids)} tokens" + (f" and max_tokens asks for {wanted} more" if wanted else ""),
+                param="max_tokens" if room > 0 else "messages",
+            )
+        with self._lock:
+            adapter = self._resolve_adapter(request.adapter)
+            if adapter is not None:
+                adapter.users += 1
+        job = _Job(
+            prompt_ids=prompt_ids,
+            request=request,
+            max_new_tokens=wanted if wanted is not None else room,
+            adapter=adapter,
+            loop=asyncio.get_running_loop(),
+            out=asyncio.Queue(),
+        )
+        self._inbox.put(job)
+        finished = False
+        try:
+            while True:
+                item = await job.out.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                job.cancelled = True  # the client went away: the worker drops the row at its next step
+
+    # ----- adapters -------------------------------------------------------------------------------------
+
+    def adapters(self) -> list[AdapterInfo]:
+        with self._lock:
+            return [a.info for a in self._adapters.values() if not a.retiring]
+
+    def _served_names(self) -> set[str]:
+        names = {self.model_name}
+        if self.model_path:
+            names |= {self.model_path, str(Path(self.model_path).resolve())}
+        base_name = getattr(self._base.config, "_name_or_path", "")
+        if base_name:
+            names.add(base_name)
+        return names
+
+    def check_adapter(self, name: str, path: Path) -> AdapterSpec:
+        """Every check short of loading; raises InvalidAdapter naming what is wrong."""
+        check_adapter_name(name, reserved={self.model_name})
+        spec = inspect_adapter(Path(path))
+        check_adapter_for_model(
+            spec,
+            module_names=self._module_names,
+            served_names=self._served_names(),
+            max_rank=self.max_lora_rank,
+        )
+        check_weight_shapes(spec, self._module_shapes)
+        return spec
+
+    async def load_adapter(self, name: str, path: Path) -> AdapterInfo:
+        spec = await asyncio.to_thread(self.check_adapter, name, Path(path))
+        with self._lock:
+            if name in self._adapters:
+                raise AdapterConflict(
+                    f"an adapter named {name!r} is already loaded; unload it first", param="lora_name"
+                )
+            key = next(self._keys)
+        info = AdapterInfo(
+            name=name,
+            path=spec.path,
+            base_model=spec.base_model or self.model_name,
+            rank=spec.rank,
+            target_modules=spec.target_modules,
+            loaded_at=time.time(),
+        )
+        await self._call_in_worker(lambda: self._load_in_worker(key, spec.path))
+        with self._lock:
+            if name in self._adapters:  # a concurrent load of the same name won the race
+                self._inbox.put(_Command(lambda: self._delete_in_worker(key)))
+                raise AdapterConflict(
+                    f"an adapter named {name!r} is already loaded; unload it first", param="lora_name"
+                )
+            self._adapters[name] = _Adapter(info=info, key=key)
+        return info
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop routing to the adapter now; its weights go once the rows still using it have finished."""
+        with self._lock:
+            adapter = self._adapters.get(name)
+            if adapter is None or adapter.retiring:
+                raise ModelNotFound(f"no adapter named {name!r} is loaded", param="lora_name")
+            adapter.retiring = True
+        self._inbox.put(_Command(self._collect_retired))
+
+    async def _call_in_worker(self, action: Callable[[], object]) -> object:
+        if not self.ready:
+            raise EngineUnavailable("the local engine is not running")
+        command = _Command(action)
+        self._inbox.put(command)
+        return await asyncio.wrap_future(command.done)
+
+    # ----- worker thread: everything below touches the model --------------------------------------------
+
+    def _load_in_worker(self, key: str, path: Path) -> None:
+        from peft import PeftModel
+
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(
+                    self._base, str(path), adapter_name=key, is_trainable=False
+                )
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(path), adapter_name=key, is_trainable=False)
+        except Exception as exc:
+            self._delete_in_worker(key)
+            raise InvalidAdapter(
+                f"adapter {str(path)!r} could not be loaded: {exc}", param="lora_path"
+            ) from exc
+
+    def _delete_in_worker(self, key: str) -> None:
+        if self._peft is None or key not in self._peft.peft_config:
+            return
+        if len(self._peft.peft_config) == 1:
+            # PEFT cannot run with zero adapters: take the LoRA layers out and go back to the plain base
+            self._base = self._peft.unload().eval()
+            self._peft = None
+        else:
+            self._peft.delete_adapter(key)
+
+    def _collect_retired(self) -> None:
+        with self._lock:
+            done = [name for name, a in self._adapters.items() if a.retiring and a.users == 0]
+            keys = [self._adapters.pop(name).key for name in done]
+        for key in keys:
+            self._delete_in_worker(key)
+
+    def _release(self, job: _Job) -> None:
+        if job.adapter is not None:
+            with self._lock:
+                job.adapter.users -= 1
+                retire = job.adapter.retiring and job.adapter.users == 0
+            if retire:
+                self._collect_retired()
+
+    def _forward(self, ids, mask, positions, cache, adapter_names: list[str]) -> torch.Tensor:
+        kwargs = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self._peft is None:
+            out = self._base(**kwargs)
+        else:
+            out = self._peft(**kwargs, adapter_names=adapter_names)
+        return out.logits[:, -1, :].float().cpu()
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                if not self._take_from_inbox(block=not self._rows and not self._waiting):
+                    break
+                try:
+                    self._admit()
+                    if self._rows:
+                        self._step()
+                except Exception as exc:  # never leave a client hanging: fail the batch, keep serving
+                    log.exception("decode step failed")
+                    self._fail_all(EngineError(f"generation failed: {exc}"))
+
+    def _take_from_inbox(self, block: bool) -> bool:
+        """Move new jobs to the waiting line and run commands. Returns False when asked to stop."""
+        items = []
+        if block:
+            items.append(self._inbox.get())
+            deadline = time.monotonic() + self.batch_wait_s  # gather requests that arrive together
+            while time.monotonic() < deadline:
+                try:
+                    items.append(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is _STOP:
+                self._fail_all(EngineUnavailable("the engine is shutting down"))
+                return False
+            if isinstance(item, _Command):
+                try:
+                    item.done.set_result(item.action())
+                except Exception as exc:
+                    item.done.set_exception(exc)
+            else:
+                self._waiting.append(item)
+        return True
+
+    def _admit(self) -> None:
+        room = self.max_batch_size - len(self._rows)
+        jobs = []
+        while self._waiting and len(jobs) < room:
+            job = self._waiting.popleft()
+            if job.cancelled:
+                self._release(job)
+                continue
+            jobs.append(job)
+        if not jobs:
+            return
+        for job in jobs:
+            params = job.request.sampling
+            job.stream = TextStream(self._decode, params.stop)
+            job.generator = make_generator(params.seed)
+        names = [self._adapter_key(job) for job in jobs]
+        logits, batch = kvbatch.prefill(
+            self._forward, [j.prompt_ids for j in jobs], names, self._pad_id, self._device
+        )
+        tokens = sample_next(logits, [j.request.sampling for j in jobs], [j.generator for j in jobs])
+        keep = [
+            i
+            for i, (job, token) in enumerate(zip(jobs, tokens, strict=True))
+            if not self._advance(job, token)
+        ]
+        batch = kvbatch.keep_rows(batch, keep)
+        if batch is not None:
+            self._batch = kvbatch.merge(self._batch, batch)
+            self._rows.extend(jobs[i] for i in keep)
+
+    def _step(self) -> None:
+        rows = self._rows
+        if self._on_step is not None:
+            self._on_step(len(rows))
+        logits = kvbatch.step(
+            self._forward, self._batch, [j.pending_token for j in rows], [self._adapter_key(j) for j in rows]
+        )
+        tokens = sample_next(logits, [j.request.sampling for j in rows], [j.generator for j in rows])
+        keep = [
+            i
+            for i, (job, token) in enumerate(zip(rows, tokens, strict=True))
+            if not self._advance(job, token)
+        ]
+        self._batch = kvbatch.keep_rows(self._batch, keep)
+        self._rows = [rows[i] for i in keep]
+
+    def _adapter_key(self, job: _Job) -> str:
+        return job.adapter.key if job.adapter is not None else BASE_ADAPTER
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _advance(self, job: _Job, token: int) -> bool:
+        """Take the row's new token; emit its text. Returns True when the row is finished."""
+        if job.cancelled:
+            self._release(job)
+            return True
+        job.generated += 1
+        finish = None
+        if token in self._eos_ids:
+            finish, text = "stop", job.stream.finish()
+        else:
+            text = job.stream.push(token)
+            if job.stream.stopped:
+                finish = "stop"
+            elif job.generated >= job.max_new_tokens:
+                finish, text = "length", text + job.stream.finish()
+        job.pending_token = token
+        delta = Delta(
+            text=text,
+            token_ids=[token],
+            finish_reason=finish,
+            prompt_tokens=len(job.prompt_ids),
+            completion_tokens=job.generated,
+        )
+        self._emit(job, delta)
+        if finish is not None:
+            self._release(job)
+            return True
+        return False
+
+    def _emit(self, job: _Job, item: Delta | Exception) -> None:
+        try:
+            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+        except RuntimeError:  # the client's event loop is gone
+            job.cancelled = True
+
+    def _fail_all(self, error: Exception) -> None:
+        for job in [*self._rows, *self._waiting]:
+            self._emit(job, error)
+            self._release(job)
+        self._rows, self._batch = [], None
+        self._waiting.clear()

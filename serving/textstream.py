@@ -1,0 +1,58 @@
+"""Incremental detokenisation with stop strings: what text a row may emit after each new token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class TextStream:
+    """Decodes a growing list of token ids and releases only text that can no longer change.
+
+    Byte-level BPE can split a character across tokens (the decoder then ends in U+FFFD), and a stop string
+    can span tokens, so the tail that might still become either is held back until the next token.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: list[str]) -> None:
+        self._decode = decode
+        self._stop = [s for s in stop if s]
+        self.token_ids: list[int] = []
+        self.emitted = 0  # characters of the decoded text already released
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the newly releasable text. Sets `stopped` when a stop string appears."""
+        self.token_ids.append(token_id)
+        text = self._decode(self.token_ids)
+        for stop in self._stop:
+            at = text.find(stop, max(0, self.emitted - len(stop) + 1))
+            if at != -1:
+                self.stopped = True
+                return self._release(text[:at])
+        if text.endswith("\ufffd"):
+            return ""
+        return self._release(text[: len(text) - self._held_back(text)])
+
+    def finish(self) -> str:
+        """Release whatever is still held back (the row ended for another reason)."""
+        if self.stopped:
+            return ""
+        return self._release(self._decode(self.token_ids).rstrip("\ufffd"))
+
+    def text(self) -> str:
+        return self._decode(self.token_ids)
+
+    def _held_back(self, text: str) -> int:
+        longest = 0
+        for stop in self._stop:
+            for size in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
+
+    def _release(self, upto: str) -> str:
+        if len(upto) <= self.emitted:
+            return ""
+        piece = upto[self.emitted :]
+        self.emitted = len(upto)
+        return piece
