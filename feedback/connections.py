@@ -1,0 +1,103 @@
+"""SQLite connections for the feedback store: one writer behind a lock, one read-only connection per thread.
+
+Gradio and FastAPI run handlers in worker threads, and a sqlite3 connection must not be shared between
+threads. Writes go through a single connection guarded by a lock, each in a ``BEGIN IMMEDIATE``
+transaction (so a second process, such as a training job, waits instead of failing halfway); reads open a
+read-only connection the first time a thread reads. WAL mode lets readers run while the writer writes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlite_utils import Database
+
+from feedback.schema.migrations import applied_migrations, apply_migrations
+
+
+def new_id(prefix: str) -> str:
+    """A random id such as ``gen-3f9a0c1d2b4e5f60``."""
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+class StoreConnections:
+    """Owns the database file's connections; the :class:`~feedback.store.Store` methods build on it."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        """Open (or create) the database at ``path``, switch it to WAL and apply pending migrations.
+
+        ``timeout`` is how many seconds a write waits for another process's write to finish.
+        """
+        if str(path) == ":memory:":
+            raise ValueError("the feedback store needs a file path: per-thread readers cannot share :memory:")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout
+        self._write_lock = threading.Lock()
+        # The writer crosses threads, but only ever inside _write_lock.
+        self._writer = Database(
+            sqlite3.connect(self.path, timeout=timeout, check_same_thread=False), execute_plugins=False
+        )
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable except on power loss
+        self._writer.execute("PRAGMA foreign_keys=ON")
+        with self._write_lock:
+            self.migrations_applied: list[str] = apply_migrations(self._writer)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def migrations(self) -> list[str]:
+        """Names of every migration the file has applied, in order."""
+        return applied_migrations(self._read())
+
+    def close(self) -> None:
+        """Close every connection. The store must not be used afterwards."""
+        self._closed = True
+        with self._write_lock:
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _read(self) -> Database:
+        """This thread's read-only connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise RuntimeError(f"the feedback store at {self.path} is closed")
+            uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+            # check_same_thread=False only so close() can close it; one thread uses it.
+            conn = sqlite3.connect(uri, uri=True, timeout=self._timeout, check_same_thread=False)
+            with self._readers_lock:
+                self._readers.append(conn)
+            db = self._local.db = Database(conn, execute_plugins=False)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        """The writer connection inside one transaction; commits on success, rolls back on error."""
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()

@@ -1,0 +1,45 @@
+"""Errors raised by the feedback store, exports and imports.
+
+Each error carries the HTTP status it maps to (datasette style: one handler in hub/ renders them as the
+OpenAI error envelope), an OpenAI-style ``code`` string, and the ``param`` it is about when there is one.
+Messages name the bad value and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the feedback package raises on purpose."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class NotFound(StoreError):
+    """An id or name that the store does not hold (a generation, vote, rater, job, adapter, dataset)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Invalid(StoreError):
+    """A value of the wrong shape; ``errors`` lists every problem found (imports report one per bad row)."""
+
+    status = 422
+    code = "invalid"
+
+    def __init__(self, message: str, *, param: str | None = None, errors: list[str] | None = None) -> None:
+        super().__init__(message, param=param)
+        self.errors = errors if errors is not None else [message]
+
+
+class Conflict(StoreError):
+    """The request clashes with what is stored (a name already taken, a finished job updated)."""
+
+    status = 409
+    code = "conflict"

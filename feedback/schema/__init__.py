@@ -1,0 +1,1 @@
+"""The feedback store's schema, as named migrations applied at start-up."""

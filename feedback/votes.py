@@ -1,0 +1,319 @@
+"""The store's votes: thumbs, pairwise, rankings and edits, with replace-on-revote, and their counts.
+
+A vote is about an item: one generation for thumbs and edits, the set of generations for pairwise votes
+and rankings. When a rater votes again on the same item (same kind), the new vote replaces the old one:
+the old row stays, marked inactive, so a dataset snapshot that used it keeps its lineage. Nothing else is
+ever changed after it is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlite_utils import Database
+
+from feedback.connections import StoreConnections
+from feedback.errors import Invalid, NotFound
+from feedback.records import (
+    PAIRWISE_OUTCOMES,
+    SOURCES,
+    THUMBS_VALUES,
+    VOTE_KINDS,
+    Comparison,
+    Vote,
+    VoteCounts,
+    utc_now,
+)
+from feedback.validation import (
+    check_choice,
+    check_optional_text,
+    check_ranking,
+    check_tags,
+    check_text,
+)
+
+_VOTE_COLUMNS = (
+    "kind, rater, item_key, generation_id, generation_ids, value, ranking, edited_text, tags, comment, "
+    "conversation_id, source, created_at, replaces, active"
+)
+
+
+def vote_from_row(row: dict[str, Any]) -> Vote:
+    ranking = json.loads(row["ranking"]) if row["ranking"] else None
+    return Vote(
+        id=row["id"],
+        kind=row["kind"],
+        rater=row["rater"],
+        generation_ids=tuple(json.loads(row["generation_ids"])),
+        value=row["value"],
+        ranking=tuple(tuple(tier) for tier in ranking) if ranking is not None else None,
+        edited_text=row["edited_text"],
+        tags=tuple(json.loads(row["tags"])),
+        comment=row["comment"],
+        conversation_id=row["conversation_id"],
+        source=row["source"],
+        created_at=row["created_at"],
+        replaces=row["replaces"],
+        active=bool(row["active"]),
+    )
+
+
+def _same_context(db: Database, ids: Sequence[str], param: str) -> dict[str, dict[str, Any]]:
+    """Rows (id, prompt_hash, conversation_id, text) of ``ids``; NotFound for an unknown id, Invalid when
+    they answer different prompts."""
+    marks = ", ".join("?" for _ in ids)
+    cursor = db.execute(
+        f"SELECT id, prompt_hash, conversation_id, text FROM generations WHERE id IN ({marks})", list(ids)
+    )
+    rows = {row[0]: dict(zip(("id", "prompt_hash", "conversation_id", "text"), row)) for row in cursor}
+    for id in ids:
+        if id not in rows:
+            raise NotFound(f"generation {id!r} not found; vote on an id the hub returned", param=param)
+    if len({rows[id]["prompt_hash"] for id in ids}) > 1:
+        raise Invalid(
+            f"{param}: generations {', '.join(map(repr, ids))} answer different prompts; "
+            "compare answers to the same context",
+            param=param,
+        )
+    return rows
+
+
+class VoteMethods(StoreConnections):
+    """Votes (mixed into :class:`~feedback.store.Store`)."""
+
+    def add_thumbs(
+        self,
+        generation_id: str,
+        value: str,
+        *,
+        rater: str,
+        tags: Sequence[str] | None = None,
+        comment: str | None = None,
+        source: str = "ui",
+    ) -> Vote:
+        """Thumbs ``up`` or ``down`` on one generation, with optional reason tags and comment."""
+        check_choice(value, THUMBS_VALUES, "value")
+        tags_, comment_ = check_tags(tags), check_optional_text(comment, "comment")
+        with self._write() as db:
+            rows = _same_context(db, [generation_id], "generation_id")
+            return self._insert_vote(
+                db,
+                "thumbs",
+                rater,
+                generation_id,
+                [generation_id],
+                value=value,
+                tags=tags_,
+                comment=comment_,
+                conversation_id=rows[generation_id]["conversation_id"],
+                source=source,
+            )
+
+    def add_pairwise(
+        self,
+        generation_a: str,
+        generation_b: str,
+        outcome: str,
+        *,
+        rater: str,
+        tags: Sequence[str] | None = None,
+        comment: str | None = None,
+        source: str = "ui",
+    ) -> Vote:
+        """A pairwise vote between two answers to the same prompt: ``a``, ``b``, ``tie`` or ``both_bad``.
+
+        Voting again on the same two generations (in either order) replaces the rater's earlier vote.
+        """
+        check_choice(outcome, PAIRWISE_OUTCOMES, "outcome")
+        if generation_a == generation_b:
+            raise Invalid(
+                f"generation_a and generation_b are both {generation_a!r}; compare two answers",
+                param="generation_b",
+            )
+        tags_, comment_ = check_tags(tags), check_optional_text(comment, "comment")
+        ids = [generation_a, generation_b]
+        with self._write() as db:
+            rows = _same_context(db, ids, "generation_ids")
+            return self._insert_vote(
+                db,
+                "pairwise",
+                rater,
+                "|".join(sorted(ids)),
+                ids,
+                value=outcome,
+                tags=tags_,
+                comment=comment_,
+                conversation_id=rows[generation_a]["conversation_id"],
+                source=source,
+            )
+
+    def add_ranking(
+        self,
+        ranking: Sequence[str | Sequence[str]],
+        *,
+        rater: str,
+        tags: Sequence[str] | None = None,
+        comment: str | None = None,
+        source: str = "ui",
+    ) -> Vote:
+        """A ranking of 2 to 6 answers to one prompt, best first; a nested list marks answers tied.
+
+        ``["g1", ["g2", "g3"], "g4"]``: g1 best, g2 and g3 tied, g4 worst. Ranking the same set of
+        answers again replaces the rater's earlier ranking.
+        """
+        tiers = check_ranking(ranking)
+        tags_, comment_ = check_tags(tags), check_optional_text(comment, "comment")
+        ids = [id for tier in tiers for id in tier]
+        with self._write() as db:
+            rows = _same_context(db, ids, "ranking")
+            return self._insert_vote(
+                db,
+                "ranking",
+                rater,
+                "|".join(sorted(ids)),
+                ids,
+                ranking=tiers,
+                tags=tags_,
+                comment=comment_,
+                conversation_id=rows[ids[0]]["conversation_id"],
+                source=source,
+            )
+
+    def add_edit(
+        self,
+        generation_id: str,
+        text: str,
+        *,
+        rater: str,
+        tags: Sequence[str] | None = None,
+        comment: str | None = None,
+        source: str = "ui",
+    ) -> Vote:
+        """A rater's corrected answer; exports use it as an SFT example and as chosen over the original."""
+        check_text(text, "text")
+        tags_, comment_ = check_tags(tags), check_optional_text(comment, "comment")
+        with self._write() as db:
+            rows = _same_context(db, [generation_id], "generation_id")
+            if rows[generation_id]["text"] == text:
+                raise Invalid(
+                    "the edited text equals the original answer; vote thumbs up instead", param="text"
+                )
+            return self._insert_vote(
+                db,
+                "edit",
+                rater,
+                generation_id,
+                [generation_id],
+                edited_text=text,
+                tags=tags_,
+                comment=comment_,
+                conversation_id=rows[generation_id]["conversation_id"],
+                source=source,
+            )
+
+    def _insert_vote(
+        self,
+        db: Database,
+        kind: str,
+        rater: str,
+        item_key: str,
+        generation_ids: list[str],
+        *,
+        value: str | None = None,
+        ranking: tuple[tuple[str, ...], ...] | None = None,
+        edited_text: str | None = None,
+        tags: tuple[str, ...],
+        comment: str | None,
+        conversation_id: str,
+        source: str,
+    ) -> Vote:
+        check_text(rater, "rater", max_chars=200)
+        check_choice(source, SOURCES, "source")
+        old = db.execute(
+            "SELECT id FROM votes WHERE kind = ? AND rater = ? AND item_key = ? AND active = 1",
+            [kind, rater, item_key],
+        ).fetchone()
+        if old is not None:
+            db.execute("UPDATE votes SET active = 0 WHERE id = ?", [old[0]])
+        row: dict[str, Any] = {
+            "kind": kind,
+            "rater": rater,
+            "item_key": item_key,
+            "generation_id": generation_ids[0],
+            "generation_ids": json.dumps(generation_ids),
+            "value": value,
+            "ranking": json.dumps(ranking) if ranking is not None else None,
+            "edited_text": edited_text,
+            "tags": json.dumps(list(tags)),
+            "comment": comment,
+            "conversation_id": conversation_id,
+            "source": source,
+            "created_at": utc_now(),
+            "replaces": old[0] if old is not None else None,
+            "active": 1,
+        }
+        cursor = db.execute(
+            f"INSERT INTO votes ({_VOTE_COLUMNS}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
+        )
+        return vote_from_row({"id": cursor.lastrowid, **row})
+
+    def get_vote(self, id: int) -> Vote:
+        """The vote ``id`` (active or replaced); raises ``NotFound`` if there is none."""
+        rows = list(self._read().query("SELECT * FROM votes WHERE id = ?", [id]))
+        if not rows:
+            raise NotFound(f"vote {id!r} not found", param="vote_id")
+        return vote_from_row(rows[0])
+
+    def list_votes(
+        self,
+        rater: str | None = None,
+        *,
+        kind: str | None = None,
+        include_replaced: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Vote]:
+        """Votes newest first: ``rater``'s own if given, else everyone's; active ones unless asked."""
+        clauses, params = [], []
+        if rater is not None:
+            clauses.append("rater = ?")
+            params.append(rater)
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(check_choice(kind, VOTE_KINDS, "kind"))
+        if not include_replaced:
+            clauses.append("active = 1")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM votes {where} ORDER BY id DESC LIMIT ? OFFSET ?"
+        rows = self._read().query(sql, [*params, -1 if limit is None else limit, offset])
+        return [vote_from_row(row) for row in rows]
+
+    def pairwise_comparisons(self) -> list[Comparison]:
+        """Every active pairwise vote as (model of a, model of b, outcome), for the leaderboard."""
+        sql = (
+            "SELECT ga.model, gb.model, v.value FROM votes v "
+            "JOIN generations ga ON ga.id = json_extract(v.generation_ids, '$[0]') "
+            "JOIN generations gb ON gb.id = json_extract(v.generation_ids, '$[1]') "
+            "WHERE v.kind = 'pairwise' AND v.active = 1 ORDER BY v.id"
+        )
+        return [Comparison(*row) for row in self._read().execute(sql).fetchall()]
+
+    def counts(self) -> VoteCounts:
+        """Generations, conversations and active votes by kind and by rater, for the Data tab."""
+        db = self._read()
+        by_kind: dict[str, int] = {}
+        by_rater: dict[str, dict[str, int]] = {}
+        sql = "SELECT rater, kind, count(*) FROM votes WHERE active = 1 GROUP BY rater, kind ORDER BY 1, 2"
+        for rater, kind, n in db.execute(sql).fetchall():
+            by_kind[kind] = by_kind.get(kind, 0) + n
+            by_rater.setdefault(rater, {})[kind] = n
+        return VoteCounts(
+            generations=db.execute("SELECT count(*) FROM generations").fetchone()[0],
+            conversations=db.execute("SELECT count(*) FROM conversations").fetchone()[0],
+            votes=sum(by_kind.values()),
+            replaced=db.execute("SELECT count(*) FROM votes WHERE active = 0").fetchone()[0],
+            by_kind=by_kind,
+            by_rater=by_rater,
+        )
