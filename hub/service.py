@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +39,7 @@ class GenerationRecord:
 
     response_id: str
     choice: int
+    model: str  # the base model's or the adapter's served name
     request: GenerationRequest
     text: str
     finish_reason: str | None
@@ -47,10 +48,10 @@ class GenerationRecord:
     latency_s: float
     ttft_s: float | None
     source: str
-    extra: dict = field(default_factory=dict)
+    rater: str | None = None
 
 
-Recorder = Callable[[GenerationRecord], None]
+Recorder = Callable[[GenerationRecord], Awaitable[None]]
 
 
 class ChatService:
@@ -89,7 +90,13 @@ class ChatService:
     # ----- generation ----------------------------------------------------------------------------------
 
     async def stream(
-        self, request: GenerationRequest, n: int = 1, *, response_id: str = "", source: str = "api"
+        self,
+        request: GenerationRequest,
+        n: int = 1,
+        *,
+        response_id: str = "",
+        source: str = "api",
+        rater: str | None = None,
     ) -> AsyncIterator[tuple[int, Delta]]:
         """Yield (choice index, delta) for n choices. Errors about the request raise before the first yield."""
         started = time.perf_counter()
@@ -103,15 +110,13 @@ class ChatService:
             raise
         self.metrics.ttft.labels(self._label(request)).observe(time.perf_counter() - started)
         trackers = [_ChoiceTracker(i, requests[i], started) for i in range(n)]
+        deltas = _single(streams[0], firsts[0]) if n == 1 else _merged(streams, firsts)
         try:
-            if n == 1:
-                async for index, delta in _single(streams[0], firsts[0]):
-                    self._track(trackers[index], delta, response_id, source)
-                    yield index, delta
-            else:
-                async for index, delta in _merged(streams, firsts):
-                    self._track(trackers[index], delta, response_id, source)
-                    yield index, delta
+            async for index, delta in deltas:
+                record = self._track(trackers[index], delta, response_id, source, rater)
+                if record is not None and self.recorder is not None:
+                    await self.recorder(record)  # stored before the client sees the end, so it can vote at once
+                yield index, delta
         finally:
             for s in streams:
                 await s.aclose()
@@ -138,32 +143,33 @@ class ChatService:
     def _label(self, request: GenerationRequest) -> str:
         return request.adapter or self.engine.model_name
 
-    def _track(self, tracker: _ChoiceTracker, delta: Delta, response_id: str, source: str) -> None:
+    def _track(
+        self, tracker: _ChoiceTracker, delta: Delta, response_id: str, source: str, rater: str | None
+    ) -> GenerationRecord | None:
         tracker.text.append(delta.text)
         if tracker.ttft is None:
             tracker.ttft = time.perf_counter() - tracker.started
         if delta.finish_reason is None:
-            return
+            return None
         label = self._label(tracker.request)
         latency = time.perf_counter() - tracker.started
         self.metrics.latency.labels(label).observe(latency)
         self.metrics.prompt_tokens.labels(label).inc(delta.prompt_tokens)
         self.metrics.completion_tokens.labels(label).inc(delta.completion_tokens)
-        if self.recorder is not None:
-            self.recorder(
-                GenerationRecord(
-                    response_id=response_id,
-                    choice=tracker.index,
-                    request=tracker.request,
-                    text="".join(tracker.text),
-                    finish_reason=delta.finish_reason,
-                    prompt_tokens=delta.prompt_tokens,
-                    completion_tokens=delta.completion_tokens,
-                    latency_s=latency,
-                    ttft_s=tracker.ttft,
-                    source=source,
-                )
-            )
+        return GenerationRecord(
+            response_id=response_id,
+            choice=tracker.index,
+            model=label,
+            request=tracker.request,
+            text="".join(tracker.text),
+            finish_reason=delta.finish_reason,
+            prompt_tokens=delta.prompt_tokens,
+            completion_tokens=delta.completion_tokens,
+            latency_s=latency,
+            ttft_s=tracker.ttft,
+            source=source,
+            rater=rater,
+        )
 
     # ----- adapters ------------------------------------------------------------------------------------
 
