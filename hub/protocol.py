@@ -80,12 +80,18 @@ class _SamplingFields(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # ----- tunehub / vLLM extras -----
     top_k: int | None = Field(default=None, ge=-1)
+    ignore_eos: bool = False
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _neutral_only(cls, value):
+        # a field validator (not a model one) so the error's `param` names the field
+        if value not in (None, 0, 0.0):
+            raise ValueError("not supported by this server; leave it unset or 0")
+        return value
 
     @model_validator(mode="after")
-    def _neutral_only(self):
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                raise ValueError(f"{name} is not supported by this server; leave it unset or 0")
+    def _stream_options_need_stream(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self

@@ -48,7 +48,11 @@ def main(source: str = "../shared/specs/openapi.json") -> None:
         keep[name] = schemas[name]
         todo.extend(_refs(schemas[name]) - keep.keys())
     info = document.get("info", {})
-    OUT.write_text(json.dumps({"source": f"openai-openapi {info.get('version')}", "schemas": keep}, indent=1, sort_keys=True))
+    OUT.write_text(
+        json.dumps(
+            {"source": f"openai-openapi {info.get('version')}", "schemas": keep}, indent=1, sort_keys=True
+        )
+    )
     print(f"wrote {len(keep)} schemas to {OUT}")
 
 

@@ -1,0 +1,89 @@
+"""Shared fixtures: the quick demo model (built once and cached), adapters for it, and real hub servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import TEST_ENVIRONMENT, HubProcess
+
+for _key, _value in TEST_ENVIRONMENT.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache" / "test-models"
+QUICK_STEPS = 150  # a weaker model in seconds; the full recipe is exercised by the slow tests
+
+
+def _cached_build(name: str, steps: int | None) -> Path:
+    from training.demo.build import DEMO_MODEL_VERSION, build_demo_model
+
+    out = CACHE / f"{name}-v{DEMO_MODEL_VERSION}"
+    if not (out / "config.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        build_demo_model(out, steps=steps)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The demo model built with a short pre-training: same tokenizer, template and architecture."""
+    return _cached_build(f"quick{QUICK_STEPS}", QUICK_STEPS)
+
+
+@pytest.fixture(scope="session")
+def full_demo_model() -> Path:
+    """The demo model exactly as `tunehub demo-model` builds it (about a minute on 2 cores)."""
+    return _cached_build("full", None)
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tmp_path_factory, demo_model) -> Path:
+    """Three valid LoRA adapters for the quick demo model: a (q,v r4), b (all attention r8), c (mlp r4)."""
+    from tests.support.adapters import make_lora_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    make_lora_adapter(demo_model, root / "a", rank=4, seed=1, scale=20.0)
+    make_lora_adapter(
+        demo_model, root / "b", rank=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"), seed=2, scale=20.0
+    )
+    make_lora_adapter(
+        demo_model, root / "c", rank=4, targets=("gate_proj", "up_proj", "down_proj"), seed=3, scale=20.0
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, demo_model):
+    """A real `tunehub serve` on 127.0.0.1 with no API key (loopback: the local user is admin)."""
+    with HubProcess(model=demo_model, data_dir=tmp_path_factory.mktemp("hub-data")) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def secured_hub(tmp_path_factory, demo_model):
+    """A real `tunehub serve` with an API key and an admin password."""
+    with HubProcess(
+        model=demo_model,
+        data_dir=tmp_path_factory.mktemp("secured-data"),
+        api_key="test-key",
+        admin_password="test-admin",
+    ) as process:
+        yield process
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available; everywhere else they are reported as skipped."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
