@@ -68,11 +68,19 @@ def inspect_adapter(path: Path) -> AdapterSpec:
     if isinstance(targets, str):
         targets = [targets]
     rank_values = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    try:
+        rank = max(int(value) for value in rank_values)
+    except (TypeError, ValueError) as exc:  # a malformed config is the caller's error, not a server error
+        raise InvalidAdapter(
+            f"{path / 'adapter_config.json'} has an invalid rank: r={config.get('r')!r}, "
+            f"rank_pattern={config.get('rank_pattern')!r} (ranks are whole numbers)",
+            param="lora_path",
+        ) from exc
     return AdapterSpec(
         path=path,
         peft_type=str(config.get("peft_type", "")).upper(),
         base_model=str(config.get("base_model_name_or_path") or ""),
-        rank=int(max(rank_values)),
+        rank=rank,
         target_modules=list(targets),
         use_dora=bool(config.get("use_dora")),
         modules_to_save=list(config.get("modules_to_save") or []),

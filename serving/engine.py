@@ -14,12 +14,13 @@ BASE_ADAPTER = "__base__"  # the adapter name that means "no adapter" inside a m
 class SamplingParams:
     """Per-request sampling; each row of a batch keeps its own."""
 
-    max_tokens: int = 256
+    max_tokens: int | None = None  # None: up to the context length
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: no top-k cut
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # keep generating past EOS (benchmarks that need a fixed length)
 
 
 @dataclass

@@ -121,6 +121,7 @@ class LocalEngine:
         self._eos_ids = eos_ids
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
         self._adapters: dict[str, _Adapter] = {}
+        self._retiring: list[_Adapter] = []  # unloaded, weights kept until their last row finishes
         self._lock = threading.Lock()  # guards _adapters and the users counts
         self._keys = (f"adapter{i}" for i in itertools.count())
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -280,6 +281,8 @@ class LocalEngine:
             if adapter is None or adapter.retiring:
                 raise ModelNotFound(f"no adapter named {name!r} is loaded", param="lora_name")
             adapter.retiring = True
+            # the name is free at once (unload then load the same name updates an adapter in place)
+            self._retiring.append(self._adapters.pop(name))
         self._inbox.put(_Command(self._collect_retired))
 
     async def _call_in_worker(self, action: Callable[[], object]) -> object:
@@ -303,10 +306,23 @@ class LocalEngine:
             else:
                 self._peft.load_adapter(str(path), adapter_name=key, is_trainable=False)
         except Exception as exc:
-            self._delete_in_worker(key)
+            if self._peft is None:
+                self._strip_adapter_layers()
+            else:
+                self._delete_in_worker(key)
             raise InvalidAdapter(
                 f"adapter {str(path)!r} could not be loaded: {exc}", param="lora_path"
             ) from exc
+
+    def _strip_adapter_layers(self) -> None:
+        """Undo a first load that failed half-way: PEFT wraps the base's layers in place before it reads the
+        weights, and a wrapped layer with random LoRA weights would silently change every base answer."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in list(self._base.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, child = name.rpartition(".")
+                setattr(self._base.get_submodule(parent_name), child, module.get_base_layer())
 
     def _delete_in_worker(self, key: str) -> None:
         if self._peft is None or key not in self._peft.peft_config:
@@ -317,11 +333,16 @@ class LocalEngine:
             self._peft = None
         else:
             self._peft.delete_adapter(key)
+            if self._peft.active_adapter not in self._peft.peft_config:
+                # PEFT picks the next active adapter from the first LoRA layer; when the remaining adapters
+                # target other modules it picks none and every forward raises KeyError. Rows name their own
+                # adapter, so any remaining one will do as the active one.
+                self._peft.set_adapter(next(iter(self._peft.peft_config)), inference_mode=True)
 
     def _collect_retired(self) -> None:
         with self._lock:
-            done = [name for name, a in self._adapters.items() if a.retiring and a.users == 0]
-            keys = [self._adapters.pop(name).key for name in done]
+            keys = [a.key for a in self._retiring if a.users == 0]
+            self._retiring = [a for a in self._retiring if a.users > 0]
         for key in keys:
             self._delete_in_worker(key)
 
@@ -406,10 +427,14 @@ class LocalEngine:
             job.stream = TextStream(self._decode, params.stop)
             job.generator = make_generator(params.seed)
         names = [self._adapter_key(job) for job in jobs]
-        logits, batch = kvbatch.prefill(
-            self._forward, [j.prompt_ids for j in jobs], names, self._pad_id, self._device
-        )
-        tokens = sample_next(logits, [j.request.sampling for j in jobs], [j.generator for j in jobs])
+        try:
+            logits, batch = kvbatch.prefill(
+                self._forward, [j.prompt_ids for j in jobs], names, self._pad_id, self._device
+            )
+            tokens = sample_next(logits, [j.request.sampling for j in jobs], [j.generator for j in jobs])
+        except Exception:
+            self._waiting.extendleft(reversed(jobs))  # back in line, so _fail_all tells their clients
+            raise
         keep = [
             i
             for i, (job, token) in enumerate(zip(jobs, tokens, strict=True))
@@ -449,7 +474,7 @@ class LocalEngine:
             return True
         job.generated += 1
         finish = None
-        if token in self._eos_ids:
+        if token in self._eos_ids and not job.request.sampling.ignore_eos:
             finish, text = "stop", job.stream.finish()
         else:
             text = job.stream.push(token)

@@ -23,11 +23,13 @@ class TextStream:
         """Add a token; return the newly releasable text. Sets `stopped` when a stop string appears."""
         self.token_ids.append(token_id)
         text = self._decode(self.token_ids)
-        for stop in self._stop:
-            at = text.find(stop, max(0, self.emitted - len(stop) + 1))
-            if at != -1:
-                self.stopped = True
-                return self._release(text[:at])
+        # cut at the earliest match of any stop string, not the first one listed: one token can complete
+        # several, and the text before a later-listed one may hold the start of another
+        hits = [text.find(stop, max(0, self.emitted - len(stop) + 1)) for stop in self._stop]
+        hits = [at for at in hits if at != -1]
+        if hits:
+            self.stopped = True
+            return self._release(text[: min(hits)])
         if text.endswith("\ufffd"):
             return ""
         return self._release(text[: len(text) - self._held_back(text)])
