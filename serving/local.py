@@ -38,10 +38,10 @@ from .errors import (
     ContextTooLong,
     EngineError,
     EngineUnavailable,
-    InvalidAdapter,
     InvalidRequest,
     ModelNotFound,
 )
+from .lora_model import MultiLoraModel
 from .sampling import make_generator, sample_next
 from .textstream import TextStream
 
@@ -103,15 +103,8 @@ class LocalEngine:
         self.max_lora_rank = max_lora_rank
         self.batch_wait_s = batch_wait_s
         self._on_step = on_step
-        self._base = model.eval()
-        self._peft = None  # a PeftModel once the first adapter is loaded
-        self._device = next(model.parameters()).device
-        self._module_names = [name for name, _ in model.named_modules()]
-        self._module_shapes = {
-            name: (m.in_features, m.out_features)
-            for name, m in model.named_modules()
-            if hasattr(m, "in_features") and hasattr(m, "out_features")
-        }
+        self._model = MultiLoraModel(model)
+        self._device = self._model.device
         eos = tokenizer.eos_token_id
         config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos_ids = {eos} if eos is not None else set()
@@ -230,7 +223,7 @@ class LocalEngine:
         names = {self.model_name}
         if self.model_path:
             names |= {self.model_path, str(Path(self.model_path).resolve())}
-        base_name = getattr(self._base.config, "_name_or_path", "")
+        base_name = getattr(self._model.base.config, "_name_or_path", "")
         if base_name:
             names.add(base_name)
         return names
@@ -241,11 +234,11 @@ class LocalEngine:
         spec = inspect_adapter(Path(path))
         check_adapter_for_model(
             spec,
-            module_names=self._module_names,
+            module_names=self._model.module_names,
             served_names=self._served_names(),
             max_rank=self.max_lora_rank,
         )
-        check_weight_shapes(spec, self._module_shapes)
+        check_weight_shapes(spec, self._model.module_shapes)
         return spec
 
     async def load_adapter(self, name: str, path: Path) -> AdapterInfo:
@@ -264,10 +257,10 @@ class LocalEngine:
             target_modules=spec.target_modules,
             loaded_at=time.time(),
         )
-        await self._call_in_worker(lambda: self._load_in_worker(key, spec.path))
+        await self._call_in_worker(lambda: self._model.load(key, spec.path))
         with self._lock:
             if name in self._adapters:  # a concurrent load of the same name won the race
-                self._inbox.put(_Command(lambda: self._delete_in_worker(key)))
+                self._inbox.put(_Command(lambda: self._model.delete(key)))
                 raise AdapterConflict(
                     f"an adapter named {name!r} is already loaded; unload it first", param="lora_name"
                 )
@@ -294,57 +287,12 @@ class LocalEngine:
 
     # ----- worker thread: everything below touches the model --------------------------------------------
 
-    def _load_in_worker(self, key: str, path: Path) -> None:
-        from peft import PeftModel
-
-        try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(
-                    self._base, str(path), adapter_name=key, is_trainable=False
-                )
-                self._peft.eval()
-            else:
-                self._peft.load_adapter(str(path), adapter_name=key, is_trainable=False)
-        except Exception as exc:
-            if self._peft is None:
-                self._strip_adapter_layers()
-            else:
-                self._delete_in_worker(key)
-            raise InvalidAdapter(
-                f"adapter {str(path)!r} could not be loaded: {exc}", param="lora_path"
-            ) from exc
-
-    def _strip_adapter_layers(self) -> None:
-        """Undo a first load that failed half-way: PEFT wraps the base's layers in place before it reads the
-        weights, and a wrapped layer with random LoRA weights would silently change every base answer."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for name, module in list(self._base.named_modules()):
-            if isinstance(module, BaseTunerLayer):
-                parent_name, _, child = name.rpartition(".")
-                setattr(self._base.get_submodule(parent_name), child, module.get_base_layer())
-
-    def _delete_in_worker(self, key: str) -> None:
-        if self._peft is None or key not in self._peft.peft_config:
-            return
-        if len(self._peft.peft_config) == 1:
-            # PEFT cannot run with zero adapters: take the LoRA layers out and go back to the plain base
-            self._base = self._peft.unload().eval()
-            self._peft = None
-        else:
-            self._peft.delete_adapter(key)
-            if self._peft.active_adapter not in self._peft.peft_config:
-                # PEFT picks the next active adapter from the first LoRA layer; when the remaining adapters
-                # target other modules it picks none and every forward raises KeyError. Rows name their own
-                # adapter, so any remaining one will do as the active one.
-                self._peft.set_adapter(next(iter(self._peft.peft_config)), inference_mode=True)
-
     def _collect_retired(self) -> None:
         with self._lock:
             keys = [a.key for a in self._retiring if a.users == 0]
             self._retiring = [a for a in self._retiring if a.users > 0]
         for key in keys:
-            self._delete_in_worker(key)
+            self._model.delete(key)
 
     def _release(self, job: _Job) -> None:
         if job.adapter is not None:
@@ -355,19 +303,7 @@ class LocalEngine:
                 self._collect_retired()
 
     def _forward(self, ids, mask, positions, cache, adapter_names: list[str]) -> torch.Tensor:
-        kwargs = dict(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        if self._peft is None:
-            out = self._base(**kwargs)
-        else:
-            out = self._peft(**kwargs, adapter_names=adapter_names)
-        return out.logits[:, -1, :].float().cpu()
+        return self._model.forward(ids, mask, positions, cache, adapter_names)
 
     def _run(self) -> None:
         with torch.inference_mode():

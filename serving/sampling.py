@@ -38,6 +38,7 @@ def sample_next(
         probs = sorted_scores.softmax(dim=-1)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         drop |= (probs.cumsum(dim=-1) - probs) >= top_p
+        drop[:, 0] = False  # the most likely token always stays, whatever top_p and top_k say
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(1, order, sorted_scores)
     probs = scores.softmax(dim=-1)

@@ -50,7 +50,7 @@ class EngineThread:
 
     def state(self) -> tuple[list, set[str]]:
         """What a refused load must leave untouched: the served adapters and the adapters inside PEFT."""
-        peft = self.engine._peft
+        peft = self.engine._model.peft
         return self.engine.adapters(), set(peft.peft_config) if peft is not None else set()
 
     def unload(self, name: str) -> None:
@@ -63,7 +63,7 @@ class EngineThread:
 
     def settled(self) -> bool:
         """PEFT holds exactly the served adapters (nothing loaded half-way, nothing left behind)."""
-        peft = self.engine._peft
+        peft = self.engine._model.peft
         keys = set(peft.peft_config) if peft is not None else set()
         return keys == {adapter.key for adapter in self.engine._adapters.values()}
 

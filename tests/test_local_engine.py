@@ -571,8 +571,8 @@ def test_adapters_swap_under_load_without_failing_a_request(demo_model, adapters
             results = await asyncio.wait_for(
                 asyncio.gather(*first_wave, *second_wave, return_exceptions=True), 60
             )
-            collected = await wait_until(lambda: old_a.key not in engine._peft.peft_config)
-            keys = set(engine._peft.peft_config)
+            collected = await wait_until(lambda: old_a.key not in engine._model.peft.peft_config)
+            keys = set(engine._model.peft.peft_config)
             for _ in range(5):  # more timings for the benchmark line below
                 started = time.perf_counter()
                 await engine.load_adapter("timing", adapters_dir / "c")
@@ -650,7 +650,7 @@ def test_unloading_the_last_adapter_returns_to_the_plain_base(demo_model, adapte
             await engine.load_adapter("a", adapters_dir / "a")
             with_a = await collect(engine, chat("Hi", adapter="a"))
             await engine.unload_adapter("a")
-            await wait_until(lambda: engine._peft is None)
+            await wait_until(lambda: engine._model.peft is None)
             base = await collect(engine, chat("Hi"))
             with pytest.raises(ModelNotFound):
                 await engine.unload_adapter("a")
@@ -674,7 +674,7 @@ def test_quantized_engine_generates_and_serves_a_lora_adapter(demo_model, adapte
 
     async def scenario():
         async with running_engine(demo_model, quantize=quantize) as engine:
-            layer = engine._base.model.layers[0].self_attn.q_proj
+            layer = engine._model.base.model.layers[0].self_attn.q_proj
             base = await collect(engine, chat("Who are you?"))
             info = await engine.load_adapter("a", adapters_dir / "a")
             mixed = await asyncio.gather(
