@@ -141,6 +141,10 @@ class LocalEngine:
         """Call `callback(rows)` before every decode step (the hub feeds its batch-size histogram)."""
         self._on_step = callback
 
+    def weight_bytes(self) -> int:
+        """Memory held by the base model's parameters and buffers (quantized weights count as stored)."""
+        return self._model.base.get_memory_footprint()
+
     @property
     def ready(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._healthy
