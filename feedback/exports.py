@@ -54,7 +54,7 @@ class Export:
     eval: list[dict[str, Any]]
     vote_ids: tuple[int, ...]
     content_hash: str
-    dataset_id: str
+    dataset_id: str | None  # None for a preview (``snapshot=False``)
     paths: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,6 +76,7 @@ def export_dataset(
     weight: bool = False,
     eval_fraction: float = 0.1,
     split_salt: str = "tunehub",
+    snapshot: bool = True,
 ) -> Export:
     """Export the store's votes as a dataset of ``kind`` and record a snapshot; returns the rows.
 
@@ -84,7 +85,8 @@ def export_dataset(
     empty split writes no file. ``mode`` picks the pairs a ranking gives (see ``expand_ranking``);
     ``margin`` adds the ranking gap as ``margin`` and ``weight`` each pair's weight, to pair rows.
     ``eval_fraction`` of conversations (by hash of ``split_salt`` and the conversation id) go to eval.
-    Raises ``Invalid`` for a bad argument or when there is nothing to export.
+    ``snapshot=False`` records nothing (a preview). Raises ``Invalid`` for a bad argument or when there is
+    nothing to export.
     """
     check_choice(kind, KINDS, "kind")
     check_choice(format, FORMATS, "format")
@@ -118,7 +120,9 @@ def export_dataset(
     content_hash = hashlib.sha256(canonical_json(splits).encode()).hexdigest()
     vote_ids = tuple(sorted({id for r in rows for id in r.vote_ids}))
     paths = _write(out, splits) if out is not None else {}
-    snapshot = store.add_dataset(
+    if not snapshot:
+        return Export(kind, format, splits["train"], splits["eval"], vote_ids, content_hash, None, paths)
+    record = store.add_dataset(
         kind=kind,
         format=format,
         content_hash=content_hash,
@@ -136,7 +140,7 @@ def export_dataset(
             "split_salt": split_salt,
         },
     )
-    return Export(kind, format, splits["train"], splits["eval"], vote_ids, content_hash, snapshot.id, paths)
+    return Export(kind, format, splits["train"], splits["eval"], vote_ids, content_hash, record.id, paths)
 
 
 def _sft_rows(votes: list[Vote], generations: dict[str, Generation]) -> list[_Row]:

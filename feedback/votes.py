@@ -36,7 +36,7 @@ from feedback.validation import (
 
 _VOTE_COLUMNS = (
     "kind, rater, item_key, generation_id, generation_ids, value, ranking, edited_text, tags, comment, "
-    "conversation_id, source, created_at, replaces, active"
+    "conversation_id, source, created_at, replaces, active, model_a, model_b"
 )
 
 
@@ -61,13 +61,12 @@ def vote_from_row(row: dict[str, Any]) -> Vote:
 
 
 def _same_context(db: Database, ids: Sequence[str], param: str) -> dict[str, dict[str, Any]]:
-    """Rows (id, prompt_hash, conversation_id, text) of ``ids``; NotFound for an unknown id, Invalid when
-    they answer different prompts."""
+    """Rows (id, prompt_hash, conversation_id, text, model) of ``ids``; NotFound for an unknown id, Invalid
+    when they answer different prompts."""
     marks = ", ".join("?" for _ in ids)
-    cursor = db.execute(
-        f"SELECT id, prompt_hash, conversation_id, text FROM generations WHERE id IN ({marks})", list(ids)
-    )
-    rows = {row[0]: dict(zip(("id", "prompt_hash", "conversation_id", "text"), row)) for row in cursor}
+    columns = ("id", "prompt_hash", "conversation_id", "text", "model")
+    cursor = db.execute(f"SELECT {', '.join(columns)} FROM generations WHERE id IN ({marks})", list(ids))
+    rows = {row[0]: dict(zip(columns, row)) for row in cursor}
     for id in ids:
         if id not in rows:
             raise NotFound(f"generation {id!r} not found; vote on an id the hub returned", param=param)
@@ -147,6 +146,7 @@ class VoteMethods(StoreConnections):
                 comment=comment_,
                 conversation_id=rows[generation_a]["conversation_id"],
                 source=source,
+                models=(rows[generation_a]["model"], rows[generation_b]["model"]),
             )
 
     def add_ranking(
@@ -228,6 +228,7 @@ class VoteMethods(StoreConnections):
         comment: str | None,
         conversation_id: str,
         source: str,
+        models: tuple[str, str] | None = None,
     ) -> Vote:
         check_text(rater, "rater", max_chars=200)
         check_choice(source, SOURCES, "source")
@@ -253,6 +254,8 @@ class VoteMethods(StoreConnections):
             "created_at": utc_now(),
             "replaces": old[0] if old is not None else None,
             "active": 1,
+            "model_a": models[0] if models else None,  # pairwise only: what the leaderboard reads
+            "model_b": models[1] if models else None,
         }
         cursor = db.execute(
             f"INSERT INTO votes ({_VOTE_COLUMNS}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
@@ -293,10 +296,8 @@ class VoteMethods(StoreConnections):
     def pairwise_comparisons(self) -> list[Comparison]:
         """Every active pairwise vote as (model of a, model of b, outcome), for the leaderboard."""
         sql = (
-            "SELECT ga.model, gb.model, v.value FROM votes v "
-            "JOIN generations ga ON ga.id = json_extract(v.generation_ids, '$[0]') "
-            "JOIN generations gb ON gb.id = json_extract(v.generation_ids, '$[1]') "
-            "WHERE v.kind = 'pairwise' AND v.active = 1 ORDER BY v.id"
+            "SELECT model_a, model_b, value FROM votes INDEXED BY idx_votes_pairwise "
+            "WHERE kind = 'pairwise' AND active = 1 ORDER BY id"
         )
         return [Comparison(*row) for row in self._read().execute(sql).fetchall()]
 

@@ -26,6 +26,7 @@ def _sampling(body: p._SamplingFields, max_tokens: int | None) -> SamplingParams
         top_k=body.top_k or 0,
         stop=body.stop_list(),
         seed=body.seed,
+        ignore_eos=body.ignore_eos,
     )
 
 

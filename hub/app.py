@@ -11,8 +11,13 @@ from feedback.store import Store
 from serving.engine import Engine
 
 from .api import build_router
+from .arena import ArenaService
 from .auth import Auth
+from .conversations import Conversations
+from .datasets import DatasetService
 from .errors import ApiError, install_error_handlers
+from .feedback_api import build_feedback_router
+from .feedback_service import FeedbackService
 from .metrics import Metrics
 from .recording import store_recorder
 from .service import ChatService
@@ -38,6 +43,32 @@ async def _unknown_api_route(request: Request, path: str):
     raise ApiError(404, f"no route {request.method} {request.url.path}", code="unknown_url")
 
 
+class CountRequests:
+    """Counts API requests by route and status. Plain ASGI: `@app.middleware("http")` would cost each request
+    a task group and memory streams, a third of a vote's time in bench/store.py."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            path = getattr(scope.get("route"), "path", None)
+            if path and not path.startswith("/gradio") and path != "/":
+                self.metrics.requests.labels(path, str(status)).inc()
+
+
 def build_app(settings: Settings, engine: Engine, *, store: Store | None = None, with_ui: bool = True) -> FastAPI:
     """Wire services around a constructed engine; the lifespan starts and stops it. Nothing runs at import."""
     metrics = Metrics(adapter_count=lambda: len(engine.adapters()))
@@ -47,7 +78,8 @@ def build_app(settings: Settings, engine: Engine, *, store: Store | None = None,
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.data_dir / "feedback.db")
     service = ChatService(engine, metrics, recorder=store_recorder(store))
-    auth = Auth(settings.api_key, settings.admin_password)
+    auth = Auth(settings.api_key, settings.admin_password, store)
+    feedback = FeedbackService(store, anchor=lambda: engine.model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -64,23 +96,36 @@ def build_app(settings: Settings, engine: Engine, *, store: Store | None = None,
     app.state.settings = settings
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", None)
-        if path and not path.startswith("/gradio") and path != "/":
-            metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     app.include_router(build_router(service, auth))
+    app.include_router(build_feedback_router(feedback, auth))
     # keep this after every API route: the UI is mounted at "/" and would answer any other /v1 path with
     # its own bare 404, so unknown API paths and wrong methods get the error envelope here instead
     app.add_api_route("/v1/{path:path}", _unknown_api_route, methods=_ALL_METHODS, include_in_schema=False)
     if with_ui:
         import gradio as gr
 
-        from .ui import build_ui
+        from .ui import UiServices, build_ui
+        from .ui.login import gradio_login
 
-        app = gr.mount_gradio_app(app, build_ui(service), path="/")
+        exports_dir = settings.data_dir / "exports"
+        exports_dir.mkdir(parents=True, exist_ok=True)
+        services = UiServices(
+            chat=service,
+            feedback=feedback,
+            arena=ArenaService(service, store, candidate_boost=settings.arena_candidate_boost),
+            conversations=Conversations(store),
+            datasets=DatasetService(store, exports_dir),
+            auth=auth,
+        )
+        app = gr.mount_gradio_app(
+            app,
+            build_ui(services),
+            path="/",
+            auth=gradio_login(auth) if auth.login_required else None,
+            auth_message="Sign in as admin with the admin password, or as a rater with your own password.",
+            allowed_paths=[str(exports_dir)],  # the Data tab's downloads
+            run_history=False,  # answers and votes stay out of the browser's storage
+        )
     return app

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .cli_data import add_data_commands
 from .settings import Settings, SettingsError, quiet_environment
 
 log = logging.getLogger("tunehub")
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="write it to this directory instead of the data dir's cache")
     demo.add_argument("--data-dir", default="./tunehub-data")
     demo.set_defaults(func=cmd_demo_model)
+    add_data_commands(sub)
     return parser
 
 

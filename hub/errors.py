@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from feedback.errors import StoreError
 from serving.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError):
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code, kind=exc.error_type)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError):
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -22,6 +22,7 @@ def store_recorder(store: Store) -> Recorder:
             prompt=prompt,
             model=item.model,
             text=item.text,
+            conversation_id=item.conversation_id,
             response_id=item.response_id or None,
             choice_index=item.choice,
             params=params,

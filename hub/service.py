@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from feedback.connections import new_id
 from serving.engine import AdapterInfo, Delta, Engine, GenerationRequest
 
 from .metrics import Metrics
@@ -49,6 +50,7 @@ class GenerationRecord:
     ttft_s: float | None
     source: str
     rater: str | None = None
+    conversation_id: str | None = None  # None: the generation starts a conversation of its own
 
 
 Recorder = Callable[[GenerationRecord], Awaitable[None]]
@@ -97,9 +99,12 @@ class ChatService:
         response_id: str = "",
         source: str = "api",
         rater: str | None = None,
+        conversation_id: str | None = None,
     ) -> AsyncIterator[tuple[int, Delta]]:
         """Yield (choice index, delta) for n choices. Errors about the request raise before the first yield."""
         started = time.perf_counter()
+        if conversation_id is None and n > 1:
+            conversation_id = new_id("conv")  # the n answers to one prompt belong to one conversation
         requests = [self._choice_request(request, i) for i in range(n)]
         streams = [self.engine.generate(r) for r in requests]
         try:
@@ -113,19 +118,30 @@ class ChatService:
         deltas = _single(streams[0], firsts[0]) if n == 1 else _merged(streams, firsts)
         try:
             async for index, delta in deltas:
-                record = self._track(trackers[index], delta, response_id, source, rater)
+                record = self._track(trackers[index], delta, response_id, source, rater, conversation_id)
                 if record is not None and self.recorder is not None:
-                    await self.recorder(record)  # stored before the client sees the end, so it can vote at once
+                    # stored before the client sees the end, so it can vote at once
+                    await self.recorder(record)
                 yield index, delta
         finally:
             for s in streams:
                 await s.aclose()
 
     async def complete(
-        self, request: GenerationRequest, n: int = 1, *, response_id: str = "", source: str = "api"
+        self,
+        request: GenerationRequest,
+        n: int = 1,
+        *,
+        response_id: str = "",
+        source: str = "api",
+        rater: str | None = None,
+        conversation_id: str | None = None,
     ) -> list[Choice]:
         choices = [Choice(index=i) for i in range(n)]
-        async for index, delta in self.stream(request, n, response_id=response_id, source=source):
+        stream = self.stream(
+            request, n, response_id=response_id, source=source, rater=rater, conversation_id=conversation_id
+        )
+        async for index, delta in stream:
             choice = choices[index]
             choice.text += delta.text
             choice.prompt_tokens = delta.prompt_tokens
@@ -144,7 +160,13 @@ class ChatService:
         return request.adapter or self.engine.model_name
 
     def _track(
-        self, tracker: _ChoiceTracker, delta: Delta, response_id: str, source: str, rater: str | None
+        self,
+        tracker: _ChoiceTracker,
+        delta: Delta,
+        response_id: str,
+        source: str,
+        rater: str | None,
+        conversation_id: str | None,
     ) -> GenerationRecord | None:
         tracker.text.append(delta.text)
         if tracker.ttft is None:
@@ -169,6 +191,7 @@ class ChatService:
             ttft_s=tracker.ttft,
             source=source,
             rater=rater,
+            conversation_id=conversation_id,
         )
 
     # ----- adapters ------------------------------------------------------------------------------------

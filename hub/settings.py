@@ -48,6 +48,10 @@ class Settings:
     max_lora_rank: int = 64
     max_batch_size: int = 32
     served_model_name: str | None = None
+    # how many times as often the arena draws a candidate adapter as any other model
+    arena_candidate_boost: float = field(
+        default_factory=lambda: float(os.environ.get("TUNEHUB_ARENA_BOOST") or 3.0)
+    )
 
     def check(self) -> None:
         if not is_loopback(self.host) and not (self.admin_password and self.api_key):
@@ -64,6 +68,8 @@ class Settings:
             raise SettingsError(f"--port {self.port} is not a TCP port (1-65535)")
         if self.max_lora_rank < 1:
             raise SettingsError(f"--max-lora-rank {self.max_lora_rank} must be at least 1")
+        if not self.arena_candidate_boost > 0:
+            raise SettingsError(f"TUNEHUB_ARENA_BOOST {self.arena_candidate_boost} must be a number above 0")
         if self.max_batch_size < 1:
             raise SettingsError(f"--max-batch-size {self.max_batch_size} must be at least 1")
 

@@ -35,21 +35,41 @@ def _schema(path: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
 
 
+MIGRATIONS = ["0001_initial", "0002_pairwise_models"]
+
+
 def test_migrations_are_idempotent_on_an_existing_file(tmp_path: Path):
     path = tmp_path / "feedback.db"
     with Store(path) as first:
-        assert first.migrations_applied == ["0001_initial"]
+        assert first.migrations_applied == MIGRATIONS
         generation = first.add_generation(prompt=PROMPT, model="base", text="Paris.")
         first.add_thumbs(generation.id, "up", rater="alice")
     schema = _schema(path)
     with Store(path) as second:
         assert second.migrations_applied == []  # nothing new to apply
-        assert second.migrations == ["0001_initial"]
+        assert second.migrations == MIGRATIONS
         assert second.get_generation(generation.id).text == "Paris."
         assert second.counts().votes == 1
     assert _schema(path) == schema
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT name FROM _migrations").fetchall() == [("0001_initial",)]
+        assert conn.execute("SELECT name FROM _migrations").fetchall() == [(m,) for m in MIGRATIONS]
+
+
+def test_pairwise_models_are_backfilled_for_votes_cast_before_0002(tmp_path: Path):
+    # a file whose votes predate 0002_pairwise_models: the migration copies each vote's models onto it
+    path = tmp_path / "feedback.db"
+    with Store(path) as store:
+        a = store.add_generation(prompt=PROMPT, model="base", text="Paris.")
+        b = store.add_generation(prompt=PROMPT, model="tuned", text="Lyon.")
+        store.add_pairwise(a.id, b.id, "a", rater="alice")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX idx_votes_pairwise")
+        conn.execute("ALTER TABLE votes DROP COLUMN model_a")
+        conn.execute("ALTER TABLE votes DROP COLUMN model_b")
+        conn.execute("DELETE FROM _migrations WHERE name = '0002_pairwise_models'")
+    with Store(path) as store:
+        assert store.migrations_applied == ["0002_pairwise_models"]
+        assert store.pairwise_comparisons() == [("base", "tuned", "a")]
 
 
 def test_store_uses_wal(store: Store):

@@ -1,22 +1,68 @@
-"""Browser UI (Gradio Blocks) mounted at / of the hub; handlers are thin calls into the service layer."""
+"""Browser UI (Gradio Blocks) mounted at / of the hub. Tabs: Chat, Arena, Rank, Leaderboard, and Data for
+admins. Handlers are thin calls into the same services the API routes use, passed in here; per-user state
+lives in gr.State, and every handler learns its user from `gr.Request`.
+
+chat.py         chat with thumbs and reasons, regenerate, corrections, one's own conversations
+arena.py        two anonymous models side by side, a vote per turn, names revealed after it
+rank.py         N sampled answers to one prompt, put in order, submitted as one ranking
+leaderboard.py  Bradley-Terry ratings with intervals, and the win-rate matrix
+data.py         counts by kind and rater, export previews and downloads (admins only)
+login.py        the login, the user behind each event, the admin guard
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import gradio as gr
 
+    from ..arena import ArenaService
+    from ..auth import Auth
+    from ..conversations import Conversations
+    from ..datasets import DatasetService
+    from ..feedback_service import FeedbackService
     from ..service import ChatService
 
 
-def build_ui(service: ChatService) -> gr.Blocks:
+@dataclass(frozen=True)
+class UiServices:
+    """The services the UI calls; the same objects the API routes use."""
+
+    chat: ChatService
+    feedback: FeedbackService
+    arena: ArenaService
+    conversations: Conversations
+    datasets: DatasetService
+    auth: Auth
+
+
+def build_ui(services: UiServices) -> gr.Blocks:
     import gradio as gr
 
+    from .arena import arena_tab
     from .chat import chat_tab
+    from .data import data_tab
+    from .leaderboard import leaderboard_tab
+    from .login import on_page_load
+    from .rank import rank_tab
 
     with gr.Blocks(title="tunehub") as blocks:
-        gr.Markdown("# tunehub\nChat with the base model or any loaded adapter.")
-        with gr.Tab("Chat"):
-            chat_tab(service)
+        with gr.Row():
+            gr.Markdown("# tunehub\nChat with the base model or any loaded adapter, and rate the answers.")
+            whoami = gr.Markdown(elem_id="whoami")
+        with gr.Tab("Chat", id="chat"):
+            chat_tab(services, blocks)
+        with gr.Tab("Arena", id="arena"):
+            arena_tab(services, blocks)
+        with gr.Tab("Rank", id="rank"):
+            rank_tab(services, blocks)
+        with gr.Tab("Leaderboard", id="leaderboard") as leaderboard:
+            leaderboard_tab(services, blocks, leaderboard)
+        # admin-only tabs start hidden and are shown to admins on load; their handlers check again
+        with gr.Tab("Data", id="data", visible=False) as data:
+            data_tab(services, blocks, data)
+        admin_tabs = [data]
+        blocks.load(on_page_load(services.auth, len(admin_tabs)), outputs=[whoami, *admin_tabs])
     return blocks

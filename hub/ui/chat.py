@@ -1,13 +1,22 @@
-"""The Chat tab: pick the base model or an adapter, set sampling, and stream answers."""
+"""The Chat tab: pick the base model or an adapter, set a system prompt and sampling, stream answers; rate
+them with thumbs and reasons, regenerate or correct the last answer, and reopen one's own conversations.
+
+Per-user state lives in a gr.State: the conversation id and which stored generation each answer is.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
 import gradio as gr
 
+from feedback.errors import StoreError
 from serving.engine import GenerationRequest, SamplingParams
-from serving.errors import EngineError
 
-from ..service import ChatService
+from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
+from ..protocol import new_id
+from . import UiServices
+from .login import shown_to_user, user_of
 
 
 def message_text(content) -> str:
@@ -21,13 +30,30 @@ def message_text(content) -> str:
     return str(content or "")
 
 
+def plain_history(history: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": message_text(m["content"])} for m in history]
+
+
 def history_messages(history: list[dict], system: str) -> list[dict]:
     messages = [{"role": "system", "content": system.strip()}] if system.strip() else []
-    messages += [{"role": m["role"], "content": message_text(m["content"])} for m in history]
-    return messages
+    return messages + plain_history(history)
 
 
-def chat_tab(service: ChatService) -> None:
+def new_session() -> dict:
+    # generation_ids: chatbot message index -> stored generation id; pending: the thumbs awaiting reasons
+    return {"conversation_id": None, "generation_ids": {}, "pending": None}
+
+
+def conversation_choices(services: UiServices, owner: str) -> list[tuple[str, str]]:
+    return [
+        (f"{c.title or 'untitled'} · {c.created_at[:16].replace('T', ' ')}", c.id)
+        for c in services.conversations.owned(owner)
+    ]
+
+
+def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
+    service, feedback, auth = services.chat, services.feedback, services.auth
+
     def model_choices() -> list[str]:
         return [m.id for m in service.models()]
 
@@ -39,11 +65,33 @@ def chat_tab(service: ChatService) -> None:
         temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
         max_tokens = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
-    chatbot = gr.Chatbot(label="Conversation", height=420, feedback_options=None, elem_id="chatbot")
+    with gr.Row():
+        conversations = gr.Dropdown(
+            choices=[], label="Your conversations", scale=4, elem_id="conversations", interactive=True
+        )
+        open_button = gr.Button("Open", scale=1, elem_id="open-conversation")
+        clear = gr.Button("New conversation", scale=1, elem_id="new-conversation")
+    chatbot = gr.Chatbot(
+        label="Conversation", height=420, feedback_options=("Like", "Dislike"), elem_id="chatbot"
+    )
     with gr.Row():
         prompt = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, elem_id="prompt")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-    clear = gr.Button("New conversation")
+    with gr.Row():
+        regenerate = gr.Button("Regenerate the last answer", elem_id="regenerate")
+    status = gr.Markdown(elem_id="chat-status")
+    with gr.Group(visible=False, elem_id="feedback-panel") as panel:
+        reasons = gr.CheckboxGroup(choices=list(THUMBS_DOWN_REASONS), label="Why?", elem_id="reasons")
+        comment = gr.Textbox(label="Comment", placeholder="optional", lines=1, elem_id="feedback-comment")
+        send_reasons = gr.Button("Send feedback", elem_id="send-reasons")
+    with gr.Accordion("Correct the last answer", open=False, elem_id="edit-panel"):
+        edit_text = gr.Textbox(label="Corrected answer", lines=4, elem_id="edit-text")
+        save_edit = gr.Button("Save correction", elem_id="save-edit")
+    session = gr.State(new_session())
+
+    def list_conversations(request: gr.Request):
+        user = user_of(auth, request)
+        return gr.update(choices=conversation_choices(services, user.name))
 
     def add_user(text: str, history: list[dict]):
         if not text.strip():
@@ -51,27 +99,140 @@ def chat_tab(service: ChatService) -> None:
         return "", [*history, {"role": "user", "content": text}]
 
     async def answer(
-        history: list[dict], model_name: str, system_prompt: str, temp: float, nucleus: float, limit: int
+        history: list[dict],
+        state: dict,
+        model_name: str,
+        system_prompt: str,
+        temp: float,
+        nucleus: float,
+        limit: int,
+        request: gr.Request,
     ):
         if not history or history[-1]["role"] != "user":
-            yield history
+            yield history, state, gr.update(), gr.update(), gr.update()
             return
-        request = GenerationRequest(
+        user = user_of(auth, request)
+        state = {**state, "generation_ids": dict(state["generation_ids"])}
+        listed = gr.update()
+        if state["conversation_id"] is None:
+            first = message_text(history[-1]["content"])
+            state["conversation_id"] = await asyncio.to_thread(services.conversations.start, user.name, first)
+            listed = gr.update(
+                choices=await asyncio.to_thread(conversation_choices, services, user.name),
+                value=state["conversation_id"],
+            )
+        request_ = GenerationRequest(
             messages=history_messages(history, system_prompt),
             sampling=SamplingParams(max_tokens=int(limit), temperature=float(temp), top_p=float(nucleus)),
             adapter=service.adapter_for(model_name),
         )
+        response_id = new_id("chatcmpl")
         reply = {"role": "assistant", "content": ""}
-        history = [*history, reply]
-        try:
-            async for _, delta in service.stream(request, source="ui"):
+        history = [*plain_history(history), reply]
+        with shown_to_user():
+            stream = service.stream(
+                request_,
+                response_id=response_id,
+                source="ui",
+                rater=user.name,
+                conversation_id=state["conversation_id"],
+            )
+            async for _, delta in stream:
                 reply["content"] += delta.text
-                yield history
-        except EngineError as exc:
+                yield history, state, gr.update(), listed, ""
+        state["generation_ids"][len(history) - 1] = response_id  # stored before the stream's last delta
+        done = f"Answer `{response_id}` stored. Rate it with the thumbs, regenerate it or correct it."
+        yield history, state, reply["content"], listed, done
+
+    def on_like(state: dict, like: gr.LikeData, request: gr.Request):
+        index = like.index if isinstance(like.index, int) else like.index[0]
+        generation = state["generation_ids"].get(index)
+        if generation is None:
+            raise gr.Error("that answer is not stored: only answers given in this conversation can be rated")
+        if like.liked not in (True, False):
+            return state, gr.update(), gr.update(), gr.update(), gr.update()
+        value = "up" if like.liked else "down"
+        with shown_to_user():
+            vote = feedback.thumbs(user_of(auth, request).name, generation, value, source="ui")
+        choices = THUMBS_UP_REASONS if value == "up" else THUMBS_DOWN_REASONS
+        return (
+            {**state, "pending": {"generation_id": generation, "value": value}},
+            gr.update(visible=True),
+            gr.update(
+                choices=list(choices),
+                value=[],
+                label="Thumbs up: what was good?" if value == "up" else "Thumbs down: what was wrong?",
+            ),
+            "",
+            f"Thumbs {value} recorded (vote {vote.id}). Add reasons below if you like.",
+        )
+
+    def on_reasons(state: dict, chosen: list[str], note: str, request: gr.Request):
+        pending = state.get("pending")
+        if pending is None:
+            raise gr.Error("rate an answer with a thumb first")
+        with shown_to_user():
+            vote = feedback.thumbs(
+                user_of(auth, request).name,
+                pending["generation_id"],
+                pending["value"],
+                reasons=chosen,
+                comment=note,
+                source="ui",
+            )
+        said = f" because: {', '.join(vote.tags)}" if vote.tags else ""
+        return (
+            {**state, "pending": None},
+            gr.update(visible=False),
+            f"Thumbs {vote.value} recorded{said} (vote {vote.id}).",
+        )
+
+    def drop_last_answer(history: list[dict], state: dict):
+        if not history or history[-1]["role"] != "assistant":
+            raise gr.Error("there is no answer to regenerate yet")
+        ids = {k: v for k, v in state["generation_ids"].items() if k < len(history) - 1}
+        return plain_history(history[:-1]), {**state, "generation_ids": ids}
+
+    def on_edit(history: list[dict], state: dict, text: str, request: gr.Request):
+        if not history or history[-1]["role"] != "assistant":
+            raise gr.Error("there is no answer to correct yet")
+        generation = state["generation_ids"].get(len(history) - 1)
+        if generation is None:
+            raise gr.Error("the last answer is not stored, so it cannot be corrected")
+        with shown_to_user():
+            vote = feedback.edit(user_of(auth, request).name, generation, text, source="ui")
+        history = plain_history(history)
+        history[-1] = {"role": "assistant", "content": text}  # the conversation goes on from the correction
+        return history, f"Correction saved (vote {vote.id}); the conversation continues from it."
+
+    def on_open(conversation_id: str | None, request: gr.Request):
+        if not conversation_id:
+            raise gr.Error("pick one of your conversations first")
+        try:
+            found = services.conversations.open(conversation_id, user_of(auth, request))
+        except StoreError as exc:
             raise gr.Error(exc.message) from exc
+        last = found.messages[-1]["content"] if found.messages else ""
+        state = {**new_session(), "conversation_id": found.conversation_id}
+        state["generation_ids"] = found.generation_ids
+        return found.messages, found.system, state, last, ""
 
     refresh.click(lambda: gr.update(choices=model_choices()), outputs=model)
-    inputs = [chatbot, model, system, temperature, top_p, max_tokens]
+    inputs = [chatbot, session, model, system, temperature, top_p, max_tokens]
+    outputs = [chatbot, session, edit_text, conversations, status]
     for trigger in (prompt.submit, send.click):
-        trigger(add_user, [prompt, chatbot], [prompt, chatbot], queue=False).then(answer, inputs, chatbot)
-    clear.click(lambda: [], outputs=chatbot, queue=False)
+        trigger(add_user, [prompt, chatbot], [prompt, chatbot], queue=False).then(answer, inputs, outputs)
+    regenerate.click(drop_last_answer, [chatbot, session], [chatbot, session], queue=False).then(
+        answer, inputs, outputs
+    )
+    chatbot.like(on_like, [session], [session, panel, reasons, comment, status])
+    send_reasons.click(on_reasons, [session, reasons, comment], [session, panel, status])
+    save_edit.click(on_edit, [chatbot, session, edit_text], [chatbot, status])
+    open_button.click(on_open, [conversations], [chatbot, system, session, edit_text, status])
+    clear.click(
+        lambda: ([], new_session(), "", gr.update(visible=False), gr.update(value=None)),
+        outputs=[chatbot, session, status, panel, conversations],
+        queue=False,
+    )
+    blocks.load(list_conversations, outputs=conversations)
+    blocks.load(lambda: gr.update(choices=model_choices()), outputs=model)

@@ -1,0 +1,281 @@
+"""Feedback routes: POST /v1/feedback (thumbs, pairwise, ranking, edit), GET /v1/feedback (the caller's own
+votes), GET /v1/feedback/{id}, GET /v1/leaderboard.
+
+A generation reference is ``{"generation_id": "<response id>", "choice": 0}``: the ``id`` of a chat or text
+completion this hub returned and the choice index within it (when ``n`` > 1). Bodies:
+
+    {"type": "thumbs", "generation": REF, "value": "up"|"down", "reasons": [...], "comment": "..."}
+    {"type": "pairwise", "a": REF, "b": REF, "winner": "a"|"b"|"tie"|"both_bad"}
+    {"type": "ranking", "order": [REF, REF, ...]}       best first; an inner list of REFs marks a tie
+    {"type": "edit", "generation": REF, "text": "the corrected answer"}
+
+Every kind also takes optional ``reasons`` and ``comment``. The answer is the stored vote, with its ``id``.
+A second vote by the same voter on the same answers replaces the first (the answer says which in
+``replaces``). Wrong shapes get 400, unknown answers 404, answers that cannot be compared (different
+prompts, one answer twice) 422, all in OpenAI's error envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+
+from feedback.errors import NotFound
+from feedback.leaderboard import Leaderboard
+from feedback.records import Vote
+
+from .auth import Auth, Principal
+from .errors import ApiError
+from .feedback_service import FeedbackService, GenerationRef
+
+# ----- request bodies ----------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ref(_Body):
+    generation_id: str = Field(min_length=1, max_length=200, description="the id of the response")
+    choice: int = Field(0, ge=0, le=1023, description="the choice index within the response")
+
+    def ref(self) -> GenerationRef:
+        return GenerationRef(self.generation_id, self.choice)
+
+
+class _Vote(_Body):
+    reasons: list[str] = Field(default_factory=list, max_length=16)
+    comment: str | None = Field(None, max_length=4000)
+
+
+class ThumbsFeedback(_Vote):
+    type: Literal["thumbs"]
+    generation: Ref
+    value: Literal["up", "down"]
+
+    def refs(self) -> list[GenerationRef]:
+        return [self.generation.ref()]
+
+    def submit(self, service: FeedbackService, rater: str) -> Vote:
+        return service.thumbs(
+            rater, self.generation.ref().store_id, self.value, reasons=self.reasons, comment=self.comment
+        )
+
+
+class PairwiseFeedback(_Vote):
+    type: Literal["pairwise"]
+    a: Ref
+    b: Ref
+    winner: Literal["a", "b", "tie", "both_bad"]
+
+    def refs(self) -> list[GenerationRef]:
+        return [self.a.ref(), self.b.ref()]
+
+    def submit(self, service: FeedbackService, rater: str) -> Vote:
+        a, b = (ref.store_id for ref in self.refs())
+        return service.pairwise(rater, a, b, self.winner, reasons=self.reasons, comment=self.comment)
+
+
+class RankingFeedback(_Vote):
+    type: Literal["ranking"]
+    order: list[Ref | Annotated[list[Ref], Field(min_length=1)]] = Field(min_length=1, max_length=6)
+
+    def refs(self) -> list[GenerationRef]:
+        return [ref.ref() for entry in self.order for ref in (entry if isinstance(entry, list) else [entry])]
+
+    def submit(self, service: FeedbackService, rater: str) -> Vote:
+        order = [
+            [r.ref().store_id for r in entry] if isinstance(entry, list) else entry.ref().store_id
+            for entry in self.order
+        ]
+        return service.ranking(rater, order, reasons=self.reasons, comment=self.comment)
+
+
+class EditFeedback(_Vote):
+    type: Literal["edit"]
+    generation: Ref
+    text: str = Field(min_length=1, max_length=100_000)
+
+    def refs(self) -> list[GenerationRef]:
+        return [self.generation.ref()]
+
+    def submit(self, service: FeedbackService, rater: str) -> Vote:
+        return service.edit(
+            rater, self.generation.ref().store_id, self.text, reasons=self.reasons, comment=self.comment
+        )
+
+
+def _feedback_type(value: object) -> str | None:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+Feedback = Annotated[
+    Annotated[ThumbsFeedback, Tag("thumbs")]
+    | Annotated[PairwiseFeedback, Tag("pairwise")]
+    | Annotated[RankingFeedback, Tag("ranking")]
+    | Annotated[EditFeedback, Tag("edit")],
+    Discriminator(
+        _feedback_type,
+        custom_error_type="invalid_feedback_type",
+        custom_error_message="'type' must be 'thumbs', 'pairwise', 'ranking' or 'edit'",
+        custom_error_context={},
+    ),
+]
+
+
+FEEDBACK: TypeAdapter[Feedback] = TypeAdapter(Feedback)
+FEEDBACK_OPENAPI = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": FEEDBACK.json_schema()}}}
+}
+
+
+# ----- answers -----------------------------------------------------------------------------------------
+
+
+def vote_body(vote: Vote, refs: dict[str, GenerationRef]) -> dict:
+    def ref(id: str) -> dict:
+        r = refs.get(id, GenerationRef(id))
+        return {"generation_id": r.generation_id, "choice": r.choice}
+
+    body: dict = {"id": vote.id, "object": "feedback", "type": vote.kind}
+    if vote.kind in ("thumbs", "edit"):
+        body["generation"] = ref(vote.generation_ids[0])
+    if vote.kind == "thumbs":
+        body["value"] = vote.value
+    elif vote.kind == "pairwise":
+        body.update(a=ref(vote.generation_ids[0]), b=ref(vote.generation_ids[1]), winner=vote.value)
+    elif vote.kind == "ranking":
+        body["order"] = [ref(t[0]) if len(t) == 1 else [ref(id) for id in t] for t in vote.ranking or ()]
+    elif vote.kind == "edit":
+        body["text"] = vote.edited_text
+    body.update(
+        reasons=list(vote.tags),
+        comment=vote.comment,
+        rater=vote.rater,
+        source=vote.source,
+        conversation_id=vote.conversation_id,
+        created_at=vote.created_at,
+        active=vote.active,
+        replaces=vote.replaces,
+    )
+    return body
+
+
+def leaderboard_body(board: Leaderboard) -> dict:
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else round(x, 1)
+
+    return {
+        "object": "leaderboard",
+        "anchor": board.anchor,
+        "n_votes": board.n_votes,
+        "rounds": board.rounds,
+        "data": [
+            {
+                "rank": r.rank,
+                "model": r.model,
+                "rating": rounded(r.rating),
+                "lower": rounded(r.lower),
+                "upper": rounded(r.upper),
+                "votes": r.votes,
+                "wins": r.wins,
+                "losses": r.losses,
+                "ties": r.ties,
+                "both_bad": r.both_bad,
+                "provisional": r.provisional,
+            }
+            for r in board.ratings
+        ],
+        "models": board.models,
+        "win_rate": [[None if x is None else round(x, 4) for x in row] for row in board.win_rate],
+    }
+
+
+# ----- routes ------------------------------------------------------------------------------------------
+
+
+def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
+    # The store blocks, so reads run as plain `def` routes in FastAPI's thread pool and a vote's write in
+    # one worker thread. Votes come fast (bench/store.py), so a vote makes one thread hop, not two.
+    router = APIRouter()
+
+    async def caller(request: Request) -> Principal:
+        # no thread hop: constant-time compares, and one indexed read for a rater's own API key
+        return auth.identify(request)
+
+    api = Depends(caller)
+
+    def record(body: Feedback, principal: Principal) -> dict:
+        refs = body.refs()
+        try:
+            vote = body.submit(service, principal.name)
+        except NotFound:
+            missing = service.missing(refs)
+            if missing is not None:
+                raise missing from None
+            raise
+        return vote_body(vote, {r.store_id: r for r in refs})
+
+    @router.post("/v1/feedback", response_model=None, openapi_extra=FEEDBACK_OPENAPI)
+    async def post_feedback(request: Request):
+        # The hot path parses its own body: FastAPI's dependency and body machinery cost a vote more than
+        # the store's write does (bench/store.py). Errors come out exactly as from a declared body.
+        principal = auth.identify(request)
+        try:
+            body = FEEDBACK.validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        return JSONResponse(await asyncio.to_thread(record, body, principal))
+
+    @router.get("/v1/feedback", response_model=None)
+    def list_feedback(
+        type: Literal["thumbs", "pairwise", "ranking", "edit"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        include_replaced: bool = False,
+        rater: Annotated[str | None, Query(max_length=200)] = None,
+        principal: Principal = api,
+    ):
+        """The caller's own votes, newest first; an admin may name another ``rater``."""
+        if rater is not None and rater != principal.name and not principal.is_admin:
+            raise ApiError(
+                403,
+                f"you are {principal.name!r}: only an admin may read another rater's votes",
+                param="rater",
+            )
+        votes = service.votes(
+            rater or principal.name,
+            kind=type,
+            limit=limit + 1,
+            offset=offset,
+            include_replaced=include_replaced,
+        )
+        refs = service.refs(votes[:limit])
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [vote_body(v, refs) for v in votes[:limit]],
+                "has_more": len(votes) > limit,
+            }
+        )
+
+    @router.get("/v1/feedback/{vote_id}", response_model=None)
+    def get_feedback(vote_id: int, principal: Principal = api):
+        vote = service.vote(vote_id, principal)
+        return JSONResponse(vote_body(vote, service.refs([vote])))
+
+    @router.get("/v1/leaderboard", response_model=None)
+    def leaderboard(
+        rounds: Annotated[int, Query(ge=0, le=2000)] = 200,
+        min_votes: Annotated[int, Query(ge=0)] = 20,
+        principal: Principal = api,
+    ):
+        """Bradley-Terry ratings (1000 = the base model), 95% bootstrap intervals, counts, win rates."""
+        return JSONResponse(leaderboard_body(service.leaderboard(rounds=rounds, min_votes=min_votes)))
+
+    return router

@@ -1,0 +1,183 @@
+"""DPO stage: on a clear preference (a short answer over the same answer with a rambling tail) it raises
+the chosen-minus-rejected margin on held-out pairs, as TRL measures it (``eval_rewards/margins``, 0 at the
+start since the policy is the reference) and as the saved adapter shows against the base model; it stops
+early once the held-out preference accuracy stops improving, and full tuning gets a frozen reference.
+
+Run: .venv/bin/python -m pytest tests/test_training_dpo.py -q   (add -m "not slow" to skip the training runs)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.common import METADATA_FILE
+from training.demo.corpus import checkable_prompts
+from training.dpo import DPOConfig, main
+
+TAIL = " I hope this helps, and let me know if you have any other questions about anything at all!"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and
+    make every training step several times slower. Restored afterwards for the other test modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def preference_pairs(n: int, seed: int, split: str) -> list[dict]:
+    """Pairs whose chosen answer is short and whose rejected one is the same answer plus a rambling tail."""
+    rows = []
+    for prompt in checkable_prompts(n, seed=seed, split=split):
+        short = f"The answer is {prompt.answer}."
+        rows.append(
+            {
+                "prompt": prompt.messages,
+                "chosen": [{"role": "assistant", "content": short}],
+                "rejected": [{"role": "assistant", "content": short + TAIL}],
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """An export-style `pairs.jsonl` with its held-out `pairs.eval.jsonl` beside it."""
+    root = tmp_path_factory.mktemp("dpo-data")
+    heldout = preference_pairs(32, seed=3, split="heldout")
+    for name, rows in (
+        ("pairs.jsonl", preference_pairs(96, seed=1, split="train")),
+        ("pairs.eval.jsonl", heldout),
+    ):
+        (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root / "pairs.jsonl", heldout
+
+
+def dpo_config(model: Path, data: Path, out: Path, **changes) -> DPOConfig:
+    settings = {"per_device_batch_size": 8, "logging_steps": 4, "learning_rate": 5e-4, "warmup_ratio": 0.1}
+    settings.update(changes)
+    return DPOConfig(model=str(model), data=str(data), output_dir=str(out), **settings)
+
+
+def completion_logps(model, tokenizer, rows: list[dict], side: str) -> list[float]:
+    """Sum of the log-probabilities of each row's `side` completion given its prompt."""
+    import torch
+
+    values = []
+    for row in rows:
+        prompt_ids = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        full_ids = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=False)
+        ids = torch.tensor([full_ids])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(ids).logits[0, :-1], dim=-1)
+        targets = ids[0, 1:]
+        picked = logps[torch.arange(len(targets)), targets][len(prompt_ids) - 1 :]
+        values.append(picked.sum().item())
+    return values
+
+
+def margins(model, tokenizer, rows: list[dict]) -> list[float]:
+    chosen = completion_logps(model, tokenizer, rows, "chosen")
+    rejected = completion_logps(model, tokenizer, rows, "rejected")
+    return [c - r for c, r in zip(chosen, rejected)]
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_heldout_margin_and_stops_early(demo_model, pairs_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data, heldout = pairs_file
+    out = main(
+        dpo_config(demo_model, data, tmp_path / "dpo", max_steps=60, eval_steps=4, early_stopping_patience=2)
+    )
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    metrics = metadata["metrics"]
+    assert metadata["dataset"]["eval"].endswith("pairs.eval.jsonl") and metadata["dataset"]["n_eval"] == 32
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    base = AutoModelForCausalLM.from_pretrained(demo_model).eval()
+    before = margins(base, tokenizer, heldout)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model), out).eval()
+    after = margins(tuned, tokenizer, heldout)
+    gains = [a - b for a, b in zip(after, before)]
+    print(
+        f"DPO: loss {metrics['first_loss']:.3f} -> {metrics['train_loss']:.3f}; held-out rewards/margins "
+        f"{metrics['eval_rewards/margins']:.2f}, accuracy {metrics['eval_rewards/accuracies']:.2f}; "
+        f"log-prob margin vs base +{sum(gains) / len(gains):.1f} nats; stopped at step {metrics['steps']} "
+        f"(best {metrics['best_step']}), {metrics['train_seconds']} s"
+    )
+    # TRL's held-out metrics: the policy starts as the reference (margin 0), so any margin is learnt.
+    assert metrics["eval_rewards/margins"] > 0.5 and metrics["eval_rewards/accuracies"] >= 0.9
+    # The saved adapter, loaded the plain way, prefers the chosen answers more than the base does.
+    assert sum(gain > 0 for gain in gains) >= 0.9 * len(gains)
+    # Held-out accuracy saturates early; the run stops rather than over-optimising for the full 60 steps.
+    assert metrics["eval_metric"] == "eval_rewards/accuracies"
+    assert metrics["stopped_early"] and metrics["steps"] < 60
+
+
+@pytest.mark.slow
+def test_full_tuning_with_an_sft_term_trains_against_a_frozen_reference(demo_model, pairs_file, tmp_path):
+    data, _ = pairs_file
+    out = main(
+        dpo_config(
+            demo_model,
+            data,
+            tmp_path / "dpo-full",
+            method="full",
+            learning_rate=1e-4,
+            sft_weight=0.5,
+            max_steps=12,
+            eval_steps=6,
+            early_stopping_patience=0,
+        )
+    )
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    metrics = metadata["metrics"]
+    print(
+        f"DPO full + SFT term: loss {metrics['first_loss']:.3f} -> {metrics['train_loss']:.3f}, held-out "
+        f"rewards/margins {metrics['eval_rewards/margins']:.2f}, {metrics['train_seconds']} s"
+    )
+    assert (metadata["method"], metadata["config"]["sft_weight"]) == ("full", 0.5)
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    # With the NLL term the loss starts far above DPO's log 2 and falls.
+    assert metrics["first_loss"] > 1.0 and metrics["train_loss"] < metrics["first_loss"]
+    assert metrics["eval_rewards/margins"] > 0 and metrics["steps"] == 12
+
+
+def test_dpo_validation_names_the_bad_value():
+    with pytest.raises(ValueError, match="beta must be positive, got 0"):
+        DPOConfig(model="m", data="d", output_dir="o", beta=0)
+    with pytest.raises(ValueError, match="loss_type 'kto' is not one of"):
+        DPOConfig(model="m", data="d", output_dir="o", loss_type="kto")
+    with pytest.raises(ValueError, match="sft_weight must not be negative, got -1"):
+        DPOConfig(model="m", data="d", output_dir="o", sft_weight=-1)
+
+
+@pytest.mark.slow
+def test_dpo_from_a_parent_adapter_saves_only_the_trained_adapter(demo_model, pairs_file, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.support.adapters import make_lora_adapter
+
+    parent = make_lora_adapter(demo_model, tmp_path / "parent", rank=4, seed=1, scale=5.0)
+    data, _ = pairs_file
+    out = main(
+        dpo_config(demo_model, data, tmp_path / "dpo", parent_adapter=str(parent), max_steps=8, eval_steps=4)
+    )
+    metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]
+    # The reference is the parent (TRL's frozen "ref" copy of it), so the margins start at 0 and grow.
+    assert metrics["eval_rewards/margins"] > 0
+    assert not (out / "ref").exists()  # the reference copy is not part of the result
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model), out)
+    assert list(loaded.peft_config) == ["default"]
