@@ -94,7 +94,7 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
         )
         response_id = p.new_id("chatcmpl")
         if not body.stream:
-            choices = await service.complete(request, body.n, response_id=response_id)
+            choices = await service.complete(request, body.n, response_id=response_id, rater=principal.name)
             return JSONResponse(
                 p.dump(
                     p.ChatCompletion(
@@ -112,7 +112,7 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
                     )
                 )
             )
-        stream = await _primed(service.stream(request, body.n, response_id=response_id))
+        stream = await _primed(service.stream(request, body.n, response_id=response_id, rater=principal.name))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         created = int(time.time())
 
@@ -160,7 +160,7 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
         response_id = p.new_id("cmpl")
         prefix = prompt if body.echo else ""
         if not body.stream:
-            choices = await service.complete(request, body.n, response_id=response_id)
+            choices = await service.complete(request, body.n, response_id=response_id, rater=principal.name)
             return JSONResponse(
                 p.dump(
                     p.Completion(
@@ -176,7 +176,7 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
                     )
                 )
             )
-        stream = await _primed(service.stream(request, body.n, response_id=response_id))
+        stream = await _primed(service.stream(request, body.n, response_id=response_id, rater=principal.name))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         created = int(time.time())
 
