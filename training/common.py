@@ -1,0 +1,322 @@
+"""The steps every training stage runs around its TRL trainer, from checked inputs to the saved result.
+
+A stage module (sft, reward, dpo, kto) calls, in order: `prepare_run` (data rows, output directory and
+parent adapter checked before any model is loaded), `training.models.load_model`, `trainer_arguments`
+(schedule, precision, eval and early stopping), `run_training` (a NaN or flat loss raises
+`TrainingFailed` with advice) and `save_result` (a temporary directory renamed into place, with
+`tunehub_training.json` beside the weights: stage, method, base, parent, dataset, config, metrics, seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.config import StageConfig, parse_config
+from training.data import TrainingData, load_training_data
+from training.methods import Hardware, MethodPlan, detect_hardware
+
+METADATA_FILE = "tunehub_training.json"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on a problem (NaN or flat loss); the message says what to change. Nothing was saved."""
+
+
+def run_cli(module_main, config_class: type[StageConfig], description: str, argv: list[str] | None) -> None:
+    """`python -m training.<stage>`: parse, train, print the output directory; errors end in one line."""
+    from feedback.errors import StoreError
+
+    config = parse_config(config_class, description, argv)
+    try:
+        out = module_main(config)
+    except (StoreError, TrainingFailed, ValueError, FileExistsError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(out)
+
+
+# -- before the model is loaded ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What `prepare_run` checked: the data, where the result goes, the parent and the hardware."""
+
+    stage: str
+    config: StageConfig
+    data: TrainingData
+    output_dir: Path
+    parent: Path | None
+    hardware: Hardware
+    started: float = field(default_factory=time.perf_counter)
+
+
+def prepare_run(stage: str, config: StageConfig, kind: str) -> Run:
+    """Check everything that can be checked before loading a model: data rows, output dir, parent adapter."""
+    data = load_training_data(
+        config.data, kind, eval_path=config.eval_data, eval_fraction=config.eval_fraction, seed=config.seed
+    )
+    output_dir = Path(config.output_dir)
+    check_output_dir(output_dir)
+    parent = check_parent(Path(config.parent_adapter)) if config.parent_adapter else None
+    return Run(stage, config, data, output_dir, parent, detect_hardware())
+
+
+def check_output_dir(path: Path) -> None:
+    """The output may be new, empty, or an earlier training result (replaced); anything else is refused."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output_dir {str(path)!r} is a file; choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and not (path / METADATA_FILE).is_file():
+        raise FileExistsError(
+            f"output_dir {str(path)!r} exists and is not a tunehub training result; "
+            "choose a new or empty directory"
+        )
+
+
+def check_parent(path: Path) -> Path:
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise ValueError(f"parent_adapter {str(path)!r} is not an adapter directory (no {ADAPTER_CONFIG})")
+    return path
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def total_steps(config: StageConfig, n_train: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = math.ceil(n_train / config.per_device_batch_size / config.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * config.num_train_epochs))
+
+
+def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better: bool) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config class: schedule, precision, logging, eval, early stop."""
+    from training.methods import precision_kwargs
+
+    config = run.config
+    has_eval = bool(run.data.eval)
+    steps = total_steps(config, len(run.data.train))
+    eval_steps = config.eval_steps or max(1, steps // 8)
+    keep_best = has_eval and config.early_stopping_patience > 0
+    return {
+        "output_dir": str(run_dir),
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.num_train_epochs,
+        "max_steps": config.max_steps,
+        "per_device_train_batch_size": config.per_device_batch_size,
+        "per_device_eval_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "warmup_steps": config.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5)
+        "lr_scheduler_type": config.lr_scheduler,
+        "weight_decay": config.weight_decay,
+        "max_length": config.max_length,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "logging_steps": config.logging_steps,
+        "report_to": "none",
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": eval_steps if has_eval else None,
+        # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
+        "save_strategy": "best" if keep_best else "no",
+        "save_total_limit": 1,
+        "save_only_model": True,
+        "load_best_model_at_end": keep_best,
+        "metric_for_best_model": metric if has_eval else None,
+        "greater_is_better": greater_is_better,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        **precision_kwargs(config.precision, config.gradient_checkpointing, run.hardware),
+    }
+
+
+def stage_callbacks(run: Run, extra: list | None = None) -> list:
+    """The loss watch, early stopping when there are eval rows, then the caller's callbacks."""
+    from transformers import EarlyStoppingCallback
+
+    from training.callbacks import LossWatch
+
+    callbacks: list = [LossWatch(run.config.loss_check_steps, run.config.learning_rate)]
+    if run.data.eval and run.config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run.config.early_stopping_patience))
+    return callbacks + list(extra or [])
+
+
+def run_training(trainer, run: Run) -> dict[str, Any]:
+    """Train, raise `TrainingFailed` on a watched problem, and return the final metrics."""
+    from transformers import EarlyStoppingCallback
+
+    from training.callbacks import LossWatch
+
+    watch = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossWatch))
+    started = time.perf_counter()
+    output = trainer.train()
+    train_seconds = time.perf_counter() - started
+    if watch.problem:
+        raise TrainingFailed(watch.problem)
+    state = trainer.state
+    stopper = next(
+        (cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)), None
+    )
+    stopped_early = bool(
+        stopper
+        and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+        and state.global_step < state.max_steps
+    )
+    metrics: dict[str, Any] = {
+        "train_loss": _last(state.log_history, "loss"),
+        "first_loss": watch.losses[0][1] if watch.losses else None,
+        "train_loss_mean": output.training_loss,
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "stopped_early": stopped_early,
+        "best_step": state.best_global_step,
+        "train_seconds": round(train_seconds, 2),
+        "loss_curve": [[step, round(loss, 5)] for step, loss in watch.losses],
+        "tokens_per_second": _throughput(state.log_history, train_seconds),
+        "throughput_notes": throughput_notes(run),
+        "eval_metric": trainer.args.metric_for_best_model,
+        "eval_curve": [[step, round(value, 5)] for step, value in watch.evals],
+    }
+    if trainer.eval_dataset is not None:
+        metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def throughput_notes(run: Run) -> list[str]:
+    """Why this run may train slower than it could (DESIGN.md: low throughput says why)."""
+    notes = []
+    if not run.hardware.cuda:
+        notes.append("no GPU: training on the CPU in fp32")
+    elif run.config.precision == "fp32":
+        notes.append("fp32 on a GPU: --precision auto uses bf16 or fp16")
+    elif not run.hardware.bf16:
+        notes.append(f"{run.hardware.name} has no bf16: fp16 with loss scaling")
+    if getattr(run.config, "packing", True) is False:
+        notes.append("no packing: short rows are padded; --packing fills each row")
+    return notes
+
+
+def _throughput(history: list[dict], seconds: float) -> float | None:
+    tokens = _last(history, "num_tokens")
+    return round(tokens / seconds, 1) if tokens and seconds > 0 else None
+
+
+def _last(history: list[dict], key: str) -> float | None:
+    values = [entry[key] for entry in history if key in entry]
+    return values[-1] if values else None
+
+
+# -- the result -----------------------------------------------------------------------------------------
+
+
+def save_result(trainer, run: Run, plan: MethodPlan, metrics: dict[str, Any], *, task: str) -> Path:
+    """Write the adapter (or model), tokenizer and `tunehub_training.json` to a temporary sibling of the
+    output directory, then rename it into place; returns the output directory.
+
+    Every process of a multi-GPU run calls this (saving gathers sharded weights); only the main one writes
+    the metadata and renames.
+    """
+    from peft import PeftModel
+
+    out = run.output_dir
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(model, PeftModel) and "ref" in model.peft_config:
+        # TRL's frozen copy of the parent adapter, the DPO/KTO reference: not part of the result.
+        model.delete_adapter("ref")
+    tmp = _sibling(out, "training")
+    main_process = trainer.accelerator.is_main_process
+    try:
+        trainer.save_model(str(tmp))
+        trainer.accelerator.wait_for_everyone()
+        if main_process:
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the metadata file says it all
+            metadata = training_metadata(run, plan, metrics, task=task)
+            (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+            _move_into_place(tmp, out)
+        trainer.accelerator.wait_for_everyone()
+    finally:
+        if main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def training_metadata(run: Run, plan: MethodPlan, metrics: dict[str, Any], *, task: str) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "stage": run.stage,
+        "method": plan.method,
+        "task": task,
+        "adapter": plan.trains_adapter,
+        "base": run.config.model,
+        "parent": str(run.parent) if run.parent else None,
+        "dataset": {
+            "path": run.data.source,
+            "eval": run.data.eval_source,
+            "kind": run.data.kind,
+            "format": run.data.format,
+            "content_hash": run.data.content_hash,
+            "n_train": len(run.data.train),
+            "n_eval": len(run.data.eval),
+        },
+        "config": dataclasses.asdict(run.config),
+        "metrics": metrics,
+        "train_seconds": metrics.get("train_seconds"),
+        "total_seconds": round(time.perf_counter() - run.started, 2),
+        "hardware": run.hardware.name,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+        },
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    # os.replace cannot overwrite a non-empty directory: move the old result aside first, then drop it.
+    old = _sibling(out, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sibling(out: Path, purpose: str) -> Path:
+    """A hidden directory beside `out` (same filesystem, so renames are atomic). The name is the same in
+    every process of a multi-GPU run, so they all find the checkpoints and the result."""
+    return out.parent / f".{out.name}.{purpose}"
+
+
+def run_dir_for(run: Run) -> Path:
+    """A fresh scratch directory for checkpoints, beside the output; `cleanup` removes it after the run."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    run_dir = _sibling(run.output_dir, "run")
+    if state.is_main_process:
+        run.output_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # left by a killed run
+        shutil.rmtree(_sibling(run.output_dir, "training"), ignore_errors=True)
+    state.wait_for_everyone()
+    return run_dir
+
+
+def cleanup(run_dir: Path) -> None:
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        shutil.rmtree(run_dir, ignore_errors=True)

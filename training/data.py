@@ -1,0 +1,210 @@
+"""Training data: read, check and split a dataset before any model is loaded.
+
+A stage names the rows it needs (sft: ``{"messages"}``, pairs: ``{"prompt", "chosen", "rejected"}``,
+kto: ``{"prompt", "completion", "label"}``) and `load_training_data` reads them through
+`feedback.imports.import_dataset`, so every format the hub imports (TRL, alpaca, sharegpt; JSON, JSONL,
+parquet, `datasets` directories) trains, and a bad row fails the run before training with
+``row 17: field "chosen" is missing``. Where the eval rows come from, in order:
+
+1. `eval_path`, when given;
+2. what an export wrote beside the train rows: ``eval.jsonl`` next to ``train.jsonl`` in a directory, or
+   ``<stem>.eval.jsonl`` next to ``<stem>.jsonl``; the ``eval``/``validation``/``test`` split of a saved
+   ``DatasetDict``;
+3. otherwise a seeded `eval_fraction` of the rows, split by prompt so one prompt never lands on both sides.
+
+    from training.data import load_training_data
+    data = load_training_data("exports/pairs", "pairs")
+    len(data.train), len(data.eval), data.content_hash
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feedback.errors import Invalid
+from feedback.imports import MAX_REPORTED, import_dataset
+from feedback.validation import canonical_json
+
+KINDS: tuple[str, ...] = ("sft", "pairs", "kto")
+EVAL_SPLITS: tuple[str, ...] = ("eval", "validation", "test")
+PAIR_EXTRAS: tuple[str, ...] = ("margin", "weight")
+
+
+@dataclass
+class TrainingData:
+    """Checked rows in TRL conversational form, split into train and eval, and where they came from."""
+
+    kind: str
+    format: str
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    source: str
+    eval_source: str  # a path, "split <fraction>", or "none"
+    content_hash: str
+
+
+def load_training_data(
+    path: str | Path,
+    kind: str,
+    *,
+    eval_path: str | Path | None = None,
+    eval_fraction: float = 0.1,
+    seed: int = 0,
+) -> TrainingData:
+    """Read and check the rows a stage trains on; raises `Invalid` naming the row and field of a bad row.
+
+    `kind` is sft, pairs or kto. Pair rows keep numeric ``margin`` and ``weight`` columns when every row
+    has them. A kto stage also takes pairs (chosen -> label true, rejected -> label false), as TRL's
+    `unpair_preference_dataset` does.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}")
+    path = Path(path)
+    train_file, split, found_eval = _locate(path)
+    if eval_path is not None:
+        found_eval = (Path(eval_path), "train")
+    source_format, train = _read(train_file, split, kind)
+    if not train:
+        raise Invalid(f"{path}: no training rows", param="data")
+    if found_eval is not None:
+        eval_file, eval_split = found_eval
+        evaluation = _read(eval_file, eval_split, kind)[1]
+        eval_source = str(eval_file) if eval_split == "train" else f"{eval_file} [{eval_split}]"
+    elif eval_fraction > 0:
+        train, evaluation = split_by_prompt(train, eval_fraction, seed)
+        eval_source = f"split {eval_fraction:g}"
+        if not train:
+            raise Invalid(
+                f"{path}: all {len(evaluation)} rows fell into the eval split; lower eval_fraction "
+                f"({eval_fraction:g}) or give more rows",
+                param="eval_fraction",
+            )
+    else:
+        evaluation, eval_source = [], "none"
+    content_hash = hashlib.sha256(canonical_json({"train": train, "eval": evaluation}).encode()).hexdigest()
+    return TrainingData(kind, source_format, train, evaluation, str(path), eval_source, content_hash)
+
+
+def split_by_prompt(
+    rows: list[dict[str, Any]], eval_fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A deterministic split: a row goes to eval when the hash of its prompt falls in `eval_fraction`."""
+    train, evaluation = [], []
+    for row in rows:
+        digest = hashlib.sha256(f"{seed}:{canonical_json(prompt_of(row))}".encode()).digest()
+        (evaluation if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else train).append(row)
+    return train, evaluation
+
+
+def prompt_of(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The messages a row answers: its prompt, or an SFT conversation without its last reply."""
+    if "prompt" in row:
+        return row["prompt"]
+    return row["messages"][:-1]
+
+
+# -- locating and reading -------------------------------------------------------------------------------
+
+
+def _locate(path: Path) -> tuple[Path, str, tuple[Path, str] | None]:
+    """(train file, its split, the eval file and split an export left beside it, if any)."""
+    if not path.exists():
+        raise Invalid(f"training data {str(path)!r} does not exist", param="data")
+    if path.is_dir():
+        if (path / "train.jsonl").is_file():  # a directory an export wrote
+            eval_file = path / "eval.jsonl"
+            return path / "train.jsonl", "train", (eval_file, "train") if eval_file.is_file() else None
+        splits = _saved_splits(path)
+        eval_split = next((s for s in EVAL_SPLITS if s in splits), None)
+        return path, "train", (path, eval_split) if eval_split else None
+    if path.name.endswith(".jsonl"):
+        eval_file = path.with_name(path.name[: -len(".jsonl")] + ".eval.jsonl")
+        if eval_file.is_file() and eval_file != path:
+            return path, "train", (eval_file, "train")
+    return path, "train", None
+
+
+def _saved_splits(path: Path) -> list[str]:
+    index = path / "dataset_dict.json"
+    if not index.is_file():
+        return []
+    try:
+        return list(json.loads(index.read_text()).get("splits", []))
+    except (json.JSONDecodeError, AttributeError):
+        return []
+
+
+def _read(path: Path, split: str, kind: str) -> tuple[str, list[dict[str, Any]]]:
+    """(source format, rows of `kind`) from one file or saved split; every row checked."""
+    result = import_dataset(path, split=split)
+    if result.kind == kind:
+        rows = result.rows
+        if kind == "pairs":
+            rows = _with_pair_extras(path, split, rows)
+        return result.format, rows
+    if kind == "kto" and result.kind == "pairs":
+        return result.format, unpair(result.rows)
+    hint = {
+        "sft": "SFT needs conversations ending in an assistant reply (messages, alpaca output, sharegpt gpt turn)",
+        "pairs": "reward and DPO training need preference pairs (prompt, chosen, rejected)",
+        "kto": "KTO needs prompt, completion and a true/false label (or preference pairs)",
+    }[kind]
+    raise Invalid(
+        f"{path} holds {result.kind} rows ({result.format} format), not {kind}: {hint}; "
+        f"export them with `tunehub export {'pairs' if kind == 'pairs' else kind}`",
+        param="data",
+    )
+
+
+def unpair(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Preference pairs as unpaired KTO rows: each chosen answer desirable, each rejected one not."""
+    unpaired = []
+    for row in rows:
+        unpaired.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
+        unpaired.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+    return unpaired
+
+
+def _with_pair_extras(path: Path, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copy numeric ``margin``/``weight`` columns onto the normalised pair rows, checking each value.
+
+    The importer normalises rows to prompt/chosen/rejected only, so the columns are read again from the
+    source records (same order, one record per row).
+    """
+    # Shortcut: the importer's reader is private; it returns the records in the order of `rows`.
+    from feedback.imports import _read_rows
+
+    numbered = _read_rows(path, split)
+    if len(numbered) != len(rows):  # pragma: no cover - the importer keeps every row or raises
+        return rows
+    numbers = [number for number, _ in numbered]
+    records = [record for _, record in numbered]
+    errors: list[str] = []
+    present = {name for name in PAIR_EXTRAS if any(r.get(name) is not None for r in records)}
+    extended = [dict(row) for row in rows]
+    for name in sorted(present):
+        for number, record, row in zip(numbers, records, extended):
+            value = record.get(name)
+            if value is None:
+                errors.append(f'row {number}: field "{name}" is missing; give it on every row or on none')
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                errors.append(f'row {number}: field "{name}" must be a finite number, got {value!r:.60}')
+            elif name == "weight" and value < 0:
+                errors.append(f'row {number}: field "weight" must not be negative, got {value!r}')
+            else:
+                row[name] = float(value)
+    if errors:
+        more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
+        raise Invalid(
+            f"{path}: {len(errors)} bad row(s), nothing trained{more}:\n" + "\n".join(errors[:MAX_REPORTED]),
+            param="data",
+            errors=errors,
+        )
+    return extended

@@ -1,0 +1,138 @@
+"""Direct preference optimisation (trl.DPOTrainer) on preference pairs, with a capped, watched run.
+
+The reference is the starting point: with a new adapter it is the base with adapters disabled
+(`ref_model=None` + `peft_config`); from a parent adapter TRL keeps a frozen copy of the parent as the
+reference; full and freeze tuning get a frozen copy of the starting weights. Small preference sets
+over-optimise fast (DESIGN.md), so the defaults cap the run at 200 steps with lr 5e-5 and stop early when
+the held-out preference accuracy (``eval_rewards/accuracies``) stops improving, keeping the best weights.
+
+An SFT term on the chosen answers (RPO) slows the collapse: TRL 1.16 has no `rpo_alpha`; its equivalent
+is ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, alpha]``, which `--sft-weight alpha` sets.
+Pair ``margin``/``weight`` columns are not used by DPO (TRL 1.16 has no per-pair weights) and are dropped.
+
+    python -m training.dpo --model ./demo --data exports/pairs --output-dir adapters/dpo-1 --beta 0.1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.common import (
+    cleanup,
+    prepare_run,
+    run_cli,
+    run_dir_for,
+    run_training,
+    save_result,
+    stage_callbacks,
+    trainer_arguments,
+)
+from training.config import StageConfig, parse_config
+from training.config import build_parser as build_config_parser
+from training.methods import resolve_method
+from training.models import load_model, load_tokenizer
+
+DESCRIPTION = (
+    "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on accuracy."
+)
+LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
+
+
+@dataclass
+class DPOConfig(StageConfig):
+    """DPO: the shared stage fields plus beta, the loss and the SFT term, with a step cap."""
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (keep it <= 1e-4)"})
+    max_steps: int = field(
+        default=200, metadata={"help": "optimizer steps (DPO over-optimises small data: 100-300 is plenty)"}
+    )
+    beta: float = field(
+        default=0.1, metadata={"help": "strength of the pull towards the reference (higher: stay closer)"}
+    )
+    loss_type: str = field(
+        default="sigmoid", metadata={"help": "preference loss (TRL name)", "choices": LOSS_TYPES}
+    )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of an SFT (negative log-likelihood) term on the chosen answers, as RPO's alpha "
+            "(0: none; 0.2-1.0 slows collapse)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.beta > 0:
+            raise ValueError(f"beta must be positive, got {self.beta!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must not be negative, got {self.sft_weight!r}")
+
+
+def main(config: DPOConfig, callbacks: list | None = None) -> Path:
+    """Train, then return the directory holding the adapter (or model) and `tunehub_training.json`."""
+    run = prepare_run("dpo", config, "pairs")
+    from datasets import Dataset
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+
+    tokenizer = load_tokenizer(config.model)
+    plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
+    model, peft_config = load_model(
+        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+    )
+    ref_model = None if plan.trains_adapter else frozen_copy(model)
+    loss_types, loss_weights = [config.loss_type], [1.0]
+    if config.sft_weight > 0:
+        loss_types, loss_weights = [config.loss_type, "sft"], [1.0, config.sft_weight]
+    run_dir = run_dir_for(run)
+    try:
+        args = TRLDPOConfig(
+            **trainer_arguments(run, run_dir, metric="eval_rewards/accuracies", greater_is_better=True),
+            beta=config.beta,
+            loss_type=loss_types,
+            loss_weights=loss_weights,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=Dataset.from_list(_pairs(run.data.train)),
+            eval_dataset=Dataset.from_list(_pairs(run.data.eval)) if run.data.eval else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=stage_callbacks(run, callbacks),
+        )
+        metrics = run_training(trainer, run)
+        return save_result(trainer, run, plan, metrics, task="causal_lm")
+    finally:
+        cleanup(run_dir)
+
+
+def _pairs(rows: list[dict]) -> list[dict]:
+    """Prompt, chosen and rejected only: DPO has no use for margin or weight columns."""
+    return [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in rows]
+
+
+def frozen_copy(model):
+    """The starting weights, frozen, as the reference of full and freeze tuning."""
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    return reference
+
+
+def build_parser():
+    return build_config_parser(DPOConfig, DESCRIPTION)
+
+
+def parse_args(argv: list[str] | None = None) -> DPOConfig:
+    return parse_config(DPOConfig, DESCRIPTION, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main, DPOConfig, DESCRIPTION, None)

@@ -1,0 +1,167 @@
+"""Loading a model for a method plan: 4-bit weights, the parent adapter, frozen layers, checked targets.
+
+from training.models import load_model, load_tokenizer
+tokenizer = load_tokenizer("path/to/base")
+model, peft_config = load_model("path/to/base", plan, task="causal_lm", tokenizer=tokenizer)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training.methods import MethodPlan
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer of {model!r} has no chat template; tunehub trains on chat data")
+    return tokenizer
+
+
+# -- the model ------------------------------------------------------------------------------------------
+
+
+def load_model(
+    model_name: str, plan: MethodPlan, *, task: str, tokenizer, parent: Path | None = None, seed: int = 0
+) -> tuple[Any, Any]:
+    """(model, peft_config for the trainer): the base loaded for `plan`, with the parent adapter applied.
+
+    With a parent the returned model is already a trainable PeftModel and the trainer gets no
+    peft_config; full and freeze tuning merge the parent into the base weights first.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+
+    set_seed(seed)  # new weights (a reward head, adapter matrices) start the same for the same seed
+    kwargs = dict(plan.model_kwargs)
+    if "quantization_config" not in kwargs:
+        kwargs["dtype"] = torch.float32  # mixed precision (bf16/fp16) comes from autocast, not the weights
+    if task == "seq_cls":
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        auto_class = AutoModelForSequenceClassification
+    else:
+        auto_class = AutoModelForCausalLM
+    model = auto_class.from_pretrained(model_name, **kwargs)
+    if model.config.pad_token_id is None:  # sequence classification needs it to find the last token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    peft_config = plan.peft_config
+    if peft_config is not None:
+        check_targets(model, peft_config)
+    if parent is not None:
+        model = _apply_parent(model, parent, plan, task)
+        if plan.trains_adapter:
+            peft_config = None
+    if plan.freeze_layers is not None:
+        apply_freeze(model, plan.freeze_layers)
+    return model, peft_config
+
+
+def check_targets(model, peft_config) -> None:
+    """Every named target module exists in the model (PEFT's own error does not list what does)."""
+    targets = peft_config.target_modules
+    if targets is None or isinstance(targets, str):
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, _linear())})
+        raise ValueError(
+            f"target_modules names {missing[0]!r}, which {type(model).__name__} does not have; "
+            f"its linear layers are {', '.join(leaves)}"
+        )
+
+
+def _linear():
+    import torch
+
+    return torch.nn.Linear
+
+
+def _name(value) -> str:
+    """An enum member or the plain string a loaded adapter_config.json holds."""
+    return str(getattr(value, "value", value) or "")
+
+
+def _apply_parent(model, parent: Path, plan: MethodPlan, task: str):
+    from peft import (
+        PeftConfig,
+        PeftModel,
+        get_peft_model,
+        get_peft_model_state_dict,
+        set_peft_model_state_dict,
+    )
+    from peft.utils import load_peft_weights
+
+    parent_config = PeftConfig.from_pretrained(str(parent))
+    if not plan.trains_adapter:
+        return PeftModel.from_pretrained(model, str(parent)).merge_and_unload()
+    wanted = plan.peft_config
+    parent_kind = (
+        "dora" if getattr(parent_config, "use_dora", False) else _name(parent_config.peft_type).lower()
+    )
+    wanted_kind = "dora" if getattr(wanted, "use_dora", False) else _name(wanted.peft_type).lower()
+    if parent_kind != wanted_kind:
+        raise ValueError(
+            f"parent_adapter {str(parent)!r} is a {parent_kind} adapter, but method is {plan.method!r}; "
+            f"train with --method {parent_kind} (or qlora for a LoRA parent on a 4-bit base)"
+        )
+    parent_task, wanted_task = _name(parent_config.task_type), _name(wanted.task_type)
+    if parent_task == wanted_task:
+        return PeftModel.from_pretrained(model, str(parent), is_trainable=True)
+    # A causal-LM adapter as the start of a reward model: same layers, plus a new score head.
+    parent_config.task_type = wanted.task_type
+    parent_config.modules_to_save = wanted.modules_to_save
+    parent_config.inference_mode = False
+    peft_model = get_peft_model(model, parent_config)
+    weights = get_peft_model_state_dict(peft_model)  # the parent has no score head: keep the new one
+    parent_weights = load_peft_weights(str(parent))
+    unknown = sorted(set(parent_weights) - set(weights))
+    if unknown:
+        raise ValueError(f"parent_adapter {str(parent)!r} has weights this model lacks, e.g. {unknown[0]!r}")
+    weights.update(parent_weights)
+    set_peft_model_state_dict(peft_model, weights)
+    return peft_model
+
+
+# -- freeze tuning ------------------------------------------------------------------------------------
+
+
+def decoder_layers(model) -> Any:
+    """The model's stack of decoder layers: the ModuleList as long as `config.num_hidden_layers`."""
+    import torch
+
+    n_layers = model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"cannot find the {n_layers} decoder layers of {type(model).__name__} for freeze tuning")
+
+
+def apply_freeze(model, n_layers: int) -> list[str]:
+    """Freeze everything but the last `n_layers` decoder layers, the final norm and the head; returns their names.
+
+    The head is the LM head (with tied embeddings that is the input embedding too) or a classifier `score`.
+    """
+    layers = decoder_layers(model)
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers is {n_layers}, but the model has only {len(layers)} decoder layers")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    trained = list(layers[len(layers) - n_layers :])
+    head = model.get_output_embeddings() or getattr(model, "score", None)
+    if head is not None:
+        trained.append(head)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    norm = getattr(decoder, "norm", None)
+    if norm is not None:
+        trained.append(norm)
+    for module in trained:
+        for param in module.parameters():
+            param.requires_grad_(True)
+    return [name for name, param in model.named_parameters() if param.requires_grad]

@@ -1,0 +1,101 @@
+"""Supervised fine-tuning (trl.SFTTrainer) on chat conversations, the loss on the assistant replies only.
+
+Rows are conversations (``{"messages"}``: system prompts and several turns welcome) in any format the hub
+imports. The assistant-only loss relies on the chat template's ``{% generation %}`` markers; packing puts
+several short conversations in one row (padding-free, so they do not attend to each other).
+
+    python -m training.sft --model ./demo --data exports/sft --output-dir adapters/sft-1 --method lora
+    python -m training.sft --help
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.common import (
+    cleanup,
+    prepare_run,
+    run_cli,
+    run_dir_for,
+    run_training,
+    save_result,
+    stage_callbacks,
+    trainer_arguments,
+)
+from training.config import StageConfig, parse_config
+from training.config import build_parser as build_config_parser
+from training.methods import resolve_method
+from training.models import load_model, load_tokenizer
+
+DESCRIPTION = "Supervised fine-tuning on chat conversations (TRL SFTTrainer), loss on assistant replies."
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    """SFT: the shared stage fields plus the loss mask and packing."""
+
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    assistant_only_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "train only on assistant replies (needs {% generation %} markers in the chat template); "
+            "--no-assistant-only-loss trains on every token"
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "pack several conversations into each row of --max-length tokens (faster on short rows)"
+        },
+    )
+
+
+def main(config: SFTConfig, callbacks: list | None = None) -> Path:
+    """Train, then return the directory holding the adapter (or model) and `tunehub_training.json`.
+
+    The data is read and checked first: a bad row raises `feedback.errors.Invalid` before any model loads.
+    `callbacks` are extra transformers `TrainerCallback`s (the job runner's progress reporting).
+    """
+    run = prepare_run("sft", config, "sft")
+    from datasets import Dataset
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    tokenizer = load_tokenizer(config.model)
+    plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
+    model, peft_config = load_model(
+        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+    )
+    run_dir = run_dir_for(run)
+    try:
+        args = TRLSFTConfig(
+            **trainer_arguments(run, run_dir, metric="eval_loss", greater_is_better=False),
+            assistant_only_loss=config.assistant_only_loss,
+            packing=config.packing,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(run.data.train),
+            eval_dataset=Dataset.from_list(run.data.eval) if run.data.eval else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=stage_callbacks(run, callbacks),
+        )
+        metrics = run_training(trainer, run)
+        return save_result(trainer, run, plan, metrics, task="causal_lm")
+    finally:
+        cleanup(run_dir)
+
+
+def build_parser():
+    return build_config_parser(SFTConfig, DESCRIPTION)
+
+
+def parse_args(argv: list[str] | None = None) -> SFTConfig:
+    return parse_config(SFTConfig, DESCRIPTION, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main, SFTConfig, DESCRIPTION, None)
