@@ -77,6 +77,7 @@ def export_dataset(
     eval_fraction: float = 0.1,
     split_salt: str = "tunehub",
     snapshot: bool = True,
+    after_vote: int = 0,
 ) -> Export:
     """Export the store's votes as a dataset of ``kind`` and record a snapshot; returns the rows.
 
@@ -85,7 +86,8 @@ def export_dataset(
     empty split writes no file. ``mode`` picks the pairs a ranking gives (see ``expand_ranking``);
     ``margin`` adds the ranking gap as ``margin`` and ``weight`` each pair's weight, to pair rows.
     ``eval_fraction`` of conversations (by hash of ``split_salt`` and the conversation id) go to eval.
-    ``snapshot=False`` records nothing (a preview). Raises ``Invalid`` for a bad argument or when there is
+    ``snapshot=False`` records nothing (a preview). ``after_vote`` keeps only votes with a larger id (what
+    is new since an earlier snapshot; prompts ignore it). Raises ``Invalid`` for a bad argument or when there is
     nothing to export.
     """
     check_choice(kind, KINDS, "kind")
@@ -97,7 +99,7 @@ def export_dataset(
     if kind == "prompts":
         rows = _prompt_rows(store.list_generations())
     else:
-        votes = sorted(store.list_votes(), key=lambda vote: vote.id)
+        votes = sorted((v for v in store.list_votes() if v.id > after_vote), key=lambda vote: vote.id)
         generations = store.get_generations(g for vote in votes for g in vote.generation_ids)
         if kind == "sft":
             rows = _sft_rows(votes, generations)
@@ -107,8 +109,9 @@ def export_dataset(
             rows = _kto_rows(votes, generations)
     rows = _dedupe(rows)
     if not rows:
+        since = f" after vote {after_vote}" if after_vote else ""
         raise Invalid(
-            f"nothing to export as {kind}: no votes of the kinds it uses yet; rate some answers first"
+            f"nothing to export as {kind}: no votes of the kinds it uses{since} yet; rate some answers first"
         )
     if format == "alpaca":
         rows = [_Row(messages_to_alpaca(r.data["messages"]), r.conversation_id, r.vote_ids) for r in rows]
@@ -138,6 +141,7 @@ def export_dataset(
             "weight": weight,
             "eval_fraction": eval_fraction,
             "split_salt": split_salt,
+            "after_vote": after_vote,
         },
     )
     return Export(kind, format, splits["train"], splits["eval"], vote_ids, content_hash, record.id, paths)

@@ -58,6 +58,7 @@ def job_from_row(row: dict[str, Any]) -> Job:
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        adapter=row.get("adapter"),
     )
 
 
@@ -175,6 +176,7 @@ class LineageMethods(StoreConnections):
             "created_at": utc_now(),
             "started_at": None,
             "finished_at": None,
+            "adapter": None,
         }
         with self._write() as db:
             _require(db, "datasets", dataset_id, "dataset_id")
@@ -204,8 +206,11 @@ class LineageMethods(StoreConnections):
         error: str | None = None,
         metrics: dict[str, Any] | None = None,
         log_path: str | None = None,
+        dataset_id: str | None = None,
+        adapter: str | None = None,
     ) -> Job:
-        """Update a job's status, progress (0 to 1), error, metrics or log path; returns the job.
+        """Update a job's status, progress (0 to 1), error, metrics, log path, dataset snapshot or the served
+        name of its adapter; returns the job.
 
         Moving to ``running`` stamps ``started_at``; to succeeded/failed/cancelled stamps ``finished_at``.
         A finished job only moves back to ``queued`` (resume); anything else raises ``Conflict``.
@@ -223,7 +228,12 @@ class LineageMethods(StoreConnections):
             changes["metrics"] = canonical_json(_check_object(metrics, "metrics"))
         if log_path is not None:
             changes["log_path"] = log_path
+        if adapter is not None:
+            changes["adapter"] = check_name(adapter, "adapter")
         with self._write() as db:
+            if dataset_id is not None:
+                _require(db, "datasets", dataset_id, "dataset_id")
+                changes["dataset_id"] = dataset_id
             current = _one(db.query("SELECT * FROM jobs WHERE id = ?", [id]), f"job {id!r}", "job_id")
             if current["status"] in JOB_FINISHED and changes and changes.get("status") != "queued":
                 raise Conflict(f"job {id!r} already {current['status']}; only a resume (queued) can follow")

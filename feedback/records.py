@@ -165,6 +165,7 @@ class Job:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    adapter: str | None = None  # the served model name of its adapter, once hot-loaded
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .engine import BASE_ADAPTER
 from .errors import InvalidAdapter
 
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._@-]{0,63}")  # "@" for versions: name@v2
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
@@ -30,7 +30,7 @@ class AdapterSpec:
 def check_adapter_name(name: str, *, reserved: set[str] = frozenset()) -> None:
     if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or set(name) == {"."}:
         raise InvalidAdapter(
-            f"adapter name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-'",
+            f"adapter name {name!r} is not allowed: use 1 to 64 letters, digits, '.', '_', '-' or '@' (not first)",
             param="lora_name",
         )
     if name == BASE_ADAPTER or name in reserved:

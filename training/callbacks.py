@@ -32,6 +32,10 @@ class LossWatch(TrainerCallback):
         self.evals: list[tuple[int, float]] = []  # (step, the metric early stopping watches)
         self.problem: str | None = None
         self.checked = False
+        self.start_step = 0  # a resumed run starts past 0: the check counts the steps of this run
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         name = args.metric_for_best_model
@@ -52,7 +56,9 @@ class LossWatch(TrainerCallback):
                 "or very long rows in the data; nothing was saved"
             )
             control.should_training_stop = True
-        elif not self.checked and self.check_steps and state.global_step >= self.check_steps:
+        elif (
+            not self.checked and self.check_steps and state.global_step - self.start_step >= self.check_steps
+        ):
             # Each logged loss is the mean over its logging window: compare the latest window with the first.
             self.checked = True
             first, latest = self.losses[0][1], loss

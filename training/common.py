@@ -106,6 +106,20 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     steps = total_steps(config, len(run.data.train))
     eval_steps = config.eval_steps or max(1, steps // 8)
     keep_best = has_eval and config.early_stopping_patience > 0
+    saving: dict[str, Any] = {
+        # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
+        "save_strategy": "best" if keep_best else "no",
+        "save_total_limit": 1,
+        "save_only_model": True,
+    }
+    if config.checkpoint_steps > 0:
+        # Resumable checkpoints (optimizer, schedule and RNG too) every N steps; with early stopping the
+        # best one is kept as well, and transformers needs the save steps to be a multiple of the eval steps.
+        save_steps = config.checkpoint_steps
+        if keep_best:
+            save_steps = math.ceil(save_steps / eval_steps) * eval_steps
+        saving = {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1}
+        saving["save_only_model"] = False
     return {
         "output_dir": str(run_dir),
         "learning_rate": config.learning_rate,
@@ -124,10 +138,7 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
         "report_to": "none",
         "eval_strategy": "steps" if has_eval else "no",
         "eval_steps": eval_steps if has_eval else None,
-        # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
-        "save_strategy": "best" if keep_best else "no",
-        "save_total_limit": 1,
-        "save_only_model": True,
+        **saving,
         "load_best_model_at_end": keep_best,
         "metric_for_best_model": metric if has_eval else None,
         "greater_is_better": greater_is_better,
@@ -156,8 +167,9 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
     from training.callbacks import LossWatch
 
     watch = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossWatch))
+    checkpoint = latest_checkpoint(Path(trainer.args.output_dir)) if run.config.resume else None
     started = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     if watch.problem:
         raise TrainingFailed(watch.problem)
@@ -176,6 +188,7 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         "train_loss_mean": output.training_loss,
         "steps": state.global_step,
         "max_steps": state.max_steps,
+        "resumed_from_step": watch.start_step if checkpoint else None,
         "stopped_early": stopped_early,
         "best_step": state.best_global_step,
         "train_seconds": round(train_seconds, 2),
@@ -188,6 +201,17 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
     if trainer.eval_dataset is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     return metrics
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest resumable ``checkpoint-<step>`` an interrupted run left in `run_dir`, if any."""
+    candidates = [
+        path
+        for path in run_dir.glob("checkpoint-*")
+        if path.name.removeprefix("checkpoint-").isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    candidates = [path for path in candidates if (path / "optimizer.pt").is_file()]  # not model-only saves
+    return max(candidates, key=lambda path: int(path.name.removeprefix("checkpoint-")), default=None)
 
 
 def throughput_notes(run: Run) -> list[str]:
@@ -302,14 +326,16 @@ def _sibling(out: Path, purpose: str) -> Path:
 
 
 def run_dir_for(run: Run) -> Path:
-    """A fresh scratch directory for checkpoints, beside the output; `cleanup` removes it after the run."""
+    """A scratch directory for checkpoints, beside the output; `cleanup` removes it after the run. It starts
+    empty unless the config resumes, which keeps what an interrupted run left there."""
     from accelerate import PartialState
 
     state = PartialState()
     run_dir = _sibling(run.output_dir, "run")
     if state.is_main_process:
         run.output_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(run_dir, ignore_errors=True)  # left by a killed run
+        if not run.config.resume:
+            shutil.rmtree(run_dir, ignore_errors=True)  # left by a killed run
         shutil.rmtree(_sibling(run.output_dir, "training"), ignore_errors=True)
     state.wait_for_everyone()
     return run_dir

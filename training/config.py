@@ -111,6 +111,21 @@ class StageConfig(MethodOptions):
             "(0: never stop early)"
         },
     )
+    checkpoint_steps: int = field(
+        default=0,
+        metadata={
+            "help": "save a resumable checkpoint (weights, optimizer, schedule, RNG) every this many steps beside "
+            "--output-dir, so --resume can continue an interrupted run (0: none; rounded up to a multiple of "
+            "the eval steps when early stopping keeps the best weights)"
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue from the newest resumable checkpoint an interrupted run with --checkpoint-steps "
+            "left beside --output-dir (a fresh start when there is none)"
+        },
+    )
     loss_check_steps: int = field(
         default=100,
         metadata={
@@ -150,6 +165,8 @@ class StageConfig(MethodOptions):
             raise ValueError(
                 f"early_stopping_patience must be 0 or more, got {self.early_stopping_patience!r}"
             )
+        if self.checkpoint_steps < 0:
+            raise ValueError(f"checkpoint_steps must be 0 or more, got {self.checkpoint_steps!r}")
         if self.loss_check_steps < 0:
             raise ValueError(f"loss_check_steps must be 0 or more, got {self.loss_check_steps!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:

@@ -177,6 +177,12 @@ def pairwise_models(db: Database) -> None:
     )
 
 
+@migrations(name="0003_job_adapter")
+def job_adapter(db: Database) -> None:
+    """The served model name of the adapter a job produced, once it is live (training/jobs)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN adapter TEXT")
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Apply every pending migration inside one ``BEGIN IMMEDIATE`` transaction; return the names applied.
 

@@ -1,0 +1,54 @@
+"""The job queue: training jobs persisted in the store's jobs table, oldest first, one at a time per device.
+
+    queue = JobQueue(store)
+    job = queue.submit(JobSpec(stage="sft", method="lora", data="feedback", name="helpful", base="./demo"))
+    queue.cancel(job.id)          # a running job's worker is stopped by the runner that follows it
+
+A job row keeps the whole spec in ``params`` (stage and method also have columns). Cancelling only marks
+the job: the runner that runs it sees the mark on its next poll and stops the worker's process group, so
+a cancel works from the API, the UI or `tunehub jobs cancel` in another process alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from feedback.errors import Conflict
+from feedback.records import JOB_FINISHED, Job
+from training.jobs.publish import resolve_parent
+from training.jobs.spec import JobSpec, check_spec
+
+
+def job_spec(job: Job) -> JobSpec:
+    return JobSpec.from_dict(job.params)
+
+
+class JobQueue:
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Check the spec (raises `JobError` naming the bad field) and queue it; the parent is pinned to
+        the version that exists now."""
+        spec = check_spec(spec)
+        parent_ref, parent_path = resolve_parent(self.store, spec.parent)
+        spec = dataclasses.replace(spec, parent=parent_ref or parent_path)
+        return self.store.create_job(spec.stage, spec.method, params=spec.to_dict())
+
+    def get(self, job_id: str) -> Job:
+        return self.store.get_job(job_id)
+
+    def list(self, *, status: str | None = None, limit: int = 100) -> list[Job]:
+        return self.store.list_jobs(status=status, limit=limit)
+
+    def queued(self) -> list[Job]:
+        """Jobs waiting for the hub's runner, oldest first (`tunehub train` runs its own)."""
+        jobs = reversed(self.store.list_jobs(status="queued", limit=10_000))
+        return [job for job in jobs if not job_spec(job).foreground]
+
+    def cancel(self, job_id: str) -> Job:
+        """Mark a queued or running job cancelled; raises `Conflict` for a finished one."""
+        job = self.store.get_job(job_id)
+        if job.status in JOB_FINISHED:
+            raise Conflict(f"job {job_id!r} already {job.status}; there is nothing to cancel")
+        return self.store.update_job(job_id, status="cancelled", error="cancelled on request")

@@ -1,0 +1,435 @@
+"""The job runner: a thread that starts queued jobs, each in its own worker process, and follows them.
+
+    runner = JobRunner(store, data_dir, publish=load_into_engine)   # publish(adapter) -> served name
+    runner.start()        # recovers jobs a previous process left running, then polls the queue
+    runner.stop()         # stops the workers; their jobs stay "running" and resume at the next start
+
+Each job gets ``DATA_DIR/jobs/JOB_ID/``: ``launch.json`` (what the worker runs), ``state.json`` (attempt,
+effective params, worker pid), ``progress.jsonl``, ``worker.log`` and the worker's checkpoints. The worker
+runs in a new process group, so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it
+started, and a crash or kill of the worker never touches the process that runs the runner.
+
+`run_foreground` runs one job to its end in the calling thread (`tunehub train`) with the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from feedback.errors import Conflict, StoreError
+from feedback.records import JOB_FINISHED, Adapter, Job
+from training.jobs.faults import diagnose, log_tail, oom_retry
+from training.jobs.progress import PROGRESS_FILE, ProgressReader, write_event
+from training.jobs.publish import register_result, resolve_parent
+from training.jobs.queue import JobQueue, job_spec
+from training.jobs.spec import JobError, JobSpec, config_class
+from training.jobs.worker import LAUNCH_FILE
+
+log = logging.getLogger("tunehub.jobs")
+
+STATE_FILE = "state.json"
+LOG_FILE = "worker.log"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+Publish = Callable[[Adapter], str]  # load a registered adapter into the engine; returns its served name
+
+
+@dataclass
+class _Running:
+    """A worker process the runner follows."""
+
+    job_id: str
+    spec: JobSpec
+    job_dir: Path
+    process: subprocess.Popen
+    log_file: IO[bytes]
+    reader: ProgressReader
+    attempt: int
+    params: dict[str, Any]
+    parent_ref: str | None
+    kill_at: float | None = None  # SIGKILL after this monotonic time (set when SIGTERM was sent)
+    written_at: float = 0.0
+    written: tuple = field(default_factory=tuple)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store,
+        data_dir: Path,
+        *,
+        publish: Publish | None = None,
+        max_jobs_per_device: int = 1,
+        poll_s: float = 0.5,
+        grace_s: float = 10.0,
+        worker_command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = JobQueue(store)
+        self.jobs_dir = Path(data_dir) / "jobs"
+        self.adapters_dir = Path(data_dir) / "adapters"
+        self.publish = publish
+        self.max_jobs_per_device = max_jobs_per_device
+        self.poll_s = poll_s
+        self.grace_s = grace_s
+        self.worker_command = worker_command or [sys.executable, "-m", "training.jobs.worker"]
+        self.env = env or {}
+        self._running: dict[str, _Running] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ----- the thread --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="tunehub-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loop and its workers; jobs it was running stay "running" and resume at the next start."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        try:
+            self.recover()
+        except Exception:
+            log.exception("recovering jobs left running failed")
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # the runner keeps running whatever one job does
+                log.exception("job runner step failed")
+            self._stop.wait(self.poll_s)
+        for running in list(self._running.values()):
+            self._interrupt(running)
+
+    def step(self) -> None:
+        """One round: follow every running worker, then start what the free devices can take."""
+        for job_id, running in list(self._running.items()):
+            if self._poll(running):
+                del self._running[job_id]
+        busy = Counter(r.spec.device for r in self._running.values())
+        for job in self.queue.queued():
+            spec = job_spec(job)
+            if busy[spec.device] >= self.max_jobs_per_device:
+                continue
+            running = self._launch(job)
+            if running is not None:
+                self._running[job.id] = running
+                busy[spec.device] += 1
+
+    # ----- after a restart ---------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Jobs left "running" by a process that is gone: stop any worker still alive, then queue them
+        to resume from their last checkpoint (a `tunehub train` job fails: its terminal is gone)."""
+        recovered = []
+        for job in self.store.list_jobs(status="running", limit=10_000):
+            if job.id in self._running:
+                continue
+            job_dir = self.jobs_dir / job.id
+            state = _read_state(job_dir)
+            owner = state.get("owner_pid")
+            if owner and owner != os.getpid() and _alive(owner):
+                continue  # another process (a `tunehub train`, another hub) is running it
+            if state.get("pid"):
+                _stop_group(state["pid"], self.grace_s, only_if=job.id)
+            if job_spec(job).foreground:
+                self._update(
+                    job.id,
+                    status="failed",
+                    error=f"the `tunehub train` process (pid {owner}) ended before the job finished",
+                )
+                continue
+            state["resume"] = True
+            _write_state(job_dir, state)
+            metrics = {**job.metrics, "restarts": int(job.metrics.get("restarts", 0)) + 1}
+            self._update(job.id, status="queued", metrics=metrics)
+            log.info("job %s was running when the hub stopped; queued to resume", job.id)
+            recovered.append(job.id)
+        return recovered
+
+    # ----- one job -------------------------------------------------------------------------------------
+
+    def run_foreground(self, job_id: str, on_progress: Callable[[Any], None] | None = None) -> Job:
+        """Run a queued job to its end in this thread (OOM retries included); Ctrl-C cancels it."""
+        while True:
+            job = self.store.get_job(job_id)
+            if job.status in JOB_FINISHED:
+                return job
+            running = self._launch(job)
+            if running is None:
+                continue
+            try:
+                while not self._poll(running):
+                    if on_progress is not None:
+                        on_progress(running.reader.progress)
+                    time.sleep(self.poll_s)
+            except KeyboardInterrupt:
+                self.queue.cancel(job_id)
+                self._interrupt(running)
+                raise
+
+    def _launch(self, job: Job) -> _Running | None:
+        spec = job_spec(job)
+        job_dir = self.jobs_dir / job.id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        state = _read_state(job_dir)
+        attempt = int(state.get("attempt", 1))
+        params = state.get("params", spec.params)
+        try:
+            parent_ref, parent_path = resolve_parent(self.store, spec.parent)
+        except JobError as e:
+            self._update(job.id, status="failed", error=e.message)
+            return None
+        launch = {
+            "job_id": job.id,
+            "spec": spec.to_dict(),
+            "params": params,
+            "store": str(self.store.path),
+            "parent_path": parent_path,
+            "resume": bool(state.get("resume")),
+            "attempt": attempt,
+        }
+        (job_dir / LAUNCH_FILE).write_text(json.dumps(launch, indent=2) + "\n")
+        log_path = job_dir / LOG_FILE
+        try:
+            self.store.update_job(job.id, status="running", log_path=str(log_path))
+        except Conflict:
+            return None  # cancelled between the queue read and now
+        write_event(job_dir / PROGRESS_FILE, "launch", attempt=attempt, resume=launch["resume"])
+        log_file = log_path.open("ab")
+        log_file.write(f"--- attempt {attempt}{' (resuming)' if launch['resume'] else ''}\n".encode())
+        log_file.flush()
+        process = subprocess.Popen(
+            [*self.worker_command, str(job_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env=self._worker_env(spec),
+            start_new_session=True,  # its own process group: signals reach all it starts, and only that
+        )
+        _write_state(
+            job_dir,
+            {**state, "attempt": attempt, "params": params, "pid": process.pid, "owner_pid": os.getpid()},
+        )
+        log.info(
+            "job %s (%s %s) started: pid %d, attempt %d",
+            job.id,
+            spec.stage,
+            spec.method,
+            process.pid,
+            attempt,
+        )
+        reader = ProgressReader(job_dir / PROGRESS_FILE)
+        return _Running(job.id, spec, job_dir, process, log_file, reader, attempt, params, parent_ref)
+
+    def _worker_env(self, spec: JobSpec) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if spec.device.startswith("cuda:"):
+            env["CUDA_VISIBLE_DEVICES"] = spec.device.removeprefix("cuda:")
+        return env
+
+    def _poll(self, running: _Running) -> bool:
+        """Follow one worker: progress into the store, cancels into signals. True once it is over."""
+        progress = running.reader.read()
+        now = time.monotonic()
+        snapshot = (progress.step, progress.loss, progress.checkpoint_step, progress.dataset_id)
+        if snapshot != running.written and now - running.written_at >= 1.0:
+            running.written, running.written_at = snapshot, now
+            with contextlib.suppress(Conflict):  # cancelled meanwhile: handled below
+                self.store.update_job(
+                    running.job_id,
+                    progress=min(progress.fraction, 0.99),
+                    metrics={**progress.live_metrics(), "attempt": running.attempt},
+                    dataset_id=progress.dataset_id,
+                )
+        job = self.store.get_job(running.job_id)
+        if job.status == "cancelled" and running.kill_at is None:
+            log.info("job %s cancelled: stopping pid %d", running.job_id, running.process.pid)
+            _signal_group(running.process.pid, signal.SIGTERM)
+            running.kill_at = now + self.grace_s
+        returncode = running.process.poll()
+        if returncode is None:
+            if running.kill_at is not None and now >= running.kill_at:
+                _signal_group(running.process.pid, signal.SIGKILL)
+            return False
+        running.log_file.close()
+        self._finish(running, returncode, job)
+        return True
+
+    def _finish(self, running: _Running, returncode: int, job: Job) -> None:
+        progress = running.reader.read()
+        if job.status == "cancelled":
+            log.info("job %s cancelled", running.job_id)
+            return
+        if returncode == 0 and progress.done is not None:
+            self._succeed(running, progress)
+            return
+        fault = diagnose(returncode, progress.error, log_tail(running.job_dir / LOG_FILE))
+        defaults = _defaults(running.spec.stage)
+        retry = oom_retry(fault, attempt=running.attempt, params=running.params, defaults=defaults)
+        metrics = {**progress.live_metrics(), "attempt": running.attempt}
+        if retry is not None:
+            state = _read_state(running.job_dir)
+            _write_state(
+                running.job_dir, {**state, "attempt": running.attempt + 1, "params": retry, "resume": False}
+            )
+            metrics["oom_retry"] = {
+                "per_device_batch_size": retry["per_device_batch_size"],
+                "gradient_accumulation_steps": retry["gradient_accumulation_steps"],
+                "error": fault.message[:500],
+            }
+            log.warning("job %s ran out of memory; retrying with half the batch", running.job_id)
+            self._update(running.job_id, status="queued", metrics=metrics)
+            return
+        log.warning("job %s failed: %s", running.job_id, fault.message.splitlines()[0])
+        self._update(running.job_id, status="failed", error=fault.message, metrics=metrics)
+
+    def _succeed(self, running: _Running, progress) -> None:
+        output = Path(progress.done["output"])
+        try:
+            adapter = register_result(
+                self.store,
+                running.job_id,
+                running.spec,
+                output,
+                self.adapters_dir,
+                parent_ref=running.parent_ref,
+                dataset_id=progress.dataset_id,
+            )
+        except (OSError, StoreError, KeyError, ValueError) as e:
+            self._update(
+                running.job_id, status="failed", error=f"the trained result could not be registered: {e}"
+            )
+            return
+        metrics = {
+            **(progress.done.get("metrics") or {}),
+            "attempt": running.attempt,
+            "adapter_ref": adapter.ref,
+            "adapter_path": adapter.path,
+        }
+        served = None
+        if running.spec.trains_chat_adapter and self.publish is not None:
+            try:
+                served = self.publish(adapter)
+            except Exception as e:
+                self._update(
+                    running.job_id,
+                    status="failed",
+                    metrics=metrics,
+                    error=f"trained and registered as {adapter.ref} ({adapter.path}), but loading it into "
+                    f"the engine failed: {e}",
+                )
+                return
+        log.info(
+            "job %s succeeded: %s at %s, served as %s", running.job_id, adapter.ref, adapter.path, served
+        )
+        self._update(
+            running.job_id,
+            status="succeeded",
+            progress=1.0,
+            metrics=metrics,
+            adapter=served,
+            dataset_id=adapter.dataset_id,
+        )
+
+    def _interrupt(self, running: _Running) -> None:
+        """Stop a worker because this process is stopping: its job stays "running", to resume later."""
+        _stop_group(running.process.pid, self.grace_s, process=running.process)
+        running.log_file.close()
+        state = _read_state(running.job_dir)
+        _write_state(running.job_dir, {**state, "resume": True})
+
+    def _update(self, job_id: str, **changes) -> None:
+        with contextlib.suppress(Conflict):  # cancelled meanwhile: the cancel stands
+            self.store.update_job(job_id, **changes)
+
+
+# ----- helpers -----------------------------------------------------------------------------------------
+
+
+def _defaults(stage: str) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(config_class(stage))}
+
+
+def _read_state(job_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((job_dir / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(job_dir: Path, state: dict[str, Any]) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, job_dir / STATE_FILE)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the worker leads its own group: its pid is the group id
+
+
+def _is_worker(pid: int, job_id: str) -> bool:
+    """Whether `pid` is still the worker of `job_id` (not a recycled pid), where /proc can tell."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return _alive(pid)
+    return job_id in cmdline
+
+
+def _stop_group(
+    pid: int, grace_s: float, *, process: subprocess.Popen | None = None, only_if: str | None = None
+) -> None:
+    """SIGTERM the process group of `pid`, then SIGKILL it if it is still there after `grace_s`. `process`
+    is our own `Popen` of it (waited on); without it (a worker a previous process started), `only_if` names
+    the job whose worker it must still be."""
+    if only_if is not None and not _is_worker(pid, only_if):
+        return
+    _signal_group(pid, signal.SIGTERM)
+    if process is not None:
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            _signal_group(pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        _signal_group(pid, signal.SIGKILL)
