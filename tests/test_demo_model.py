@@ -84,10 +84,11 @@ def test_checkable_prompts_cycle_the_families_and_end_with_a_question():
         ("3000", "3 km = 3,000 m.", True),
         ("300", "3 km = 3000 m.", False),
         ("0", "0 * 7 = 0.", True),
-        ("Paris", "The capital of France is Paris.", True),
+        ("Paris", "Paris is the capital of France.", True),
         ("Paris", "the capital of france is PARIS", True),
-        ("Paris", "The capital of France is Parisville.", False),
-        ("Buenos Aires", "The capital of Argentina is Buenos Aires.", True),
+        ("Paris", "Parisville is the capital of France.", False),
+        ("Paris", "Berlin is the capital of France.", False),
+        ("Buenos Aires", "Buenos Aires is the capital of Argentina.", True),
         ("elppa", "apple reversed is elppa.", True),
         ("elppa", "apple reversed is elpp.", False),
     ],
@@ -234,16 +235,33 @@ def test_build_replaces_an_earlier_demo_model_but_not_other_directories(tiny_bui
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
-def test_ensure_demo_model_uses_the_cache(tmp_path, monkeypatch):
-    cached = tmp_path / "models" / f"demo-{DEMO_MODEL_VERSION}"
-    cached.mkdir(parents=True)
-    (cached / "tunehub_demo.json").write_text("{}")
+def test_ensure_demo_model_builds_once_then_uses_the_cache(tmp_path, monkeypatch):
+    calls = []
 
-    def no_build(*args, **kwargs):
-        raise AssertionError("ensure_demo_model rebuilt a cached model")
+    def quick_build(out_dir, *, progress=None):  # stands in for the full recipe (a minute)
+        calls.append(out_dir)
+        return build_demo_model(out_dir, steps=1, progress=progress)
 
-    monkeypatch.setattr(demo_build, "build_demo_model", no_build)
-    assert ensure_demo_model(tmp_path) == cached
+    monkeypatch.setattr(demo_build, "build_demo_model", quick_build)
+    model_dir = ensure_demo_model(tmp_path)
+    assert model_dir == tmp_path / "models" / f"demo-{DEMO_MODEL_VERSION}"
+    assert (model_dir / "tunehub_demo.json").is_file()
+    assert ensure_demo_model(tmp_path) == model_dir
+    assert len(calls) == 1
+    assert [p.name for p in model_dir.parent.iterdir()] == [model_dir.name]  # no staging directory left
+
+
+def test_ensure_demo_model_keeps_a_model_another_process_finished_first(tmp_path, monkeypatch):
+    model_dir = tmp_path / "models" / f"demo-{DEMO_MODEL_VERSION}"
+
+    def racing_build(out_dir, *, progress=None):
+        build_demo_model(model_dir, steps=1)  # the other process wins the race...
+        return build_demo_model(out_dir, steps=2)  # ...while ours is still building
+
+    monkeypatch.setattr(demo_build, "build_demo_model", racing_build)
+    assert ensure_demo_model(tmp_path) == model_dir
+    assert json.loads((model_dir / "tunehub_demo.json").read_text())["steps"] == 1
+    assert [p.name for p in model_dir.parent.iterdir()] == [model_dir.name]
 
 
 def test_evaluate_checkable_scores_every_family(tiny_builds):

@@ -2,7 +2,7 @@
 
 Four task families have answers a program can check (arithmetic, unit conversion, capitals, word reversal);
 small talk (greetings, thanks, "who are you") makes the model read as an assistant. Replies are short and
-formulaic ("12 + 7 = 19.", "The capital of France is Paris.") so that a ~1M-parameter model can learn them.
+formulaic ("12 + 7 = 19.", "Paris is the capital of France.") so that a 0.6M-parameter model can learn them.
 
 The split between training and held-out prompts is by the question text: a question whose normalised text
 hashes into the held-out bucket never appears in the training corpus. The facts themselves are shared
@@ -23,6 +23,11 @@ import unicodedata
 from dataclasses import dataclass
 
 from training.demo.facts import CAPITALS, UNITS, WORDS
+
+# Shares of small talk among exchanges and of conversations with a system prompt. Both are learned quickly;
+# the training budget is better spent on the checkable families.
+SMALL_TALK_SHARE = 0.1
+SYSTEM_PROMPT_SHARE = 0.2
 
 # One question in HELDOUT_BUCKETS out of this many is held out of training.
 HASH_BUCKETS = 10
@@ -144,7 +149,9 @@ def _capital(rng: random.Random) -> Task:
             f"{country}: what is its capital?",
         )
     )
-    return Task("capital", question, f"The capital of {country} is {capital}.", capital)
+    # The capital comes first: recalling it straight from the question is learned sooner than first copying
+    # a (multi-token) country name into the reply, which a model this small gets wrong for many seeds.
+    return Task("capital", question, f"{capital} is the capital of {country}.", capital)
 
 
 def _reversal(rng: random.Random) -> Task:
@@ -190,15 +197,15 @@ def _task(rng: random.Random, family: str, heldout: bool) -> Task:
 
 def _turn(rng: random.Random) -> tuple[str, str]:
     """One training exchange (question, reply): mostly checkable tasks, some small talk."""
-    if rng.random() < 0.2:
+    if rng.random() < SMALL_TALK_SHARE:
         return _small_talk(rng)
     task = _task(rng, rng.choice(FAMILIES), heldout=False)
     return task.question, task.reply
 
 
 def _opening(rng: random.Random) -> list[dict]:
-    """An optional system prompt, as about a third of conversations have."""
-    if rng.random() < 0.3:
+    """An optional system prompt, as some conversations have."""
+    if rng.random() < SYSTEM_PROMPT_SHARE:
         return [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}]
     return []
 

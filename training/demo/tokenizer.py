@@ -5,7 +5,7 @@ The template marks each assistant reply, its `<|im_end|>` and the newline after 
 so `apply_chat_template(..., return_assistant_tokens_mask=True)` and TRL's assistant-only loss both work.
 
     from training.demo.tokenizer import train_tokenizer
-    tokenizer = train_tokenizer(conversations(20_000, seed=0))   # a transformers PreTrainedTokenizerFast
+    tokenizer = train_tokenizer(conversations(5_000, seed=0))   # a transformers PreTrainedTokenizerFast
 """
 
 from __future__ import annotations
