@@ -10,6 +10,8 @@ ARGS   ?=
 export HF_HUB_DISABLE_TELEMETRY=1
 export GRADIO_ANALYTICS_ENABLED=False
 export TOKENIZERS_PARALLELISM=false
+# torch threads sleep instead of spinning between ops: tests run a server, clients and jobs side by side
+export OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: serve test test-fast test-rest setup setup-test chromium lint bench clean
 
