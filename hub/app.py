@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,7 @@ from starlette.routing import Match, Mount
 
 from feedback.store import Store
 from serving.engine import Engine
+from training.jobs.queue import JobQueue
 
 from .api import build_router
 from .arena import ArenaService
@@ -18,6 +20,7 @@ from .datasets import DatasetService
 from .errors import ApiError, install_error_handlers
 from .feedback_api import build_feedback_router
 from .feedback_service import FeedbackService
+from .jobs_api import build_jobs_router, start_runner
 from .metrics import Metrics
 from .recording import store_recorder
 from .service import ChatService
@@ -69,8 +72,16 @@ class CountRequests:
                 self.metrics.requests.labels(path, str(status)).inc()
 
 
-def build_app(settings: Settings, engine: Engine, *, store: Store | None = None, with_ui: bool = True) -> FastAPI:
-    """Wire services around a constructed engine; the lifespan starts and stops it. Nothing runs at import."""
+def build_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    store: Store | None = None,
+    with_ui: bool = True,
+    run_jobs: bool = True,
+) -> FastAPI:
+    """Wire services around a constructed engine; the lifespan starts and stops it, and the training job
+    runner with it (unless `run_jobs` is False). Nothing runs at import."""
     metrics = Metrics(adapter_count=lambda: len(engine.adapters()))
     if hasattr(engine, "observe_steps"):
         engine.observe_steps(metrics.batch_size.observe)
@@ -84,9 +95,12 @@ def build_app(settings: Settings, engine: Engine, *, store: Store | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
+        runner = start_runner(service, store, settings.data_dir) if run_jobs else None
         try:
             yield
         finally:
+            if runner is not None:  # its workers stop; their jobs resume at the next start
+                await asyncio.to_thread(runner.stop)
             await engine.close()
             store.close()
 
@@ -100,6 +114,7 @@ def build_app(settings: Settings, engine: Engine, *, store: Store | None = None,
 
     app.include_router(build_router(service, auth))
     app.include_router(build_feedback_router(feedback, auth))
+    app.include_router(build_jobs_router(JobQueue(store), auth, getattr(engine, "model_path", None) or None))
     # keep this after every API route: the UI is mounted at "/" and would answer any other /v1 path with
     # its own bare 404, so unknown API paths and wrong methods get the error envelope here instead
     app.add_api_route("/v1/{path:path}", _unknown_api_route, methods=_ALL_METHODS, include_in_schema=False)

@@ -1,4 +1,5 @@
-"""The `tunehub` command line: serve the hub, build the demo model.
+"""The `tunehub` command line: serve the hub, build the demo model (train, jobs: hub/cli_train.py; export,
+users, leaderboard: hub/cli_data.py).
 
 tunehub serve [--model PATH_OR_HF_ID] [--host 127.0.0.1] [--port 7860] [--data-dir ./tunehub-data] ...
 tunehub demo-model [--out DIR]
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cli_data import add_data_commands
+from .cli_train import add_train_commands
 from .settings import Settings, SettingsError, quiet_environment
 
 log = logging.getLogger("tunehub")
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default="./tunehub-data")
     demo.set_defaults(func=cmd_demo_model)
     add_data_commands(sub)
+    add_train_commands(sub)
     return parser
 
 

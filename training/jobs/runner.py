@@ -60,9 +60,13 @@ class _Running:
     attempt: int
     params: dict[str, Any]
     parent_ref: str | None
+    restarts: int = 0  # hub restarts it went through (each resumed it)
     kill_at: float | None = None  # SIGKILL after this monotonic time (set when SIGTERM was sent)
     written_at: float = 0.0
     written: tuple = field(default_factory=tuple)
+
+    def counts(self) -> dict[str, int]:
+        return {"attempt": self.attempt, "restarts": self.restarts}
 
 
 class JobRunner:
@@ -238,7 +242,10 @@ class JobRunner:
             attempt,
         )
         reader = ProgressReader(job_dir / PROGRESS_FILE)
-        return _Running(job.id, spec, job_dir, process, log_file, reader, attempt, params, parent_ref)
+        restarts = int(job.metrics.get("restarts", 0))
+        return _Running(
+            job.id, spec, job_dir, process, log_file, reader, attempt, params, parent_ref, restarts
+        )
 
     def _worker_env(self, spec: JobSpec) -> dict[str, str]:
         env = {**os.environ, **self.env}
@@ -259,7 +266,7 @@ class JobRunner:
                 self.store.update_job(
                     running.job_id,
                     progress=min(progress.fraction, 0.99),
-                    metrics={**progress.live_metrics(), "attempt": running.attempt},
+                    metrics={**progress.live_metrics(), **running.counts()},
                     dataset_id=progress.dataset_id,
                 )
         job = self.store.get_job(running.job_id)
@@ -287,7 +294,7 @@ class JobRunner:
         fault = diagnose(returncode, progress.error, log_tail(running.job_dir / LOG_FILE))
         defaults = _defaults(running.spec.stage)
         retry = oom_retry(fault, attempt=running.attempt, params=running.params, defaults=defaults)
-        metrics = {**progress.live_metrics(), "attempt": running.attempt}
+        metrics = {**progress.live_metrics(), **running.counts()}
         if retry is not None:
             state = _read_state(running.job_dir)
             _write_state(
@@ -323,7 +330,7 @@ class JobRunner:
             return
         metrics = {
             **(progress.done.get("metrics") or {}),
-            "attempt": running.attempt,
+            **running.counts(),
             "adapter_ref": adapter.ref,
             "adapter_path": adapter.path,
         }

@@ -1,0 +1,140 @@
+"""Training job routes (admin only): POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel,
+and the hub's side of the runner: its thread, and hot-loading each finished adapter into the engine.
+
+    POST /v1/jobs {"stage": "dpo", "method": "lora", "data": "feedback" | "/path", "name": "polite",
+                   "parent": null, "params": {"max_steps": 100, "beta": 0.2}, "only_new": false}
+      -> {"id": "job-...", "object": "training.job", "status": "queued", "progress": 0.0, ...}
+
+A job answer carries ``status`` (queued, running, succeeded, failed, cancelled), ``progress`` (0 to 1),
+``adapter`` (the served model name once it is live), ``error``, ``metrics`` (step, total_steps, eta_s, loss
+and the loss curve while it runs; the training metrics once it is done). A bad stage, method, name, data or
+param is a 400 naming the field; an unknown job a 404; cancelling a finished job a 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback.records import JOB_STATUSES, Adapter, Job
+from training.jobs.publish import served_name
+from training.jobs.queue import JobQueue
+from training.jobs.runner import JobRunner
+from training.jobs.spec import FEEDBACK, JobError, JobSpec
+from training.methods import METHODS
+
+from .auth import Auth, Principal
+from .errors import ApiError
+from .service import ChatService
+
+LOAD_TIMEOUT_S = 300.0
+
+
+class CreateJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["sft", "reward", "dpo", "kto"]
+    method: str = Field("lora", description=f"one of {', '.join(METHODS)}")
+    data: str = Field(FEEDBACK, min_length=1, max_length=4096, description="'feedback' or a file/dir path")
+    name: str = Field(min_length=1, max_length=64, description="the adapter's name")
+    parent: str | None = Field(
+        None, max_length=4096, description="adapter name[@N] or directory to start from"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the stage's settings")
+    only_new: bool = Field(False, description="feedback data: only votes since the stage's last run")
+
+
+def job_body(job: Job) -> dict[str, Any]:
+    spec = job.params
+    return {
+        "id": job.id,
+        "object": "training.job",
+        "stage": job.stage,
+        "method": job.method,
+        "name": spec.get("name"),
+        "data": spec.get("data"),
+        "parent": spec.get("parent"),
+        "params": spec.get("params", {}),
+        "status": job.status,
+        "progress": job.progress,
+        "adapter": job.adapter,
+        "error": job.error,
+        "metrics": job.metrics,
+        "dataset_id": job.dataset_id,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def build_jobs_router(queue: JobQueue, auth: Auth, base_model: str | None) -> APIRouter:
+    router = APIRouter()
+    admin = Depends(auth.require_admin)
+
+    @router.post("/v1/jobs")
+    async def create_job(body: CreateJob, principal: Principal = admin):
+        if not base_model:
+            raise ApiError(
+                503, "this engine has no local base model path to train from", code="no_base_model"
+            )
+        spec = JobSpec(
+            stage=body.stage,
+            method=body.method,
+            data=body.data,
+            name=body.name,
+            base=base_model,
+            parent=body.parent,
+            params=body.params,
+            only_new=body.only_new,
+        )
+        try:
+            job = await asyncio.to_thread(queue.submit, spec)
+        except JobError as e:
+            raise ApiError(400, e.message, param=e.param, code="invalid_value") from None
+        return job_body(job)
+
+    @router.get("/v1/jobs")
+    async def list_jobs(
+        status: str | None = Query(None, description=f"one of {', '.join(JOB_STATUSES)}"),
+        limit: int = Query(100, ge=1, le=1000),
+        principal: Principal = admin,
+    ):
+        if status is not None and status not in JOB_STATUSES:
+            raise ApiError(400, f"status {status!r} is not one of {', '.join(JOB_STATUSES)}", param="status")
+        jobs = await asyncio.to_thread(queue.list, status=status, limit=limit)
+        return {"object": "list", "data": [job_body(job) for job in jobs]}
+
+    @router.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str, principal: Principal = admin):
+        return job_body(await asyncio.to_thread(queue.get, job_id))
+
+    @router.post("/v1/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str, principal: Principal = admin):
+        return job_body(await asyncio.to_thread(queue.cancel, job_id))
+
+    return router
+
+
+def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
+    """What the runner calls (from its thread) with each registered chat adapter: load it into the engine
+    under a new served name, on the event loop, and return that name."""
+
+    def publish(adapter: Adapter) -> str:
+        loaded = {info.name for info in service.engine.adapters()}
+        name = served_name(adapter, loaded)
+        future = asyncio.run_coroutine_threadsafe(service.load_adapter(name, Path(adapter.path)), loop)
+        future.result(timeout=LOAD_TIMEOUT_S)
+        return name
+
+    return publish
+
+
+def start_runner(service: ChatService, store, data_dir: Path) -> JobRunner:
+    """The hub's job runner, started; call from the lifespan (it needs the running event loop)."""
+    runner = JobRunner(store, data_dir, publish=adapter_publisher(service, asyncio.get_running_loop()))
+    runner.start()
+    return runner
