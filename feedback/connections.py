@@ -40,6 +40,7 @@ class StoreConnections:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
         self._write_lock = threading.Lock()
+        self._batch_thread: int | None = None  # the thread inside batch(), if any
         # The writer crosses threads, but only ever inside _write_lock.
         self._writer = Database(
             sqlite3.connect(self.path, timeout=timeout, check_same_thread=False), execute_plugins=False
@@ -90,8 +91,43 @@ class StoreConnections:
         return db
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made by this thread inside the block into one transaction and one commit.
+
+        Each write still succeeds or fails on its own (a savepoint each): a write that raises leaves the
+        others in place. Nothing is durable, or visible to readers, before the block ends. Used to write
+        votes that arrive together at the cost of one commit (hub/write_batcher.py).
+        """
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            self._batch_thread = threading.get_ident()
+            try:
+                yield
+            except BaseException:
+                db.rollback()
+                raise
+            finally:
+                self._batch_thread = None
+            db.commit()
+
+    @contextmanager
     def _write(self) -> Iterator[Database]:
-        """The writer connection inside one transaction; commits on success, rolls back on error."""
+        """The writer connection inside one transaction; commits on success, rolls back on error.
+
+        Inside :meth:`batch` (on the thread that opened it) the transaction is the batch's and this write
+        is a savepoint of it."""
+        if self._batch_thread == threading.get_ident():
+            db = self._writer
+            db.execute("SAVEPOINT write")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+                raise
+            db.execute("RELEASE write")
+            return
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN IMMEDIATE")

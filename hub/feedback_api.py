@@ -17,7 +17,6 @@ prompts, one answer twice) 422, all in OpenAI's error envelope.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -32,6 +31,7 @@ from feedback.records import Vote
 from .auth import Auth, Principal
 from .errors import ApiError
 from .feedback_service import FeedbackService, GenerationRef
+from .write_batcher import WriteBatcher
 
 # ----- request bodies ----------------------------------------------------------------------------------
 
@@ -200,9 +200,10 @@ def leaderboard_body(board: Leaderboard) -> dict:
 
 
 def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
-    # The store blocks, so reads run as plain `def` routes in FastAPI's thread pool and a vote's write in
-    # one worker thread. Votes come fast (bench/store.py), so a vote makes one thread hop, not two.
+    # The store blocks, so reads run as plain `def` routes in FastAPI's thread pool. Votes come fast
+    # (bench/store.py): those that arrive together are written in one worker-thread hop and one commit.
     router = APIRouter()
+    batcher = WriteBatcher(service.store)
 
     async def caller(request: Request) -> Principal:
         # no thread hop: constant-time compares, and one indexed read for a rater's own API key
@@ -230,7 +231,7 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
             body = FEEDBACK.validate_json(await request.body())
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        return JSONResponse(await asyncio.to_thread(record, body, principal))
+        return JSONResponse(await batcher.run(lambda: record(body, principal)))
 
     @router.get("/v1/feedback", response_model=None)
     def list_feedback(
