@@ -1,5 +1,5 @@
 """Adapter checks: every bad adapter directory or name is refused by `LocalEngine.load_adapter` with a message
-that names the bad value, and a refused load changes nothing (adapter list, PEFT state, answers).
+that names the bad value, and a refused load changes nothing (adapter list, the model's adapter slots, answers).
 
 Run: python -m pytest tests/test_adapter_checks.py -q
 """
@@ -49,9 +49,8 @@ class EngineThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def state(self) -> tuple[list, set[str]]:
-        """What a refused load must leave untouched: the served adapters and the adapters inside PEFT."""
-        peft = self.engine._model.peft
-        return self.engine.adapters(), set(peft.peft_config) if peft is not None else set()
+        """What a refused load must leave untouched: the served adapters and the adapters inside the model."""
+        return self.engine.adapters(), set(self.engine._model.slots)
 
     def unload(self, name: str) -> None:
         """Unload and wait until the worker has deleted the weights, so the next test starts settled."""
@@ -59,13 +58,11 @@ class EngineThread:
         deadline = time.monotonic() + 10
         while not self.settled() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert self.settled(), f"PEFT still holds adapters that are not served: {self.state()}"
+        assert self.settled(), f"the model still holds adapters that are not served: {self.state()}"
 
     def settled(self) -> bool:
-        """PEFT holds exactly the served adapters (nothing loaded half-way, nothing left behind)."""
-        peft = self.engine._model.peft
-        keys = set(peft.peft_config) if peft is not None else set()
-        return keys == {adapter.key for adapter in self.engine._adapters.values()}
+        """The model holds exactly the served adapters (nothing loaded half-way, nothing left behind)."""
+        return set(self.engine._model.slots) == {adapter.key for adapter in self.engine._adapters.values()}
 
     def stop(self) -> None:
         self.run(self.engine.close())
@@ -241,6 +238,30 @@ def test_an_ia3_adapter_is_refused(served, demo_model, tmp_path):
     assert "IA3" in error.message and "LoRA" in error.message
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"alora_invocation_tokens": [5, 6]}, {"modules_to_save": ["lm_head"]}, {"lora_bias": True}],
+    ids=lambda change: next(iter(change)),
+)
+def test_lora_features_that_rows_cannot_apply_each_on_their_own_are_refused(served, copy_of_a, change):
+    # aLoRA switches on mid-sequence, whole modules and biases are not low-rank: none fits the per-row stacks
+    rewrite_config(copy_of_a, **change)
+    error = refuse(served, "x", copy_of_a)
+    assert next(iter(change)) in error.message and str(copy_of_a) in error.message
+
+
+def test_weights_other_than_lora_matrices_are_refused(served, copy_of_a):
+    from safetensors.torch import load_file, save_file
+
+    weights_file = copy_of_a / "adapter_model.safetensors"
+    weights = load_file(str(weights_file))
+    lora_a = weights["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+    weights["base_model.model.model.layers.0.self_attn.q_proj.bias"] = lora_a[:, 0].clone()
+    save_file(weights, str(weights_file))
+    error = refuse(served, "x", copy_of_a)
+    assert "'base_model.model.model.layers.0.self_attn.q_proj.bias'" in error.message
+
+
 def test_weights_shaped_for_another_hidden_size_are_refused(served, demo_model, tmp_path):
     path = save_lora_for(
         {"hidden_size": 64, "head_dim": 16, "intermediate_size": 192}, tmp_path / "h64", demo_model
@@ -251,9 +272,12 @@ def test_weights_shaped_for_another_hidden_size_are_refused(served, demo_model, 
 
 
 def test_weights_for_layers_the_base_lacks_are_refused(served, demo_model, tmp_path):
-    path = save_lora_for({"num_hidden_layers": 6}, tmp_path / "six-layers", demo_model)  # the demo has 4
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(str(demo_model)).num_hidden_layers  # 3 since demo model v2
+    path = save_lora_for({"num_hidden_layers": layers + 2}, tmp_path / "more-layers", demo_model)
     error = refuse(served, "x", path)
-    assert "model.layers.4." in error.message or "model.layers.5." in error.message
+    assert f"model.layers.{layers}." in error.message or f"model.layers.{layers + 1}." in error.message
 
 
 # ----- names ---------------------------------------------------------------------------------------------
@@ -291,11 +315,11 @@ def test_two_concurrent_loads_of_one_name_load_it_once(served, adapters_dir):
 
     results = served.run(race())
     assert sorted(type(r).__name__ for r in results) == ["AdapterConflict", "AdapterInfo"]
-    served.unload("twice")  # also waits until the losing copy is gone from PEFT
+    served.unload("twice")  # also waits until the losing copy is gone from the model
     assert served.state() == (names_before, keys_before)
 
 
-# ----- a load that fails inside PEFT changes nothing ---------------------------------------------------
+# ----- a load that fails after the checks changes nothing ----------------------------------------------
 
 
 def greedy(engine_thread: EngineThread, adapter: str | None = None) -> str:
@@ -315,12 +339,12 @@ def greedy(engine_thread: EngineThread, adapter: str | None = None) -> str:
     [(False, {"bias": "not-a-bias"}), (True, {"lora_alpha": "sixteen"})],
     ids=["first-adapter", "next-adapter"],
 )
-def test_a_load_that_fails_inside_peft_leaves_every_answer_unchanged(
+def test_a_load_that_fails_after_the_checks_leaves_every_answer_unchanged(
     demo_model, adapters_dir, copy_of_a, preloaded, change
 ):
-    # regression: when the first adapter failed half-way, PEFT had already wrapped the base's layers with
-    # the adapter's LoRA weights, and every base answer changed
-    rewrite_config(copy_of_a, **change)  # passes our checks; PEFT refuses it after it began wrapping layers
+    # regression: when the first adapter failed half-way, PEFT (which applied adapters then) had already
+    # wrapped the base's layers with the adapter's LoRA weights, and every base answer changed
+    rewrite_config(copy_of_a, **change)  # passes the checks; reading its config fails
     thread = EngineThread(load_local_engine(demo_model))
     try:
         thread.run(thread.engine.start())

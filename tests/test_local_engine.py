@@ -163,7 +163,8 @@ def reference(demo_model, adapters_dir, tokenizer):
         with torch.inference_mode():
             out = model_for(adapter).generate(**inputs, do_sample=False, max_new_tokens=max_tokens)
         ids = out[0, inputs["input_ids"].shape[1] :].tolist()
-        return ids, tokenizer.decode(ids, skip_special_tokens=True)
+        # a stream never ends in half a character: TextStream.finish drops a trailing U+FFFD
+        return ids, tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
 
     return complete
 
@@ -571,8 +572,8 @@ def test_adapters_swap_under_load_without_failing_a_request(demo_model, adapters
             results = await asyncio.wait_for(
                 asyncio.gather(*first_wave, *second_wave, return_exceptions=True), 60
             )
-            collected = await wait_until(lambda: old_a.key not in engine._model.peft.peft_config)
-            keys = set(engine._model.peft.peft_config)
+            collected = await wait_until(lambda: old_a.key not in engine._model.slots)
+            keys = set(engine._model.slots)
             for _ in range(5):  # more timings for the benchmark line below
                 started = time.perf_counter()
                 await engine.load_adapter("timing", adapters_dir / "c")
@@ -590,7 +591,7 @@ def test_adapters_swap_under_load_without_failing_a_request(demo_model, adapters
         assert result.finish_reason in ("stop", "length")
         assert (result.token_ids, result.text) == reference(prompt, expected_adapter), (prompt, adapter)
     assert collected, "the unloaded adapter's weights were not removed once its rows finished"
-    assert len(keys) == 2, f"PEFT should hold only b and a-v2, holds {keys}"
+    assert len(keys) == 2, f"the model should hold only b and a-v2, holds {keys}"
     print(
         f"\nadapter load under load: p50 {statistics.median(load_times) * 1000:.1f} ms, "
         f"max {max(load_times) * 1000:.1f} ms over {len(load_times)} loads (target p50 < 100 ms)"
@@ -650,7 +651,7 @@ def test_unloading_the_last_adapter_returns_to_the_plain_base(demo_model, adapte
             await engine.load_adapter("a", adapters_dir / "a")
             with_a = await collect(engine, chat("Hi", adapter="a"))
             await engine.unload_adapter("a")
-            await wait_until(lambda: engine._model.peft is None)
+            await wait_until(lambda: not engine._model.layers)
             base = await collect(engine, chat("Hi"))
             with pytest.raises(ModelNotFound):
                 await engine.unload_adapter("a")

@@ -16,17 +16,19 @@ def make_lora_adapter(
     targets: tuple[str, ...] = DEFAULT_TARGETS,
     seed: int = 0,
     scale: float = 1.0,
+    **lora_options,
 ) -> Path:
-    """Save a LoRA adapter for `base` in PEFT's format, with B non-zero so outputs differ from the base."""
+    """Save a LoRA adapter for `base` in PEFT's format, with B non-zero so outputs differ from the base.
+    `lora_options` go to LoraConfig (lora_alpha, use_rslora, rank_pattern, ...)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base))
-    peft_model = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), init_lora_weights=False)
-    )
+    options = {"lora_alpha": 2 * rank, **lora_options}
+    config = LoraConfig(r=rank, target_modules=list(targets), init_lora_weights=False, **options)
+    peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
