@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .cli_data import add_data_commands
+from .cli_tools import add_tool_commands
 from .cli_train import add_train_commands
 from .settings import Settings, SettingsError, quiet_environment
 
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default="./tunehub-data")
     demo.set_defaults(func=cmd_demo_model)
     add_data_commands(sub)
+    add_tool_commands(sub)
     add_train_commands(sub)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.methods import MethodPlan
+from training.methods import MethodPlan, detect_hardware
 
 
 def load_tokenizer(model: str):
@@ -41,7 +41,11 @@ def load_model(
     set_seed(seed)  # new weights (a reward head, adapter matrices) start the same for the same seed
     kwargs = dict(plan.model_kwargs)
     if "quantization_config" not in kwargs:
-        kwargs["dtype"] = torch.float32  # mixed precision (bf16/fp16) comes from autocast, not the weights
+        # Trained weights stay fp32 (mixed precision comes from autocast). A frozen base under an adapter
+        # is only read, so on a GPU with bf16 it is loaded in bf16: half the memory (PEFT keeps the
+        # adapter's own weights in fp32; a reward model's head, trained in full, stays fp32 with its model).
+        frozen_bf16 = plan.trains_adapter and task == "causal_lm" and detect_hardware().bf16
+        kwargs["dtype"] = torch.bfloat16 if frozen_bf16 else torch.float32
     if task == "seq_cls":
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
         auto_class = AutoModelForSequenceClassification
