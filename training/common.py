@@ -272,6 +272,23 @@ def save_result(trainer, run: Run, plan: MethodPlan, metrics: dict[str, Any], *,
     return out
 
 
+def write_result(run: Run, plan: MethodPlan, metrics: dict[str, Any], *, task: str, write) -> Path:
+    """`save_result` for a stage with its own training loop (one process): `write(directory)` saves the
+    weights there, then the metadata is added and the directory renamed into place; returns the output."""
+    out = run.output_dir
+    tmp = _sibling(out, "training")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        metadata = training_metadata(run, plan, metrics, task=task)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def training_metadata(run: Run, plan: MethodPlan, metrics: dict[str, Any], *, task: str) -> dict[str, Any]:
     import peft
     import torch

@@ -1,8 +1,8 @@
 """Training data: read, check and split a dataset before any model is loaded.
 
 A stage names the rows it needs (sft: ``{"messages"}``, pairs: ``{"prompt", "chosen", "rejected"}``,
-kto: ``{"prompt", "completion", "label"}``) and `load_training_data` reads them through
-`feedback.imports.import_dataset`, so every format the hub imports (TRL, alpaca, sharegpt; JSON, JSONL,
+kto: ``{"prompt", "completion", "label"}``, prompts: ``{"prompt"}`` for PPO, RLOO and GRPO) and
+`load_training_data` reads them through `feedback.imports.import_dataset`, so every format the hub imports (TRL, alpaca, sharegpt; JSON, JSONL,
 parquet, `datasets` directories) trains, and a bad row fails the run before training with
 ``row 17: field "chosen" is missing``. Where the eval rows come from, in order:
 
@@ -30,7 +30,7 @@ from feedback.errors import Invalid
 from feedback.imports import MAX_REPORTED, import_dataset
 from feedback.validation import canonical_json
 
-KINDS: tuple[str, ...] = ("sft", "pairs", "kto")
+KINDS: tuple[str, ...] = ("sft", "pairs", "kto", "prompts")
 EVAL_SPLITS: tuple[str, ...] = ("eval", "validation", "test")
 PAIR_EXTRAS: tuple[str, ...] = ("margin", "weight")
 
@@ -58,9 +58,9 @@ def load_training_data(
 ) -> TrainingData:
     """Read and check the rows a stage trains on; raises `Invalid` naming the row and field of a bad row.
 
-    `kind` is sft, pairs or kto. Pair rows keep numeric ``margin`` and ``weight`` columns when every row
-    has them. A kto stage also takes pairs (chosen -> label true, rejected -> label false), as TRL's
-    `unpair_preference_dataset` does.
+    `kind` is sft, pairs, kto or prompts. Pair rows keep numeric ``margin`` and ``weight`` columns when every
+    row has them. A kto stage also takes pairs (chosen -> label true, rejected -> label false), as TRL's
+    `unpair_preference_dataset` does; a prompts stage takes the distinct prompts of any chat rows.
     """
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -151,6 +151,8 @@ def _read(path: Path, split: str, kind: str) -> tuple[str, list[dict[str, Any]]]
         return result.format, rows
     if kind == "kto" and result.kind == "pairs":
         return result.format, unpair(result.rows)
+    if kind == "prompts":
+        return result.format, distinct_prompts(result.rows)
     hint = {
         "sft": "SFT needs conversations ending in an assistant reply (messages, alpaca output, sharegpt gpt turn)",
         "pairs": "reward and DPO training need preference pairs (prompt, chosen, rejected)",
@@ -170,6 +172,19 @@ def unpair(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         unpaired.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
         unpaired.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
     return unpaired
+
+
+def distinct_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"prompt"}`` rows from SFT, pair or KTO rows, each prompt once, in first-seen order."""
+    seen: set[str] = set()
+    prompts = []
+    for row in rows:
+        prompt = prompt_of(row)
+        key = canonical_json(prompt)
+        if prompt and key not in seen:
+            seen.add(key)
+            prompts.append({"prompt": prompt})
+    return prompts
 
 
 def _with_pair_extras(path: Path, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
