@@ -14,12 +14,13 @@ from __future__ import annotations
 from feedback.accounts import AccountMethods
 from feedback.generations import GenerationMethods, generation_id
 from feedback.lineage import LineageMethods
+from feedback.promotions import PromotionMethods
 from feedback.votes import VoteMethods
 
 __all__ = ["Store", "generation_id"]
 
 
-class Store(AccountMethods, GenerationMethods, VoteMethods, LineageMethods):
+class Store(AccountMethods, GenerationMethods, VoteMethods, LineageMethods, PromotionMethods):
     """The feedback database. ``Store(path)`` opens or creates it; ``close()`` (or ``with``) closes it.
 
     Method groups, each in its own module:
@@ -34,7 +35,9 @@ class Store(AccountMethods, GenerationMethods, VoteMethods, LineageMethods):
       ``get_vote``, ``list_votes``, ``pairwise_comparisons``, ``counts``;
     - lineage (:mod:`feedback.lineage`): ``add_dataset``, ``get_dataset``, ``list_datasets``,
       ``create_job``, ``get_job``, ``list_jobs``, ``update_job``, ``add_adapter``, ``get_adapter``,
-      ``list_adapters``, ``set_adapter_status``, ``adapter_vote_ids``.
+      ``list_adapters``, ``set_adapter_status``, ``adapter_vote_ids``;
+    - promotions (:mod:`feedback.promotions`): ``promoted_adapter``, ``promote_adapter``,
+      ``rollback_adapter``.
 
     Errors are :class:`~feedback.errors.StoreError` subclasses with an HTTP ``status``: ``NotFound``
     (404), ``Invalid`` (422), ``Conflict`` (409).

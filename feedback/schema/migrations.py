@@ -183,6 +183,18 @@ def job_adapter(db: Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN adapter TEXT")
 
 
+@migrations(name="0004_promotions")
+def promotions(db: Database) -> None:
+    """Each promotion of an adapter version and the version it replaced, so a rollback can go back."""
+    db["promotions"].create(
+        {"id": int, "adapter_id": int, "previous_id": int, "action": str, "at": str},
+        pk="id",
+        foreign_keys=[("adapter_id", "adapters", "id"), ("previous_id", "adapters", "id")],
+        not_null=["adapter_id", "action", "at"],
+    )
+    db["promotions"].create_index(["adapter_id"])
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Apply every pending migration inside one ``BEGIN IMMEDIATE`` transaction; return the names applied.
 
