@@ -10,8 +10,8 @@ from starlette.routing import Match, Mount
 
 from feedback.store import Store
 from serving.engine import Engine
-from training.jobs.queue import JobQueue
 
+from .adapters_service import AdapterService
 from .api import build_router
 from .arena import ArenaService
 from .auth import Auth
@@ -21,6 +21,7 @@ from .errors import ApiError, install_error_handlers
 from .feedback_api import build_feedback_router
 from .feedback_service import FeedbackService
 from .jobs_api import build_jobs_router, start_runner
+from .jobs_service import JobsService
 from .metrics import Metrics
 from .recording import store_recorder
 from .service import ChatService
@@ -91,10 +92,15 @@ def build_app(
     service = ChatService(engine, metrics, recorder=store_recorder(store))
     auth = Auth(settings.api_key, settings.admin_password, store)
     feedback = FeedbackService(store, anchor=lambda: engine.model_name)
+    adapters = AdapterService(store, service)
+    jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
+        # adapters registered before this start (earlier jobs, `tunehub train`) are served again; the
+        # runner only loads those of jobs that finish from now on
+        await adapters.reload_registered()
         runner = start_runner(service, store, settings.data_dir) if run_jobs else None
         try:
             yield
@@ -114,7 +120,7 @@ def build_app(
 
     app.include_router(build_router(service, auth))
     app.include_router(build_feedback_router(feedback, auth))
-    app.include_router(build_jobs_router(JobQueue(store), auth, getattr(engine, "model_path", None) or None))
+    app.include_router(build_jobs_router(jobs, auth))
     # keep this after every API route: the UI is mounted at "/" and would answer any other /v1 path with
     # its own bare 404, so unknown API paths and wrong methods get the error envelope here instead
     app.add_api_route("/v1/{path:path}", _unknown_api_route, methods=_ALL_METHODS, include_in_schema=False)
@@ -133,6 +139,8 @@ def build_app(
             conversations=Conversations(store),
             datasets=DatasetService(store, exports_dir),
             auth=auth,
+            jobs=jobs,
+            adapters=adapters,
         )
         app = gr.mount_gradio_app(
             app,

@@ -1,5 +1,5 @@
-"""The `tunehub` command line: serve the hub, build the demo model (train, jobs: hub/cli_train.py; export,
-users, leaderboard: hub/cli_data.py).
+"""The `tunehub` command line: serve the hub, build the demo model (train, jobs: hub/cli_train.py; adapters:
+hub/cli_adapters.py; export, users, leaderboard: hub/cli_data.py).
 
 tunehub serve [--model PATH_OR_HF_ID] [--host 127.0.0.1] [--port 7860] [--data-dir ./tunehub-data] ...
 tunehub demo-model [--out DIR]
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .cli_adapters import add_adapter_commands
 from .cli_data import add_data_commands
 from .cli_tools import add_tool_commands
 from .cli_train import add_train_commands
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_tool_commands(sub)
     add_train_commands(sub)
+    add_adapter_commands(sub)
     return parser
 
 

@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedback.records import JOB_STATUSES, Adapter, Job
 from training.jobs.publish import served_name
-from training.jobs.queue import JobQueue
 from training.jobs.runner import JobRunner
-from training.jobs.spec import FEEDBACK, JobError, JobSpec
+from training.jobs.spec import FEEDBACK, STAGES, JobError
 from training.methods import METHODS
 
 from .auth import Auth, Principal
 from .errors import ApiError
+from .jobs_service import JobsService, NoBaseModel
 from .service import ChatService
 
 LOAD_TIMEOUT_S = 300.0
@@ -37,7 +37,8 @@ LOAD_TIMEOUT_S = 300.0
 class CreateJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal["sft", "reward", "dpo", "kto"]
+    # checked against training.jobs.spec.STAGES by check_spec, so a stage registered there is accepted here
+    stage: str = Field(min_length=1, max_length=50, description=f"one of {', '.join(STAGES)}")
     method: str = Field("lora", description=f"one of {', '.join(METHODS)}")
     data: str = Field(FEEDBACK, min_length=1, max_length=4096, description="'feedback' or a file/dir path")
     name: str = Field(min_length=1, max_length=64, description="the adapter's name")
@@ -71,28 +72,25 @@ def job_body(job: Job) -> dict[str, Any]:
     }
 
 
-def build_jobs_router(queue: JobQueue, auth: Auth, base_model: str | None) -> APIRouter:
+def build_jobs_router(jobs: JobsService, auth: Auth) -> APIRouter:
     router = APIRouter()
     admin = Depends(auth.require_admin)
 
     @router.post("/v1/jobs")
     async def create_job(body: CreateJob, principal: Principal = admin):
-        if not base_model:
-            raise ApiError(
-                503, "this engine has no local base model path to train from", code="no_base_model"
-            )
-        spec = JobSpec(
-            stage=body.stage,
-            method=body.method,
-            data=body.data,
-            name=body.name,
-            base=base_model,
-            parent=body.parent,
-            params=body.params,
-            only_new=body.only_new,
-        )
         try:
-            job = await asyncio.to_thread(queue.submit, spec)
+            job = await asyncio.to_thread(
+                jobs.submit,
+                stage=body.stage,
+                method=body.method,
+                data=body.data,
+                name=body.name,
+                parent=body.parent,
+                params=body.params,
+                only_new=body.only_new,
+            )
+        except NoBaseModel as e:
+            raise ApiError(503, str(e), code="no_base_model") from None
         except JobError as e:
             raise ApiError(400, e.message, param=e.param, code="invalid_value") from None
         return job_body(job)
@@ -105,16 +103,16 @@ def build_jobs_router(queue: JobQueue, auth: Auth, base_model: str | None) -> AP
     ):
         if status is not None and status not in JOB_STATUSES:
             raise ApiError(400, f"status {status!r} is not one of {', '.join(JOB_STATUSES)}", param="status")
-        jobs = await asyncio.to_thread(queue.list, status=status, limit=limit)
-        return {"object": "list", "data": [job_body(job) for job in jobs]}
+        found = await asyncio.to_thread(jobs.list, status=status, limit=limit)
+        return {"object": "list", "data": [job_body(job) for job in found]}
 
     @router.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str, principal: Principal = admin):
-        return job_body(await asyncio.to_thread(queue.get, job_id))
+        return job_body(await asyncio.to_thread(jobs.get, job_id))
 
     @router.post("/v1/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str, principal: Principal = admin):
-        return job_body(await asyncio.to_thread(queue.cancel, job_id))
+        return job_body(await asyncio.to_thread(jobs.cancel, job_id))
 
     return router
 

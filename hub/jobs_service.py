@@ -1,0 +1,167 @@
+"""Training jobs as the API routes and the Train tab both use them: submit (checked by the same `check_spec`),
+list, show, cancel, a job's live view (loss curve from its progress file, the end of its log) and the
+memory estimate for the served model before a run.
+
+    jobs = JobsService(store, base_model="/data/demo-model", data_dir=Path("tunehub-data"))
+    job = jobs.submit(stage="sft", method="lora", data="feedback", name="km", params=preset_params("quick", "sft"))
+    jobs.live(job.id).loss_curve          # [[step, loss], ...]
+    print(jobs.estimate_table("lora", batch_size=4, seq_len=512))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feedback.records import Job
+from training.jobs.faults import log_tail
+from training.jobs.progress import PROGRESS_FILE, read_progress
+from training.jobs.queue import JobQueue
+from training.jobs.spec import JobError, JobSpec
+
+# Hyperparameter presets: optimizer steps (-1: whole epochs instead), epochs, peak lr, rows per batch, LoRA
+# rank. "quick" is a smoke run of a few steps; "thorough" takes a few passes at a gentler rate.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "max_steps": 10,
+        "num_train_epochs": 1.0,
+        "learning_rate": 1e-3,
+        "per_device_batch_size": 4,
+        "lora_rank": 8,
+    },
+    "default": {
+        "max_steps": -1,
+        "num_train_epochs": 1.0,
+        "learning_rate": 2e-4,
+        "per_device_batch_size": 8,
+        "lora_rank": 16,
+    },
+    "thorough": {
+        "max_steps": -1,
+        "num_train_epochs": 3.0,
+        "learning_rate": 1e-4,
+        "per_device_batch_size": 8,
+        "lora_rank": 32,
+    },
+}
+# Preference stages over-optimise fast on small data (DESIGN.md, Training): keep their lr at most 1e-4 and
+# their steps at most 300, whatever the preset.
+PREFERENCE_STAGES = ("dpo", "kto")
+PREFERENCE_MAX_LR = 1e-4
+PREFERENCE_MAX_STEPS = 300
+
+
+def preset_params(preset: str, stage: str) -> dict[str, Any]:
+    """The preset's settings for a stage (preference stages capped as above); raises `JobError` on `preset`."""
+    if preset not in PRESETS:
+        raise JobError(f"preset {preset!r} is not one of {', '.join(PRESETS)}", "preset")
+    params = dict(PRESETS[preset])
+    if stage in PREFERENCE_STAGES:
+        params["learning_rate"] = min(params["learning_rate"], PREFERENCE_MAX_LR)
+        if params["max_steps"] < 0 or params["max_steps"] > PREFERENCE_MAX_STEPS:
+            params["max_steps"] = PREFERENCE_MAX_STEPS
+    return params
+
+
+class NoBaseModel(Exception):
+    """The engine serves no local base model directory, so there is nothing to train from."""
+
+
+@dataclass
+class JobView:
+    """A job as the UI shows it while it runs and after: the record, its curve and the end of its log."""
+
+    job: Job
+    step: int = 0
+    total: int | None = None
+    eta_s: float | None = None
+    loss: float | None = None
+    loss_curve: list[list[float]] = field(default_factory=list)
+    log: str = ""
+
+
+class JobsService:
+    def __init__(self, store, base_model: str | None, data_dir: Path) -> None:
+        self.queue = JobQueue(store)
+        self.base_model = base_model
+        self.jobs_dir = Path(data_dir) / "jobs"
+
+    def submit(
+        self,
+        *,
+        stage: str,
+        method: str,
+        data: str,
+        name: str,
+        parent: str | None = None,
+        params: dict[str, Any] | None = None,
+        only_new: bool = False,
+    ) -> Job:
+        """Queue a job for the hub's runner; raises `JobError` naming the bad field, `NoBaseModel`."""
+        if not self.base_model:
+            raise NoBaseModel("this engine has no local base model path to train from")
+        spec = JobSpec(
+            stage=stage,
+            method=method,
+            data=data,
+            name=name,
+            base=self.base_model,
+            parent=parent or None,
+            params=params if params is not None else {},
+            only_new=only_new,
+        )
+        return self.queue.submit(spec)
+
+    def list(self, *, status: str | None = None, limit: int = 100) -> list[Job]:
+        return self.queue.list(status=status, limit=limit)
+
+    def get(self, job_id: str) -> Job:
+        return self.queue.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        return self.queue.cancel(job_id)
+
+    def live(self, job_id: str, log_lines: int = 20) -> JobView:
+        """The job with what its progress file and log say now (the same after a hub restart)."""
+        job = self.queue.get(job_id)
+        job_dir = self.jobs_dir / job_id
+        progress = read_progress(job_dir / PROGRESS_FILE)
+        curve = progress.loss_curve or job.metrics.get("loss_curve") or []
+        log_path = Path(job.log_path) if job.log_path else job_dir / "worker.log"
+        return JobView(
+            job=job,
+            step=progress.step or int(job.metrics.get("step") or 0),
+            total=progress.total or job.metrics.get("total_steps"),
+            eta_s=progress.eta_s if job.status == "running" else None,
+            loss=progress.loss if progress.loss is not None else job.metrics.get("loss"),
+            loss_curve=curve,
+            log=log_tail(log_path, lines=log_lines),
+        )
+
+    def estimate_table(
+        self, method: str, *, batch_size: int, seq_len: int, lora_rank: int = 16, freeze_layers: int = 2
+    ) -> str:
+        """Memory per device for the served model: the chosen method first, then the others for comparison.
+        Raises `ValueError` with the reason when there is no readable config or a bad size."""
+        from training.estimate import ModelShape, estimate, format_table
+        from training.methods import METHODS
+
+        if not self.base_model:
+            raise ValueError("the engine has no local base model, so there is no config to estimate from")
+        config_path = Path(self.base_model) / "config.json"
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"the base model's config {str(config_path)!r} could not be read: {e}") from None
+        methods = (method, *(m for m in METHODS if m != method)) if method in METHODS else METHODS
+        rows = estimate(
+            ModelShape.from_config(config),
+            seq_len=seq_len,
+            batch_size=batch_size,
+            methods=methods,
+            lora_rank=lora_rank,
+            freeze_layers=freeze_layers,
+        )
+        return format_table(rows, None)
