@@ -105,6 +105,21 @@ class AccountMethods(StoreConnections):
         )
         return _api_key(rows[0]) if rows else None
 
+    def api_key_owner(self, key: str) -> Rater | None:
+        """The rater whose live API key ``key`` is, else None: one indexed read, on every API request."""
+        row = (
+            self._read()
+            .conn.execute(
+                "SELECT r.name, r.role, r.password_hash, r.created_at FROM api_keys k "
+                "JOIN raters r ON r.name = k.rater WHERE k.key_hash = ? AND k.revoked_at IS NULL",
+                [hash_api_key(key)],
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return _rater(dict(zip(("name", "role", "password_hash", "created_at"), row)))
+
     def list_api_keys(self, rater: str | None = None) -> list[ApiKey]:
         """API keys (never the keys themselves), oldest first; only ``rater``'s if given."""
         sql, params = "SELECT * FROM api_keys", []

@@ -77,9 +77,9 @@ class Auth:
         if given is not None and self._api is not None and hmac.compare_digest(given, self._api):
             return self._default()
         if token is not None and self._store is not None:
-            key = self._store.check_api_key(token)  # looked up by its sha256; revoked keys do not match
-            if key is not None:
-                return self._rater(key.rater)
+            owner = self._store.api_key_owner(token)  # looked up by its sha256; revoked keys do not match
+            if owner is not None:
+                return Principal("admin" if owner.role == "admin" else "rater", owner.name)
         if self._api is None:
             return self._default()  # open API
         if token is None:
