@@ -1,5 +1,5 @@
-"""Browser UI (Gradio Blocks) mounted at / of the hub. Tabs: Chat, Arena, Rank, Leaderboard, and Data for
-admins. Handlers are thin calls into the same services the API routes use, passed in here; per-user state
+"""Browser UI (Gradio Blocks) mounted at / of the hub. Tabs: Chat, Arena, Rank, Leaderboard, and Data,
+Train and Adapters for admins. Handlers are thin calls into the same services the API routes use, passed in here; per-user state
 lives in gr.State, and every handler learns its user from `gr.Request`.
 
 chat.py         chat with thumbs and reasons, regenerate, corrections, one's own conversations
@@ -7,6 +7,8 @@ arena.py        two anonymous models side by side, a vote per turn, names reveal
 rank.py         N sampled answers to one prompt, put in order, submitted as one ranking
 leaderboard.py  Bradley-Terry ratings with intervals, and the win-rate matrix
 data.py         counts by kind and rater, export previews and downloads (admins only)
+train.py        start a training job with presets and an estimate, follow its loss and log (admins only)
+adapters.py     registered adapters: status, lineage, load/unload, promote, rollback (admins only)
 login.py        the login, the user behind each event, the admin guard
 """
 
@@ -18,11 +20,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import gradio as gr
 
+    from ..adapters_service import AdapterService
     from ..arena import ArenaService
     from ..auth import Auth
     from ..conversations import Conversations
     from ..datasets import DatasetService
     from ..feedback_service import FeedbackService
+    from ..jobs_service import JobsService
     from ..service import ChatService
 
 
@@ -36,33 +40,44 @@ class UiServices:
     conversations: Conversations
     datasets: DatasetService
     auth: Auth
+    jobs: JobsService
+    adapters: AdapterService
 
 
 def build_ui(services: UiServices) -> gr.Blocks:
     import gradio as gr
 
+    from .adapters import adapters_tab
     from .arena import arena_tab
     from .chat import chat_tab
     from .data import data_tab
     from .leaderboard import leaderboard_tab
     from .login import on_page_load
     from .rank import rank_tab
+    from .train import train_tab
 
     with gr.Blocks(title="tunehub") as blocks:
         with gr.Row():
             gr.Markdown("# tunehub\nChat with the base model or any loaded adapter, and rate the answers.")
             whoami = gr.Markdown(elem_id="whoami")
-        with gr.Tab("Chat", id="chat"):
+        with gr.Tab("Chat", id="chat") as chat:
             chat_tab(services, blocks)
-        with gr.Tab("Arena", id="arena"):
+        with gr.Tab("Arena", id="arena") as arena:
             arena_tab(services, blocks)
-        with gr.Tab("Rank", id="rank"):
+        with gr.Tab("Rank", id="rank") as rank:
             rank_tab(services, blocks)
         with gr.Tab("Leaderboard", id="leaderboard") as leaderboard:
             leaderboard_tab(services, blocks, leaderboard)
         # admin-only tabs start hidden and are shown to admins on load; their handlers check again
         with gr.Tab("Data", id="data", visible=False) as data:
             data_tab(services, blocks, data)
-        admin_tabs = [data]
+        with gr.Tab("Train", id="train", visible=False) as train:
+            poll = train_tab(services, blocks, train)
+        with gr.Tab("Adapters", id="adapters", visible=False) as adapters:
+            adapters_tab(services, blocks, adapters)
+        admin_tabs = [data, train, adapters]
+        # the Train tab polls its jobs only while it is the tab on screen
+        for tab in (chat, arena, rank, leaderboard, data, adapters):
+            tab.select(lambda: gr.Timer(active=False), outputs=poll, queue=False)
         blocks.load(on_page_load(services.auth, len(admin_tabs)), outputs=[whoami, *admin_tabs])
     return blocks

@@ -1,0 +1,115 @@
+"""The Adapters tab (admins only): every registered adapter version with its status (candidate, promoted,
+retired), the name the engine serves it under, method, stage, parent, metrics and age; the selected one's
+lineage down to its job, dataset snapshot and votes; load/unload into the running engine; promote and
+rollback. Thin handlers over `AdapterService`, the same one `tunehub adapters` uses."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from feedback.errors import StoreError
+
+from . import UiServices
+from .login import require_admin, shown_to_user
+
+HEADERS = ["Adapter", "Status", "Served as", "Method", "Stage", "Parent", "Metrics", "Created"]
+METRICS_SHOWN = ("train_loss", "eval_loss", "steps", "eval_accuracy")
+
+
+def _metrics(metrics: dict) -> str:
+    shown = []
+    for key in METRICS_SHOWN:
+        value = metrics.get(key)
+        if isinstance(value, float):
+            shown.append(f"{key} {value:.4g}")
+        elif value is not None:
+            shown.append(f"{key} {value}")
+    return ", ".join(shown)
+
+
+def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
+    adapters, auth = services.adapters, services.auth
+    table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="adapters-table")
+    with gr.Row():
+        chosen = gr.Dropdown([], label="Adapter", elem_id="adapters-select", scale=3, interactive=True)
+        refresh = gr.Button("Refresh", elem_id="adapters-refresh", scale=1)
+    with gr.Row():
+        load = gr.Button("Load into the engine", elem_id="adapters-load")
+        unload = gr.Button("Unload", elem_id="adapters-unload")
+        promote = gr.Button("Promote", variant="primary", elem_id="adapters-promote")
+        rollback = gr.Button("Roll back the promotion", elem_id="adapters-rollback")
+    message = gr.Markdown(elem_id="adapters-message")
+    lineage = gr.Code(language="json", label="Lineage", elem_id="adapters-lineage")
+
+    def listing(ref: str | None, request: gr.Request):
+        require_admin(auth, request)
+        rows = adapters.rows()
+        data = [
+            [
+                r.ref,
+                r.adapter.status,
+                r.served or "",
+                r.adapter.method,
+                r.stage or "",
+                r.adapter.parent or "",
+                _metrics(r.adapter.metrics),
+                r.adapter.created_at[:19].replace("T", " "),
+            ]
+            for r in rows
+        ]
+        refs = [r.ref for r in rows]
+        if ref not in refs:
+            ref = refs[0] if refs else None
+        return data, gr.update(choices=refs, value=ref), show_lineage(ref, request)
+
+    def show_lineage(ref: str | None, request: gr.Request) -> str:
+        require_admin(auth, request)
+        if not ref:
+            return ""
+        try:
+            return json.dumps(adapters.lineage(ref), indent=1)
+        except StoreError as e:
+            return f"// {e.message}"
+
+    def need(ref: str | None) -> str:
+        if not ref:
+            raise gr.Error("pick an adapter first")
+        return ref
+
+    async def on_load(ref: str | None, request: gr.Request) -> str:
+        require_admin(auth, request)
+        with shown_to_user():
+            name = await adapters.load(need(ref))
+        return f"**{ref}** is served as **{name}**."
+
+    async def on_unload(ref: str | None, request: gr.Request) -> str:
+        require_admin(auth, request)
+        with shown_to_user():
+            name = await adapters.unload(need(ref))
+        return f"**{ref}** unloaded (it was served as {name})."
+
+    def on_promote(ref: str | None, request: gr.Request) -> str:
+        require_admin(auth, request)
+        with shown_to_user():
+            adapter = adapters.promote(need(ref))
+        return f"**{adapter.ref}** promoted."
+
+    def on_rollback(request: gr.Request) -> str:
+        require_admin(auth, request)
+        with shown_to_user():
+            adapter = adapters.rollback()
+        return f"Rolled back: **{adapter.ref}** is promoted again."
+
+    shown = [table, chosen, lineage]
+    for trigger in (refresh.click, tab.select):
+        trigger(listing, [chosen], shown)
+    chosen.input(show_lineage, [chosen], lineage)
+    for button, handler, inputs in (
+        (load, on_load, [chosen]),
+        (unload, on_unload, [chosen]),
+        (promote, on_promote, [chosen]),
+        (rollback, on_rollback, []),
+    ):
+        button.click(handler, inputs, message).then(listing, [chosen], shown)

@@ -1,0 +1,222 @@
+"""The Train tab (admins only): choose a stage, method, data and hyperparameters (a preset, then any setting
+in the advanced JSON box, checked by the same `check_spec` as POST /v1/jobs), see the memory estimate for
+the served model, start the job on the hub's queue, and follow it: status, progress, ETA, loss curve, the
+end of its log, and cancel. A gr.Timer polls the job while this tab is on screen."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from feedback.errors import StoreError
+from training.jobs.spec import STAGES, JobError
+from training.methods import LORA_METHODS, METHODS
+
+from ..jobs_service import PRESETS, NoBaseModel, preset_params
+from . import UiServices
+from .login import require_admin
+
+SOURCES = ("feedback: everything", "feedback: only new", "file or directory")
+NO_PARENT = "(none)"
+POLL_S = 1.0
+JOB_HEADERS = ["Job", "Stage", "Method", "Name", "Status", "Progress", "Adapter"]
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def build_params(
+    method: str,
+    max_steps: float | None,
+    epochs: float | None,
+    learning_rate: float | None,
+    batch_size: float | None,
+    lora_rank: float | None,
+    max_length: float | None,
+    advanced: str,
+) -> dict[str, Any]:
+    """The job's params: the form's fields, then the advanced JSON object on top; `JobError` on bad JSON."""
+    params: dict[str, Any] = {}
+    for key, value, kind in (
+        ("max_steps", max_steps, int),
+        ("num_train_epochs", epochs, float),
+        ("learning_rate", learning_rate, float),
+        ("per_device_batch_size", batch_size, int),
+        ("max_length", max_length, int),
+    ):
+        if value is not None:
+            params[key] = kind(value)
+    if lora_rank is not None and method in LORA_METHODS:
+        params["lora_rank"] = int(lora_rank)
+    text = (advanced or "").strip()
+    if text:
+        try:
+            extra = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise JobError(f"the advanced settings are not valid JSON: {e}", "params") from None
+        if not isinstance(extra, dict):
+            raise JobError(f"the advanced settings must be a JSON object, got {text[:80]!r}", "params")
+        params.update(extra)
+    return params
+
+
+def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
+    """Builds the tab; returns its poll timer (build_ui stops it when another tab is selected)."""
+    jobs, auth = services.jobs, services.auth
+    first = preset_params("quick", "sft")
+
+    gr.Markdown("### New training job")
+    with gr.Row():
+        stage = gr.Dropdown(list(STAGES), value="sft", label="Stage", elem_id="train-stage")
+        method = gr.Dropdown(list(METHODS), value="lora", label="Method", elem_id="train-method")
+        name = gr.Textbox(label="Adapter name", placeholder="e.g. polite", elem_id="train-name")
+        parent = gr.Dropdown([NO_PARENT], value=NO_PARENT, label="Start from adapter", elem_id="train-parent")
+    with gr.Row():
+        source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Data", elem_id="train-source", scale=2)
+        data_path = gr.Textbox(
+            label="File or directory (for that data source)",
+            placeholder="/path/to/data.jsonl",
+            elem_id="train-data-path",
+            scale=3,
+        )
+    preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="train-preset")
+    with gr.Row():
+        max_steps = gr.Number(
+            first["max_steps"], label="Max steps (-1: epochs)", precision=0, elem_id="train-max-steps"
+        )
+        epochs = gr.Number(first["num_train_epochs"], label="Epochs", elem_id="train-epochs")
+        learning_rate = gr.Number(first["learning_rate"], label="Learning rate", elem_id="train-lr")
+        batch_size = gr.Number(
+            first["per_device_batch_size"], label="Batch size", precision=0, elem_id="train-batch"
+        )
+        lora_rank = gr.Number(first["lora_rank"], label="LoRA rank", precision=0, elem_id="train-rank")
+        max_length = gr.Number(512, label="Max length (tokens)", precision=0, elem_id="train-max-length")
+    advanced = gr.Code(
+        "{}",
+        language="json",
+        label='Advanced settings (JSON, on top of the fields above), e.g. {"beta": 0.2, "logging_steps": 1}',
+        elem_id="train-params",
+    )
+    estimate = gr.Code(label="Memory estimate per device (served model)", elem_id="train-estimate")
+    start = gr.Button("Start training", variant="primary", elem_id="train-start")
+    message = gr.Markdown(elem_id="train-message")
+
+    gr.Markdown("### Jobs")
+    job_table = gr.Dataframe(headers=JOB_HEADERS, interactive=False, elem_id="train-jobs")
+    with gr.Row():
+        job = gr.Dropdown([], label="Job", elem_id="train-job", scale=3, interactive=True)
+        cancel = gr.Button("Cancel job", variant="stop", elem_id="train-cancel", scale=1)
+    job_status = gr.Markdown(elem_id="train-job-status")
+    loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="train-loss")
+    log = gr.Code(label="Log (last lines)", language=None, elem_id="train-log")
+    poll = gr.Timer(POLL_S, active=False)
+
+    def apply_preset(preset_: str, stage_: str):
+        values = preset_params(preset_, stage_)
+        return (
+            values["max_steps"],
+            values["num_train_epochs"],
+            values["learning_rate"],
+            values["per_device_batch_size"],
+            values["lora_rank"],
+        )
+
+    def show_estimate(method_: str, batch: float | None, length: float | None, rank: float | None):
+        try:
+            return jobs.estimate_table(
+                method_, batch_size=int(batch or 1), seq_len=int(length or 1), lora_rank=int(rank or 16)
+            )
+        except ValueError as e:
+            return f"no estimate: {e}"
+
+    def parents(request: gr.Request):
+        require_admin(auth, request)
+        refs = [a.ref for a in services.adapters.store.list_adapters()]
+        return gr.update(choices=[NO_PARENT, *reversed(refs)])
+
+    def submit(
+        stage_, method_, source_, path, name_, parent_, steps, epochs_, lr, batch, rank, length, extra,
+        request: gr.Request,
+    ):  # fmt: skip
+        require_admin(auth, request)
+        try:
+            params = build_params(method_, steps, epochs_, lr, batch, rank, length, extra)
+            created = jobs.submit(
+                stage=stage_,
+                method=method_,
+                data=(path or "").strip() if source_ == SOURCES[2] else "feedback",
+                name=(name_ or "").strip(),
+                parent=None if parent_ in (None, NO_PARENT) else parent_,
+                params=params,
+                only_new=source_ == SOURCES[1],
+            )
+        except JobError as e:
+            raise gr.Error(f"{e.param}: {e.message}") from None
+        except (NoBaseModel, StoreError) as e:
+            raise gr.Error(str(e)) from None
+        choices = [j.id for j in jobs.list(limit=50)]
+        return (
+            f"Queued **{created.id}**: {stage_} {method_} → {created.params.get('name')}",
+            gr.update(choices=choices, value=created.id),
+            gr.Timer(active=True),
+        )
+
+    def refresh(job_id: str | None, request: gr.Request):
+        require_admin(auth, request)
+        listed = jobs.list(limit=50)
+        rows = [
+            [j.id, j.stage, j.method, j.params.get("name"), j.status, f"{j.progress:.0%}", j.adapter or ""]
+            for j in listed
+        ]
+        choices = [j.id for j in listed]
+        if job_id not in choices:
+            job_id = choices[0] if choices else None
+        if job_id is None:
+            return rows, gr.update(choices=choices, value=None), "No jobs yet.", None, ""
+        view = jobs.live(job_id)
+        j = view.job
+        total = f"/{view.total}" if view.total else ""
+        loss = f" · loss **{view.loss:.4f}**" if view.loss is not None else ""
+        text = (
+            f"**{j.id}** ({j.stage} {j.method} → {j.params.get('name')}): **{j.status}** · step "
+            f"{view.step}{total} ({j.progress:.0%}) · ETA {_eta(view.eta_s)}{loss}"
+        )
+        if j.adapter:
+            text += f" · served as **{j.adapter}**"
+        if j.error:
+            text += f"\n\nError: {j.error.splitlines()[0][:500]}"
+        curve = pd.DataFrame(view.loss_curve, columns=["step", "loss"]) if view.loss_curve else None
+        return rows, gr.update(choices=choices, value=job_id), text, curve, view.log
+
+    def cancel_job(job_id: str | None, request: gr.Request):
+        require_admin(auth, request)
+        if not job_id:
+            raise gr.Error("pick a job to cancel first")
+        try:
+            cancelled = jobs.cancel(job_id)
+        except StoreError as e:
+            raise gr.Error(e.message) from None
+        return f"Cancelled **{cancelled.id}**; its worker is being stopped."
+
+    numbers = [max_steps, epochs, learning_rate, batch_size, lora_rank]
+    for trigger in (preset.change, stage.change):
+        trigger(apply_preset, [preset, stage], numbers)
+    estimate_inputs = [method, batch_size, max_length, lora_rank]
+    for trigger in (method.change, batch_size.change, max_length.change, lora_rank.change, tab.select):
+        trigger(show_estimate, estimate_inputs, estimate)
+    tab.select(parents, outputs=parent)
+    tab.select(lambda: gr.Timer(active=True), outputs=poll, queue=False)
+    followed = [job_table, job, job_status, loss_plot, log]
+    inputs = [stage, method, source, data_path, name, parent, *numbers, max_length, advanced]
+    start.click(submit, inputs, [message, job, poll]).then(refresh, [job], followed)
+    poll.tick(refresh, [job], followed, show_progress="hidden")
+    job.input(refresh, [job], followed)
+    cancel.click(cancel_job, [job], message).then(refresh, [job], followed)
+    return poll
