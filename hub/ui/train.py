@@ -5,6 +5,7 @@ end of its log, and cancel. A gr.Timer polls the job while this tab is on screen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -12,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from feedback.errors import StoreError
-from training.jobs.spec import STAGES, JobError
+from training.jobs.spec import STAGES, JobError, config_class
 from training.methods import LORA_METHODS, METHODS
 
 from ..jobs_service import PRESETS, NoBaseModel, preset_params
@@ -33,6 +34,7 @@ def _eta(seconds: float | None) -> str:
 
 
 def build_params(
+    stage: str,
     method: str,
     max_steps: float | None,
     epochs: float | None,
@@ -42,7 +44,11 @@ def build_params(
     max_length: float | None,
     advanced: str,
 ) -> dict[str, Any]:
-    """The job's params: the form's fields, then the advanced JSON object on top; `JobError` on bad JSON."""
+    """The job's params: the form's fields the stage has, then the advanced JSON object on top; `JobError`
+    on bad JSON or an unknown stage."""
+    if stage not in STAGES:
+        raise JobError(f"stage {stage!r} is not one of {', '.join(STAGES)}", "stage")
+    known = {f.name for f in dataclasses.fields(config_class(stage))}
     params: dict[str, Any] = {}
     for key, value, kind in (
         ("max_steps", max_steps, int),
@@ -51,9 +57,9 @@ def build_params(
         ("per_device_batch_size", batch_size, int),
         ("max_length", max_length, int),
     ):
-        if value is not None:
+        if value is not None and key in known:
             params[key] = kind(value)
-    if lora_rank is not None and method in LORA_METHODS:
+    if lora_rank is not None and method in LORA_METHODS and "lora_rank" in known:
         params["lora_rank"] = int(lora_rank)
     text = (advanced or "").strip()
     if text:
@@ -147,7 +153,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     ):  # fmt: skip
         require_admin(auth, request)
         try:
-            params = build_params(method_, steps, epochs_, lr, batch, rank, length, extra)
+            params = build_params(stage_, method_, steps, epochs_, lr, batch, rank, length, extra)
             created = jobs.submit(
                 stage=stage_,
                 method=method_,
