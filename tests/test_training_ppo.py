@@ -211,5 +211,5 @@ def test_ppo_with_a_reward_model_from_the_reward_stage(demo_model, tmp_path):
         f"PPO with the reward model: score {metrics['first_score']:.2f} -> {metrics['last_score']:.2f}, KL "
         f"{metrics['last_kl']:.2f}, {metrics['train_seconds']} s"
     )
-    assert metrics["last_score"] > metrics["first_score"]
+    assert metrics["last_score"] > metrics["first_score"] + 0.3
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model), out)

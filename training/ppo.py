@@ -131,7 +131,8 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
     """Train, then return the directory holding the adapter, the value head and `tunehub_training.json`."""
     if reward_fn is None and not config.reward_model:
         raise Invalid(
-            "PPO needs a reward model: give --reward-model DIR (`tunehub train reward`)", "reward_model"
+            "PPO needs a reward model: give --reward-model DIR (`tunehub train reward`)",
+            param="reward_model",
         )
     run = prepare_run("ppo", config, "prompts")
     import torch
@@ -152,7 +153,7 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
         raise Invalid(
             f"every prompt is longer than max_length - response_length = "
             f"{config.max_length - config.response_length} tokens; raise --max-length",
-            "max_length",
+            param="max_length",
         )
     eval_prompts = [row["prompt"] for row in run.data.eval]
     plan = resolve_method(config, task="causal_lm", hardware=run.hardware)

@@ -36,7 +36,8 @@ def load_reward_model(path: str | Path, base: str | None = None):
         base = base or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
         if not base:
             raise Invalid(
-                f"reward_model {str(path)!r} is an adapter that names no base; give --model", "reward_model"
+                f"reward_model {str(path)!r} is an adapter that names no base; give --model",
+                param="reward_model",
             )
         tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -52,7 +53,7 @@ def load_reward_model(path: str | Path, base: str | None = None):
         raise Invalid(
             f"reward_model {str(path)!r} is neither a reward adapter nor a model directory; "
             "train one with `tunehub train reward`",
-            "reward_model",
+            param="reward_model",
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
