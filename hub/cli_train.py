@@ -1,6 +1,6 @@
 """`tunehub train` and `tunehub jobs`: training jobs from the command line, against the data dir's store.
 
-tunehub train {sft,reward,dpo,kto} --data (feedback|PATH) --method METHOD --name NAME [--base MODEL]
+tunehub train {sft,reward,dpo,kto,ppo,rloo,grpo} --data (feedback|PATH) --method METHOD --name NAME [--base MODEL]
               [--data-dir DIR] [--parent ADAPTER] [--max-steps N] [--epochs N] [--learning-rate LR]
               [--batch-size N] [--only-new] [--set KEY=VALUE ...]
 tunehub jobs list [--status STATUS] | show JOB_ID [--log] | cancel JOB_ID
@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-STAGES = ("sft", "reward", "dpo", "kto")  # training.jobs.spec.STAGES (a test keeps them equal)
+# training.jobs.spec.STAGES (a test keeps them equal)
+STAGES = ("sft", "reward", "dpo", "kto", "ppo", "rloo", "grpo")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DATA_DIR_HELP = "the hub's data directory (its store, jobs and adapters)"
 

@@ -395,7 +395,7 @@ def test_progress_is_read_incrementally_and_the_same_after_a_restart(tmp_path):
 @pytest.mark.parametrize(
     ("body", "param", "words"),
     [
-        ({"stage": "ppo"}, "stage", "stage"),
+        ({"stage": "orpo"}, "stage", "stage"),
         ({"method": "nope"}, "method", "'nope' is not one of"),
         ({"name": "a b"}, "name", "not a valid adapter name"),
         ({"data": "/no/such/file.jsonl"}, "data", "neither 'feedback' nor an existing file"),

@@ -25,6 +25,9 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "reward": ("training.reward", "RewardConfig", "pairs"),
     "dpo": ("training.dpo", "DPOConfig", "pairs"),
     "kto": ("training.kto", "KTOConfig", "kto"),
+    "ppo": ("training.ppo", "PPOConfig", "prompts"),
+    "rloo": ("training.rloo", "RLOOConfig", "prompts"),
+    "grpo": ("training.grpo", "GRPOConfig", "prompts"),
 }
 # stage -> (export kind, how rankings become pairs) for the "feedback" data source
 EXPORTS: dict[str, tuple[str, str]] = {
@@ -32,9 +35,12 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "reward": ("pairs", "reward"),
     "dpo": ("pairs", "dpo"),
     "kto": ("kto", "dpo"),
+    "ppo": ("prompts", "dpo"),
+    "rloo": ("prompts", "dpo"),
+    "grpo": ("prompts", "dpo"),
 }
 # Stages whose result is a chat adapter the engine can answer with (a reward model scores, it does not chat).
-CHAT_STAGES: tuple[str, ...] = ("sft", "dpo", "kto")
+CHAT_STAGES: tuple[str, ...] = ("sft", "dpo", "kto", "ppo", "rloo", "grpo")
 FEEDBACK = "feedback"
 # Config fields the job sets itself, from its own top-level fields or its directory.
 RESERVED: dict[str, str] = {
