@@ -119,6 +119,19 @@ def test_ppo_validation_names_the_bad_value():
     assert (config.kl_coef, config.ppo_epochs, config.method) == (0.2, 2, "lora")
 
 
+def test_prompts_come_from_prompt_rows_or_once_each_from_chat_rows(tmp_path):
+    from tests.support.rl import digit_first_pairs, write_jsonl
+    from training.data import load_training_data
+
+    pairs = digit_first_pairs(6, seed=1, split="train")
+    data = load_training_data(
+        write_jsonl(tmp_path / "pairs.jsonl", pairs + pairs), "prompts", eval_fraction=0
+    )
+    assert data.train == [{"prompt": row["prompt"]} for row in pairs]
+    data = load_training_data(prompts_file(tmp_path / "prompts.jsonl", n=5), "prompts", eval_fraction=0)
+    assert len(data.train) == 5 and set(data.train[0]) == {"prompt"}
+
+
 def test_ppo_without_a_reward_model_is_refused_before_loading(demo_model, tmp_path):
     data = prompts_file(tmp_path / "prompts.jsonl", n=4)
     with pytest.raises(Invalid, match="--reward-model"):
@@ -168,6 +181,48 @@ def test_ppo_raises_a_toy_reward_and_saves_a_loadable_adapter(demo_model, tmp_pa
     tuned_share = digit_share(tuned, tokenizer)
     print(f"held-out answers opening with a digit: base {base_share:.2f}, PPO adapter {tuned_share:.2f}")
     assert tuned_share >= base_share + 0.2
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(demo_model, tmp_path):
+    """Checkpoint at step 2 of 3 (copied aside as a kill would leave it), resume in a fresh process-like run:
+    the same batches, samples and updates give the same adapter; the job's progress file gets the events."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from training.jobs.progress import progress_callback
+
+    kept = tmp_path / "kept-checkpoint"
+
+    class KeepCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            shutil.copytree(args.output_dir, kept)
+
+    data = prompts_file(tmp_path / "prompts.jsonl", n=16)
+    settings = {"max_steps": 3, "checkpoint_steps": 2, "rollout_batch_size": 8, "logging_steps": 1}
+    progress = tmp_path / "progress.jsonl"
+    whole = main(
+        ppo_config(demo_model, data, tmp_path / "whole", **settings),
+        callbacks=[progress_callback(progress, min_interval_s=0), KeepCheckpoint()],
+        reward_fn=opens_with_a_digit,
+    )
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-2.pt"]
+    events = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "log"] == [1, 2, 3]
+    assert all({"loss", "score", "kl", "entropy"} <= set(e) for e in events if e["event"] == "log")
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [2]
+
+    resumed_out = tmp_path / "resumed"
+    shutil.copytree(kept, resumed_out.parent / f".{resumed_out.name}.run")  # where the run keeps checkpoints
+    resumed = main(
+        ppo_config(demo_model, data, resumed_out, resume=True, **settings), reward_fn=opens_with_a_digit
+    )
+    metrics = json.loads((resumed / METADATA_FILE).read_text())["metrics"]
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 3 and len(metrics["log"]) == 3
+    a = load_file(whole / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

@@ -2,9 +2,9 @@
 
 A stage names the rows it needs (sft: ``{"messages"}``, pairs: ``{"prompt", "chosen", "rejected"}``,
 kto: ``{"prompt", "completion", "label"}``, prompts: ``{"prompt"}`` for PPO, RLOO and GRPO) and
-`load_training_data` reads them through `feedback.imports.import_dataset`, so every format the hub imports (TRL, alpaca, sharegpt; JSON, JSONL,
-parquet, `datasets` directories) trains, and a bad row fails the run before training with
-``row 17: field "chosen" is missing``. Where the eval rows come from, in order:
+`load_training_data` reads them through `feedback.imports.import_dataset`, so every format the hub
+imports (TRL, alpaca, sharegpt; JSON, JSONL, parquet, `datasets` directories) trains, and a bad row fails
+the run before training with ``row 17: field "chosen" is missing``. Where the eval rows come from, in order:
 
 1. `eval_path`, when given;
 2. what an export wrote beside the train rows: ``eval.jsonl`` next to ``train.jsonl`` in a directory, or

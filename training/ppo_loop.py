@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from training.ppo_checkpoint import load_checkpoint, save_checkpoint
 from training.ppo_core import (
     gae,
     logprobs_and_entropy,
@@ -244,6 +245,7 @@ class PPOLoop:
             "score": float(scores.mean()),
             "reward": float((scores - config.kl_coef * kl_per_answer).mean()),
             "kl": float(kl_per_answer.mean()),
+            "loss": mean(parts["policy"]) + config.vf_coef * mean(parts["value"]),
             "policy_loss": mean(parts["policy"]),
             "value_loss": mean(parts["value"]),
             "clip_fraction": mean(parts["clip"]),
@@ -284,7 +286,7 @@ class PPOLoop:
             num_warmup_steps=int(config.warmup_ratio * total_updates),
             num_training_steps=total_updates,
         )
-        start_step = self.load_checkpoint() if config.resume else 0
+        start_step = load_checkpoint(self, self.checkpoint_dir) if config.resume else 0
         state = TrainerState(max_steps=steps, global_step=start_step)
         control = TrainerControl()
         args = SimpleNamespace(metric_for_best_model="eval_score", output_dir=str(self.checkpoint_dir or ""))
@@ -320,7 +322,7 @@ class PPOLoop:
                 evals.append([step + 1, round(metrics["eval_score"], 5)])
                 self._notify("on_evaluate", args, state, control, metrics=metrics)
             if config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and step + 1 < steps:
-                self.save_checkpoint(step + 1)
+                save_checkpoint(self, self.checkpoint_dir, step + 1)
                 self._notify("on_save", args, state, control)
             if control.should_training_stop:
                 break
@@ -383,50 +385,3 @@ class PPOLoop:
             method = getattr(callback, event, None)
             if method is not None:
                 method(args, state, control, **kwargs)
-
-    # -- resumable checkpoints ---------------------------------------------------------------------------
-
-    def save_checkpoint(self, step: int) -> None:
-        if self.checkpoint_dir is None:
-            return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        trainable = {name: p.detach().cpu() for name, p in self.model.named_parameters() if p.requires_grad}
-        state = {
-            "step": step,
-            "trainable": trainable,
-            "value_head": self.value_head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": self.history,
-        }
-        tmp = self.checkpoint_dir / f".checkpoint-{step}.pt"
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_dir / f"checkpoint-{step}.pt")
-        for old in self.checkpoint_dir.glob("checkpoint-*.pt"):
-            if old.name != f"checkpoint-{step}.pt":
-                old.unlink(missing_ok=True)
-
-    def load_checkpoint(self) -> int:
-        """Restore the newest checkpoint in `checkpoint_dir`; returns its step (0 when there is none)."""
-        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
-            return 0
-        files = sorted(self.checkpoint_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-        if not files:
-            return 0
-        state = torch.load(files[-1], map_location="cpu", weights_only=False)
-        parameters = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                parameters[name].copy_(value.to(parameters[name].device))
-        self.value_head.load_state_dict(state["value_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.history = state["history"]
-        return state["step"]
