@@ -8,6 +8,7 @@ Run: .venv/bin/python -m pytest tests/test_training_ppo.py -q   (add -m "not slo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -181,6 +182,30 @@ def test_ppo_raises_a_toy_reward_and_saves_a_loadable_adapter(demo_model, tmp_pa
     tuned_share = digit_share(tuned, tokenizer)
     print(f"held-out answers opening with a digit: base {base_share:.2f}, PPO adapter {tuned_share:.2f}")
     assert tuned_share >= base_share + 0.2
+
+
+def test_from_a_parent_adapter_the_reference_is_the_parent(demo_model, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.support.adapters import make_lora_adapter
+
+    parent = make_lora_adapter(demo_model, tmp_path / "parent", rank=4, seed=1, scale=5.0)
+    data = prompts_file(tmp_path / "prompts.jsonl", n=8)
+    config = ppo_config(
+        demo_model, data, tmp_path / "ppo", parent_adapter=str(parent), lora_rank=4, max_steps=2
+    )
+    out = main(
+        dataclasses.replace(config, rollout_batch_size=4, logging_steps=1), reward_fn=opens_with_a_digit
+    )
+    metadata = json.loads((out / METADATA_FILE).read_text())
+    # This parent is far from the base (about 100 nats per answer); against itself the KL starts at 0.
+    assert metadata["parent"] == str(parent) and metadata["metrics"]["log"][0]["kl"] == pytest.approx(
+        0, abs=1e-3
+    )
+    assert not (out / "reference").exists()
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model), out)
+    assert list(loaded.peft_config) == ["default"]
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(demo_model, tmp_path):

@@ -81,8 +81,8 @@ class OnlineConfig(StageConfig):
         batch = self.per_device_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             raise ValueError(
-                f"per_device_batch_size x gradient_accumulation_steps = {batch} is not a multiple of "
-                f"num_generations {self.num_generations}"
+                f"num_generations {self.num_generations} does not divide the batch, per_device_batch_size x "
+                f"gradient_accumulation_steps = {batch}"
             )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature!r}")

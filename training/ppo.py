@@ -4,9 +4,10 @@ KL penalty keeps it near the reference.
 
 - Policy: the base with a LoRA (or other PEFT) adapter, new or from `--parent-adapter`. Full and freeze
   tuning work too, against a frozen copy of the starting weights.
-- Reference: the same model with its adapters disabled (``with model.disable_adapter():``), so no second
-  copy of the weights. With a parent adapter that is the base, not the parent: the KL then also counts the
-  parent's own distance from the base (it starts above 0).
+- Reference: the starting point. With a new adapter that is the same model with its adapters disabled
+  (``with model.disable_adapter():``), so no second copy of the weights; from a parent adapter it is a
+  frozen copy of the parent loaded as a second adapter, ``reference``, so the KL penalty keeps the policy
+  near the parent rather than pulling it back to the base (as `training.dpo` does with TRL's "ref").
 - Value head: one linear layer on the policy's last hidden state, trained alongside with ``vf_coef``
   weighting its loss. A separate value model would double the memory and the forward passes; sharing the
   trunk is what TRL's old ``AutoModelForCausalLMWithValueHead`` did. It is saved as
@@ -140,7 +141,7 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
 
     from training.dpo import frozen_copy
     from training.models import load_model, load_tokenizer
-    from training.ppo_loop import PPOLoop, drop_long_prompts
+    from training.ppo_loop import REFERENCE_ADAPTER, PPOLoop, drop_long_prompts
     from training.rewards import RewardModelScorer
 
     if reward_fn is None:
@@ -164,6 +165,9 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
     reference = None if isinstance(model, PeftModel) else frozen_copy(model)
+    if run.parent is not None and isinstance(model, PeftModel):
+        model.load_adapter(str(run.parent), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
     device = torch.device("cuda" if run.hardware.cuda else "cpu")
     run_dir = run_dir_for(run)
     loop = PPOLoop(
@@ -191,7 +195,10 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
     def write(directory: Path) -> None:
         from safetensors.torch import save_file
 
-        model.save_pretrained(str(directory))
+        if isinstance(model, PeftModel):
+            model.save_pretrained(str(directory), selected_adapters=["default"])  # not the reference copy
+        else:
+            model.save_pretrained(str(directory))
         tokenizer.save_pretrained(str(directory))
         save_file(
             {k: v.detach().cpu() for k, v in loop.value_head.state_dict().items()},

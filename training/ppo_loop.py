@@ -33,6 +33,7 @@ from training.ppo_core import (
 )
 
 Messages = list[dict[str, str]]
+REFERENCE_ADAPTER = "reference"  # the frozen copy of a parent adapter, beside the trained "default"
 
 
 def drop_long_prompts(prompts: list[Messages], tokenizer, limit: int) -> tuple[list[Messages], int]:
@@ -121,6 +122,14 @@ class PPOLoop:
     def reference_logprobs(self, query_responses, attention_mask, context_length: int):
         if self.reference is not None:
             return self.forward(self.reference, query_responses, attention_mask, context_length, False)[0]
+        if REFERENCE_ADAPTER in getattr(self.model, "peft_config", {}):
+            # A frozen copy of the parent adapter. Activating it freezes "default"; switching back unfreezes
+            # it (PEFT's set_adapter), and nothing here needs gradients.
+            self.model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+            try:
+                return self.forward(self.model, query_responses, attention_mask, context_length, False)[0]
+            finally:
+                self.model.set_adapter("default")
         with self.model.disable_adapter():  # the reference: the same weights without the adapter
             return self.forward(self.model, query_responses, attention_mask, context_length, False)[0]
 
