@@ -191,6 +191,25 @@ def test_loss_covers_only_the_assistant_replies(demo_model, tmp_path, packing):
         assert labels.shape[0] == 1  # padding-free: the rows travel as one packed sequence
 
 
+def test_packing_without_flash_attention_packs_one_row_per_forward_pass(demo_model, tmp_path):
+    """Padding-free packing flattens a batch into one row; without a varlen kernel its attention would span
+    the whole batch, so the rows of a step are accumulated one by one instead (bench/training.py)."""
+    from transformers import AutoModelForCausalLM
+
+    from training.sft import packed_batches
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model)
+    config = sft_config(demo_model, tmp_path / "d.jsonl", tmp_path / "out", per_device_batch_size=8)
+    config.gradient_accumulation_steps = 2
+    assert packed_batches(config, model) == {
+        "per_device_train_batch_size": 1,
+        "per_device_eval_batch_size": 1,
+        "gradient_accumulation_steps": 16,  # the same rows per optimizer step
+    }
+    model.config._attn_implementation = "flash_attention_2"
+    assert packed_batches(config, model) == {}
+
+
 # --- checks before and during training -----------------------------------------------------------------
 
 

@@ -69,10 +69,11 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
     )
     run_dir = run_dir_for(run)
     try:
+        arguments = trainer_arguments(run, run_dir, metric="eval_loss", greater_is_better=False)
+        if config.packing:
+            arguments.update(packed_batches(config, model))
         args = TRLSFTConfig(
-            **trainer_arguments(run, run_dir, metric="eval_loss", greater_is_better=False),
-            assistant_only_loss=config.assistant_only_loss,
-            packing=config.packing,
+            **arguments, assistant_only_loss=config.assistant_only_loss, packing=config.packing
         )
         trainer = SFTTrainer(
             model=model,
@@ -87,6 +88,22 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
         return save_result(trainer, run, plan, metrics, task="causal_lm")
     finally:
         cleanup(run_dir)
+
+
+def packed_batches(config: SFTConfig, model) -> dict:
+    """Batch sizes for packing: TRL packs padding-free, flattening a batch of B packed rows of L tokens
+    into one row of B x L. A varlen (flash) attention kernel keeps each conversation to itself at the
+    cost of its own length; any other kernel (the CPU's, SDPA) computes a masked (B x L)^2 attention, B^2
+    times the work. Without flash attention one packed row goes per forward pass and the B rows of a step
+    are accumulated instead: the same tokens per optimizer step (bench/training.py measures it)."""
+    if "flash" in str(getattr(model.config, "_attn_implementation", "")):
+        return {}
+    batch = config.per_device_batch_size
+    return {
+        "per_device_train_batch_size": 1,
+        "per_device_eval_batch_size": 1,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps * batch,
+    }
 
 
 def build_parser():
