@@ -137,6 +137,13 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
         )
     run = prepare_run("ppo", config, "prompts")
     import torch
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise ValueError(
+            "PPO here trains in one process on one device; run it with --gpus 1 "
+            "(RLOO and GRPO scale out through TRL)"
+        )
     from peft import PeftModel, get_peft_model
 
     from training.dpo import frozen_copy
