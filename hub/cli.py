@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .cli_adapters import add_adapter_commands
 from .cli_data import add_data_commands
+from .cli_engine import add_engine_command, add_vllm_arguments, choose_engine, make_vllm_engine
 from .cli_tools import add_tool_commands
 from .cli_train import add_train_commands
 from .settings import Settings, SettingsError, quiet_environment
@@ -82,18 +83,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    model = resolve_model(settings)
-    name = settings.served_model_name or (None if settings.model else "tunehub-demo")
-    engine = load_local_engine(
-        model,
-        model_name=name,
-        quantize=settings.quantize,
-        max_lora_rank=settings.max_lora_rank,
-        max_batch_size=settings.max_batch_size,
-    )
+    if choose_engine(settings, args) == "vllm":
+        try:
+            engine = make_vllm_engine(settings, args, resolve_model)
+        except ValueError as exc:
+            print(f"tunehub: {exc}", file=sys.stderr)
+            return 2
+    else:
+        model = resolve_model(settings)
+        name = settings.served_model_name or (None if settings.model else "tunehub-demo")
+        engine = load_local_engine(
+            model,
+            model_name=name,
+            quantize=settings.quantize,
+            max_lora_rank=settings.max_lora_rank,
+            max_batch_size=settings.max_batch_size,
+        )
     app = build_app(settings, engine)
     print(
-        f"tunehub: serving {engine.model_name} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
+        f"tunehub: serving {engine.model_name or args.vllm_url} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
         file=sys.stderr,
     )
     uvicorn.run(
@@ -126,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the UI and the OpenAI-compatible API")
     serve.add_argument("--model", help="local model directory or hub id (default: the self-built demo model)")
     serve.add_argument(
-        "--engine", choices=["auto", "local"], default="auto", help="inference engine (auto: local)"
+        "--engine",
+        choices=["auto", "local", "vllm"],
+        default="auto",
+        help="inference engine (auto: vLLM with --vllm-url, or with a CUDA GPU and vllm on PATH; local otherwise)",
     )
     serve.add_argument(
         "--host",
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    add_vllm_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo-model", help="build the demo model (cached in the data dir)")
@@ -163,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tool_commands(sub)
     add_train_commands(sub)
     add_adapter_commands(sub)
+    add_engine_command(sub)
     return parser
 
 

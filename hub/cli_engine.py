@@ -1,0 +1,156 @@
+"""Which engine `tunehub serve` runs (local, a managed vLLM, a remote vLLM) and its flags, and the
+`tunehub engine` command (the embedded engine as a standalone vLLM-protocol server).
+
+    tunehub serve --engine vllm --vllm-url http://gpu-box:8000 [--vllm-api-key KEY]          # remote
+    tunehub serve --engine vllm --model Qwen/Qwen2.5-0.5B-Instruct --vllm-bin ~/vllm-venv/bin/vllm  # managed
+    tunehub engine --model DIR --port 8000 [--api-key KEY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+log = logging.getLogger("tunehub")
+
+
+def add_vllm_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group("vLLM engine (--engine vllm, or auto with a CUDA GPU and vllm on PATH)")
+    group.add_argument("--vllm-url", help="use the vLLM server at this URL instead of starting one")
+    group.add_argument(
+        "--vllm-api-key", default=os.environ.get("VLLM_API_KEY"), help="vLLM's --api-key (or VLLM_API_KEY)"
+    )
+    group.add_argument(
+        "--vllm-bin", default="vllm", help="the vllm executable to start (e.g. its own venv's)"
+    )
+    group.add_argument("--vllm-port", type=int, help="port of the started vLLM (default: a free one)")
+    group.add_argument("--max-loras", type=int, default=4, help="adapters in one vLLM batch")
+    group.add_argument("--max-cpu-loras", type=int, default=16, help="adapters vLLM keeps in CPU memory")
+    group.add_argument("--tensor-parallel-size", type=int, help="GPUs vLLM shards the model over")
+    group.add_argument("--gpu-memory-utilization", type=float, help="share of GPU memory vLLM takes")
+    group.add_argument(
+        "--vllm-sleep-mode",
+        action="store_true",
+        help="start vLLM with --enable-sleep-mode, so it can free the GPU while a job trains",
+    )
+    group.add_argument(
+        "--vllm-start-timeout", type=float, default=900.0, help="seconds to wait for vLLM's /health"
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_engine(settings: Settings, args: argparse.Namespace) -> str:
+    """ "local" or "vllm"; auto picks vLLM for --vllm-url, or a CUDA GPU with a vllm executable."""
+    if settings.engine != "auto":
+        return settings.engine
+    if args.vllm_url:
+        log.info("--engine auto: using the vLLM server at %s", args.vllm_url)
+        return "vllm"
+    found = shutil.which(args.vllm_bin)
+    if found is None:
+        log.info("--engine auto: local engine (no %r executable; see `tunehub doctor`)", args.vllm_bin)
+        return "local"
+    if not _cuda_available():
+        log.info("--engine auto: local engine (%s found, but no CUDA GPU)", found)
+        return "local"
+    log.info("--engine auto: vLLM (%s, CUDA GPU found)", found)
+    return "vllm"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_vllm_engine(settings: Settings, args: argparse.Namespace, resolve_model):
+    """A remote VLLMEngine for --vllm-url, a managed one otherwise. Raises ValueError for bad flags."""
+    from serving.vllm import VLLMEngine
+    from serving.vllm_process import VLLMOptions
+
+    if args.vllm_url:
+        return VLLMEngine(
+            args.vllm_url,
+            api_key=args.vllm_api_key,
+            model_name=settings.served_model_name,
+            model_path=settings.model or "",
+            max_lora_rank=settings.max_lora_rank,
+        )
+    model = resolve_model(settings)
+    name = settings.served_model_name or ("tunehub-demo" if not settings.model else Path(model).name)
+    options = VLLMOptions(
+        model=model,
+        port=args.vllm_port or _free_port(),
+        log_path=settings.data_dir / "vllm.log",
+        executable=args.vllm_bin,
+        served_model_name=name,
+        api_key=args.vllm_api_key,
+        max_loras=args.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=args.max_cpu_loras,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_sleep_mode=args.vllm_sleep_mode,
+        health_timeout_s=args.vllm_start_timeout,
+    )
+    return VLLMEngine.managed(options)
+
+
+# ----- tunehub engine -------------------------------------------------------------------------------------
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving.loader import load_local_engine
+
+    from .cli import resolve_model
+    from .engine_server import build_engine_app
+
+    settings = Settings(model=args.model, data_dir=Path(args.data_dir))
+    model = resolve_model(settings)
+    name = args.served_model_name or (None if args.model else "tunehub-demo")
+    engine = load_local_engine(
+        model,
+        model_name=name,
+        quantize=args.quantize,
+        max_lora_rank=args.max_lora_rank,
+        max_batch_size=args.max_batch_size,
+    )
+    app = build_engine_app(engine, api_key=args.api_key)
+    print(f"tunehub engine: serving {engine.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def add_engine_command(sub) -> None:
+    engine = sub.add_parser(
+        "engine", help="serve the embedded engine alone, speaking vLLM's HTTP protocol (no UI, no store)"
+    )
+    engine.add_argument("--model", help="local model directory or hub id (default: the demo model)")
+    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument("--port", type=int, default=8000)
+    engine.add_argument(
+        "--api-key", default=os.environ.get("VLLM_API_KEY"), help="require this Bearer key on /v1 paths"
+    )
+    engine.add_argument("--served-model-name", help="name of the base model on the API")
+    engine.add_argument("--max-lora-rank", type=int, default=64)
+    engine.add_argument("--max-batch-size", type=int, default=32)
+    engine.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none")
+    engine.add_argument("--data-dir", default="./tunehub-data", help="where the demo model is cached")
+    engine.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    engine.set_defaults(func=cmd_engine)
