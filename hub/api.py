@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from serving.engine import GenerationRequest, SamplingParams
+from serving.errors import EngineError
 
 from . import protocol as p
 from .auth import Auth, Principal
-from .errors import ApiError
+from .errors import ApiError, error_body
 from .service import ChatService, Choice
 
 
@@ -38,6 +39,12 @@ def _usage(choices: list[Choice]) -> p.Usage:
 
 def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _sse_error(exc: EngineError) -> str:
+    """An error after the stream began (a timeout, a failed engine): one `data: {"error": ...}` event, as
+    OpenAI and vLLM send it, and no [DONE]."""
+    return _sse(error_body(exc.status, exc.message, exc.param, exc.code, exc.error_type))
 
 
 async def _primed(stream: AsyncIterator) -> AsyncIterator:
@@ -129,20 +136,24 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
             totals = [Choice(index=i) for i in range(body.n)]
             for i in range(body.n):
                 yield chunk([p.ChunkChoice(index=i, delta=p.ChunkDelta(role="assistant", content=""))])
-            async for index, delta in stream:
-                totals[index].prompt_tokens = delta.prompt_tokens
-                totals[index].completion_tokens = delta.completion_tokens
-                if delta.text or delta.finish_reason:
-                    content = delta.text if delta.text else None
-                    yield chunk(
-                        [
-                            p.ChunkChoice(
-                                index=index,
-                                delta=p.ChunkDelta(content=content),
-                                finish_reason=delta.finish_reason,
-                            )
-                        ]
-                    )
+            try:
+                async for index, delta in stream:
+                    totals[index].prompt_tokens = delta.prompt_tokens
+                    totals[index].completion_tokens = delta.completion_tokens
+                    if delta.text or delta.finish_reason:
+                        content = delta.text if delta.text else None
+                        yield chunk(
+                            [
+                                p.ChunkChoice(
+                                    index=index,
+                                    delta=p.ChunkDelta(content=content),
+                                    finish_reason=delta.finish_reason,
+                                )
+                            ]
+                        )
+            except EngineError as exc:  # the status line is sent: the error goes in the stream
+                yield _sse_error(exc)
+                return
             if include_usage:
                 yield chunk([], usage=_usage(totals))
             yield _sse("[DONE]")
@@ -192,17 +203,21 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
         async def events():
             totals = [Choice(index=i) for i in range(body.n)]
             echoed = set()
-            async for index, delta in stream:
-                totals[index].prompt_tokens = delta.prompt_tokens
-                totals[index].completion_tokens = delta.completion_tokens
-                text = delta.text
-                if prefix and index not in echoed:
-                    echoed.add(index)
-                    text = prefix + text
-                if text or delta.finish_reason:
-                    yield chunk(
-                        [p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)]
-                    )
+            try:
+                async for index, delta in stream:
+                    totals[index].prompt_tokens = delta.prompt_tokens
+                    totals[index].completion_tokens = delta.completion_tokens
+                    text = delta.text
+                    if prefix and index not in echoed:
+                        echoed.add(index)
+                        text = prefix + text
+                    if text or delta.finish_reason:
+                        yield chunk(
+                            [p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)]
+                        )
+            except EngineError as exc:  # the status line is sent: the error goes in the stream
+                yield _sse_error(exc)
+                return
             if include_usage:
                 yield chunk([], usage=_usage(totals))
             yield _sse("[DONE]")

@@ -22,6 +22,7 @@ from .feedback_api import build_feedback_router
 from .feedback_service import FeedbackService
 from .jobs_api import build_jobs_router, start_runner
 from .jobs_service import JobsService
+from .limits import BodyLimit, GenerationGate, RateLimiter
 from .metrics import Metrics
 from .recording import store_recorder
 from .service import ChatService
@@ -89,8 +90,19 @@ def build_app(
     if store is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.data_dir / "feedback.db")
-    service = ChatService(engine, metrics, recorder=store_recorder(store))
-    auth = Auth(settings.api_key, settings.admin_password, store)
+    service = ChatService(
+        engine,
+        metrics,
+        recorder=store_recorder(store),
+        gate=GenerationGate(settings.max_concurrent_generations, settings.max_queued_generations),
+        timeout_s=settings.generation_timeout_s,
+    )
+    limiter = RateLimiter(
+        {"api": settings.rate_limit_key, "rater": settings.rate_limit_rater}, burst=settings.rate_limit_burst
+    )
+    auth = Auth(
+        settings.api_key, settings.admin_password, store, limiter=limiter if limiter.enabled else None
+    )
     feedback = FeedbackService(store, anchor=lambda: engine.model_name)
     adapters = AdapterService(store, service)
     jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir)
@@ -116,6 +128,7 @@ def build_app(
     app.state.settings = settings
     install_error_handlers(app)
 
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # the API's bodies: 413 beyond it
     app.add_middleware(CountRequests, metrics=metrics)
 
     app.include_router(build_router(service, auth))

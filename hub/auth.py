@@ -16,6 +16,8 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from feedback.store import Store
 
+    from .limits import RateLimiter
+
 LOCAL_USER = "local"  # the single user of a hub without an admin password (loopback only): an admin
 ADMIN_USER = "admin"  # the UI login name that goes with --admin-password; no rater may take it
 API_USER = "api"  # whoever holds the shared --api-key when an admin password is set
@@ -44,10 +46,17 @@ class Principal:
 class Auth:
     """Holds only digests of the secrets; compares in constant time."""
 
-    def __init__(self, api_key: str | None, admin_password: str | None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None,
+        admin_password: str | None,
+        store: Store | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._api = _digest(api_key) if api_key else None
         self._admin = _digest(admin_password) if admin_password else None
         self._store = store
+        self._limiter = limiter  # every API request is identified once: that is where it is counted
 
     @property
     def login_required(self) -> bool:
@@ -70,6 +79,13 @@ class Auth:
         return Principal("admin" if rater.role == "admin" else "rater", rater.name)
 
     def identify(self, request: Request) -> Principal:
+        """The caller of an API request; 401 for a wrong key, 429 over the caller's rate limit."""
+        principal = self._identify(request)
+        if self._limiter is not None:
+            self._limiter.check(principal.role, principal.name)
+        return principal
+
+    def _identify(self, request: Request) -> Principal:
         token = _bearer(request)
         given = _digest(token) if token else None
         if given is not None and self._admin is not None and hmac.compare_digest(given, self._admin):

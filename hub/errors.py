@@ -32,10 +32,17 @@ class ApiError(Exception):
     """Raise from a route; rendered as the OpenAI error envelope with `status`."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 def error_body(
@@ -51,9 +58,11 @@ def error_body(
     }
 
 
-def error_response(status: int, message: str, **fields) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(status, message, **fields), status_code=status, headers=headers)
+def error_response(
+    status: int, message: str, *, headers: dict[str, str] | None = None, **fields
+) -> JSONResponse:
+    headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})}
+    return JSONResponse(error_body(status, message, **fields), status_code=status, headers=headers or None)
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -80,11 +89,18 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, headers=exc.headers)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError):
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code, kind=exc.error_type)
+        return error_response(
+            exc.status,
+            exc.message,
+            param=exc.param,
+            code=exc.code,
+            kind=exc.error_type,
+            headers=getattr(exc, "headers", None),  # Retry-After of hub.limits.ServerBusy
+        )
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
@@ -99,6 +115,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
             return error_response(404, f"no route {request.method} {request.url.path}")
+        if exc.status_code == 413:  # hub.limits.BodyLimit
+            return error_response(413, str(exc.detail), code="request_too_large")
         return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

@@ -11,6 +11,7 @@ from pathlib import Path
 from feedback.connections import new_id
 from serving.engine import AdapterInfo, Delta, Engine, GenerationRequest
 
+from .limits import GenerationGate, GenerationTimeout
 from .metrics import Metrics
 
 
@@ -57,10 +58,20 @@ Recorder = Callable[[GenerationRecord], Awaitable[None]]
 
 
 class ChatService:
-    def __init__(self, engine: Engine, metrics: Metrics, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        recorder: Recorder | None = None,
+        *,
+        gate: GenerationGate | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.recorder = recorder
+        self.gate = gate  # caps running and queued generations (hub/limits.py)
+        self.timeout_s = timeout_s  # a generation, queueing included, is cancelled after this
         self.started = int(time.time())
         self._adapter_locks: dict[str, asyncio.Lock] = {}
 
@@ -101,14 +112,40 @@ class ChatService:
         rater: str | None = None,
         conversation_id: str | None = None,
     ) -> AsyncIterator[tuple[int, Delta]]:
-        """Yield (choice index, delta) for n choices. Errors about the request raise before the first yield."""
+        """Yield (choice index, delta) for n choices. Errors about the request raise before the first yield.
+
+        With a gate, the n choices wait for room first (503 when the queue is full); with a timeout, the
+        generation is cancelled (the engine drops its rows) and GenerationTimeout raised once it passes."""
         started = time.perf_counter()
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        if self.gate is not None:
+            await self.gate.acquire(n, self.timeout_s)
+        try:
+            async for item in self._stream(
+                request, n, started, deadline, response_id, source, rater, conversation_id
+            ):
+                yield item
+        finally:
+            if self.gate is not None:
+                self.gate.release(n)
+
+    async def _stream(
+        self,
+        request: GenerationRequest,
+        n: int,
+        started: float,
+        deadline: float | None,
+        response_id: str,
+        source: str,
+        rater: str | None,
+        conversation_id: str | None,
+    ) -> AsyncIterator[tuple[int, Delta]]:
         if conversation_id is None and n > 1:
             conversation_id = new_id("conv")  # the n answers to one prompt belong to one conversation
         requests = [self._choice_request(request, i) for i in range(n)]
         streams = [self.engine.generate(r) for r in requests]
         try:
-            firsts = await asyncio.gather(*(s.__anext__() for s in streams))
+            firsts = await self._before(deadline, asyncio.gather(*(s.__anext__() for s in streams)), request)
         except BaseException:
             for s in streams:
                 await s.aclose()
@@ -117,15 +154,33 @@ class ChatService:
         trackers = [_ChoiceTracker(i, requests[i], started) for i in range(n)]
         deltas = _single(streams[0], firsts[0]) if n == 1 else _merged(streams, firsts)
         try:
-            async for index, delta in deltas:
+            while True:
+                try:
+                    index, delta = await self._before(deadline, deltas.__anext__(), request)
+                except StopAsyncIteration:
+                    break
                 record = self._track(trackers[index], delta, response_id, source, rater, conversation_id)
                 if record is not None and self.recorder is not None:
                     # stored before the client sees the end, so it can vote at once
                     await self.recorder(record)
                 yield index, delta
         finally:
+            await deltas.aclose()
             for s in streams:
                 await s.aclose()
+
+    async def _before(self, deadline: float | None, step: Awaitable, request: GenerationRequest):
+        """Await `step`, or cancel it and raise GenerationTimeout when the deadline passes first."""
+        if deadline is None:
+            return await step
+        try:
+            return await asyncio.wait_for(step, max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise GenerationTimeout(
+                f"the generation took longer than this server's limit of {self.timeout_s:g} s and was "
+                f"cancelled (max_tokens {request.sampling.max_tokens}); ask for fewer tokens or retry "
+                "when the server is less busy (tunehub serve --generation-timeout)"
+            ) from None
 
     async def complete(
         self,

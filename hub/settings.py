@@ -52,6 +52,14 @@ class Settings:
     max_lora_rank: int = 64
     max_batch_size: int = 32
     served_model_name: str | None = None
+    # limits (hub/limits.py); 0 turns a rate limit off
+    rate_limit_key: float = 0.0  # requests per minute for the shared --api-key (and keyless callers)
+    rate_limit_rater: float = 0.0  # requests per minute for each rater's own API key
+    rate_limit_burst: int = 10  # requests a caller may send at once before the per-minute rate applies
+    max_concurrent_generations: int = 64  # choices generating at once (the engine batches up to 32)
+    max_queued_generations: int = 256  # choices waiting for room; beyond that 503 at once
+    generation_timeout_s: float = 600.0  # a generation (queue wait included) is cancelled after this
+    max_body_bytes: int = 8 * 1024 * 1024  # larger API request bodies get 413
     # how many times as often the arena draws a candidate adapter as any other model
     arena_candidate_boost: float = field(
         default_factory=lambda: float(os.environ.get("TUNEHUB_ARENA_BOOST") or 3.0)
@@ -74,6 +82,21 @@ class Settings:
             raise SettingsError(f"--max-lora-rank {self.max_lora_rank} must be at least 1")
         if not self.arena_candidate_boost > 0:
             raise SettingsError(f"TUNEHUB_ARENA_BOOST {self.arena_candidate_boost} must be a number above 0")
+        for flag, value in (
+            ("--rate-limit-key", self.rate_limit_key),
+            ("--rate-limit-rater", self.rate_limit_rater),
+            ("--max-queued-generations", self.max_queued_generations),
+        ):
+            if not value >= 0:
+                raise SettingsError(f"{flag} {value} must be 0 or more")
+        for flag, value in (
+            ("--rate-limit-burst", self.rate_limit_burst),
+            ("--max-concurrent-generations", self.max_concurrent_generations),
+            ("--generation-timeout", self.generation_timeout_s),
+            ("--max-body-bytes", self.max_body_bytes),
+        ):
+            if not value > 0:
+                raise SettingsError(f"{flag} {value} must be above 0")
         if self.max_batch_size < 1:
             raise SettingsError(f"--max-batch-size {self.max_batch_size} must be at least 1")
 
