@@ -2,7 +2,7 @@
 
 tunehub train {sft,reward,dpo,kto,ppo,rloo,grpo} --data (feedback|PATH) --method METHOD --name NAME [--base MODEL]
               [--data-dir DIR] [--parent ADAPTER] [--max-steps N] [--epochs N] [--learning-rate LR]
-              [--batch-size N] [--only-new] [--set KEY=VALUE ...]
+              [--batch-size N] [--only-new] [--gpus N [--strategy ddp|zero2|zero3|fsdp]] [--set KEY=VALUE ...]
 tunehub jobs list [--status STATUS] | show JOB_ID [--log] | cancel JOB_ID
 
 `tunehub train` runs the job in the foreground, in a worker process as the hub does (OOM retry included),
@@ -75,6 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             params=_params(args),
             only_new=args.only_new,
             foreground=True,
+            gpus=args.gpus,
+            strategy=args.strategy,
         )
         try:
             job = JobQueue(store).submit(spec)
@@ -142,6 +144,8 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 def cmd_jobs_show(args: argparse.Namespace) -> int:
     from feedback.errors import NotFound
     from training.jobs.faults import log_tail
+    from training.jobs.launch import format_command, job_command
+    from training.jobs.queue import job_spec
 
     from .jobs_api import job_body
 
@@ -151,7 +155,8 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
         except NotFound as e:
             print(f"tunehub: {e.message}", file=sys.stderr)
             return 1
-    print(json.dumps({**job_body(job), "log_path": job.log_path}, indent=2))
+    command = format_command(job_command(job_spec(job), Path(args.data_dir) / "jobs" / job.id))
+    print(json.dumps({**job_body(job, command), "log_path": job.log_path}, indent=2))
     if args.log and job.log_path:
         print(log_tail(Path(job.log_path), lines=args.lines))
     return 0
@@ -197,6 +202,15 @@ def add_train_commands(sub) -> None:
     train.add_argument("--learning-rate", type=float, help="peak learning rate")
     train.add_argument("--batch-size", type=int, help="rows per forward pass on each device")
     train.add_argument("--only-new", action="store_true", help="feedback data: only votes since the last run")
+    train.add_argument(
+        "--gpus", type=int, default=1, help="GPUs to train on; more than 1 runs under `accelerate launch`"
+    )
+    train.add_argument(
+        "--strategy",
+        default="ddp",
+        choices=("ddp", "zero2", "zero3", "fsdp"),  # training.jobs.launch.STRATEGIES
+        help="with --gpus > 1: data parallel, DeepSpeed ZeRO-2/3 or FSDP (training/accelerate/*.yaml)",
+    )
     train.add_argument(
         "--set",
         action="append",

@@ -1,19 +1,24 @@
 """Training job routes (admin only): POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/jobs/{id}/cancel,
-and the hub's side of the runner: its thread, and hot-loading each finished adapter into the engine.
+and the hub's side of the runner: its thread, hot-loading each finished adapter into the engine, and the
+automatic trigger (off unless ``DATA_DIR/auto-train.json`` or $TUNEHUB_AUTO_TRAIN sets it up).
 
     POST /v1/jobs {"stage": "dpo", "method": "lora", "data": "feedback" | "/path", "name": "polite",
-                   "parent": null, "params": {"max_steps": 100, "beta": 0.2}, "only_new": false}
-      -> {"id": "job-...", "object": "training.job", "status": "queued", "progress": 0.0, ...}
+                   "parent": null, "params": {"max_steps": 100, "beta": 0.2}, "only_new": false,
+                   "gpus": 1, "strategy": "ddp"}
+      -> {"id": "job-...", "object": "training.job", "status": "queued", "progress": 0.0, "command": "...", ...}
 
 A job answer carries ``status`` (queued, running, succeeded, failed, cancelled), ``progress`` (0 to 1),
 ``adapter`` (the served model name once it is live), ``error``, ``metrics`` (step, total_steps, eta_s, loss
-and the loss curve while it runs; the training metrics once it is done). A bad stage, method, name, data or
+and the loss curve while it runs; the training metrics once it is done) and ``command``, the exact command the
+runner runs for it (`accelerate launch` with the strategy's config when ``gpus`` > 1). A bad stage, method, name, data or
 param is a 400 naming the field; an unknown job a 404; cancelling a finished job a 409.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +26,11 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from feedback.records import JOB_STATUSES, Adapter, Job
+from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
 from training.jobs.publish import served_name
 from training.jobs.runner import JobRunner
 from training.jobs.spec import FEEDBACK, STAGES, JobError
+from training.jobs.trigger import SETTINGS_FILE, AutoTrigger, TriggerError, load_rules
 from training.methods import METHODS
 
 from .auth import Auth, Principal
@@ -32,6 +39,8 @@ from .jobs_service import JobsService, NoBaseModel
 from .service import ChatService
 
 LOAD_TIMEOUT_S = 300.0
+AUTO_TRAIN_ENV = "TUNEHUB_AUTO_TRAIN"  # a settings file for the automatic trigger outside the data dir
+log = logging.getLogger("tunehub.jobs")
 
 
 class CreateJob(BaseModel):
@@ -47,9 +56,12 @@ class CreateJob(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict, description="the stage's settings")
     only_new: bool = Field(False, description="feedback data: only votes since the stage's last run")
+    # checked by check_spec: more than 1 runs under `accelerate launch` with the strategy's shipped config
+    gpus: int = Field(1, description="GPUs (processes) the job trains on")
+    strategy: str = Field(DEFAULT_STRATEGY, description=f"with gpus > 1: one of {', '.join(STRATEGIES)}")
 
 
-def job_body(job: Job) -> dict[str, Any]:
+def job_body(job: Job, command: str | None = None) -> dict[str, Any]:
     spec = job.params
     return {
         "id": job.id,
@@ -60,6 +72,9 @@ def job_body(job: Job) -> dict[str, Any]:
         "data": spec.get("data"),
         "parent": spec.get("parent"),
         "params": spec.get("params", {}),
+        "gpus": spec.get("gpus", 1),
+        "strategy": spec.get("strategy", DEFAULT_STRATEGY),
+        "command": command,  # the exact command the runner runs for it
         "status": job.status,
         "progress": job.progress,
         "adapter": job.adapter,
@@ -88,12 +103,14 @@ def build_jobs_router(jobs: JobsService, auth: Auth) -> APIRouter:
                 parent=body.parent,
                 params=body.params,
                 only_new=body.only_new,
+                gpus=body.gpus,
+                strategy=body.strategy,
             )
         except NoBaseModel as e:
             raise ApiError(503, str(e), code="no_base_model") from None
         except JobError as e:
             raise ApiError(400, e.message, param=e.param, code="invalid_value") from None
-        return job_body(job)
+        return job_body(job, jobs.command(job))
 
     @router.get("/v1/jobs")
     async def list_jobs(
@@ -104,15 +121,17 @@ def build_jobs_router(jobs: JobsService, auth: Auth) -> APIRouter:
         if status is not None and status not in JOB_STATUSES:
             raise ApiError(400, f"status {status!r} is not one of {', '.join(JOB_STATUSES)}", param="status")
         found = await asyncio.to_thread(jobs.list, status=status, limit=limit)
-        return {"object": "list", "data": [job_body(job) for job in found]}
+        return {"object": "list", "data": [job_body(job, jobs.command(job)) for job in found]}
 
     @router.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str, principal: Principal = admin):
-        return job_body(await asyncio.to_thread(jobs.get, job_id))
+        job = await asyncio.to_thread(jobs.get, job_id)
+        return job_body(job, jobs.command(job))
 
     @router.post("/v1/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str, principal: Principal = admin):
-        return job_body(await asyncio.to_thread(jobs.cancel, job_id))
+        job = await asyncio.to_thread(jobs.cancel, job_id)
+        return job_body(job, jobs.command(job))
 
     return router
 
@@ -131,8 +150,31 @@ def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
     return publish
 
 
+def auto_trigger(service: ChatService, store, data_dir: Path) -> AutoTrigger | None:
+    """The automatic trigger from ``DATA_DIR/auto-train.json`` (or the file TUNEHUB_AUTO_TRAIN names);
+    None (off) when there is none. A bad file raises `TriggerError`: the hub refuses to start with it."""
+    named = os.environ.get(AUTO_TRAIN_ENV)
+    path = Path(named) if named else Path(data_dir) / SETTINGS_FILE
+    if not named and not path.exists():
+        return None
+    rules = load_rules(path)
+    base = getattr(service.engine, "model_path", None)
+    if not rules:
+        return None
+    if not base:
+        raise TriggerError(f"auto-train settings {str(path)!r}: this engine has no local base model to train")
+    log.info("auto-train on: %s", ", ".join(f"{r.stage} every {r.min_new} new rows" for r in rules))
+    return AutoTrigger(store, rules, str(base))
+
+
 def start_runner(service: ChatService, store, data_dir: Path) -> JobRunner:
-    """The hub's job runner, started; call from the lifespan (it needs the running event loop)."""
-    runner = JobRunner(store, data_dir, publish=adapter_publisher(service, asyncio.get_running_loop()))
+    """The hub's job runner, started, with the automatic trigger when one is set up; call from the
+    lifespan (it needs the running event loop)."""
+    runner = JobRunner(
+        store,
+        data_dir,
+        publish=adapter_publisher(service, asyncio.get_running_loop()),
+        trigger=auto_trigger(service, store, data_dir),
+    )
     runner.start()
     return runner

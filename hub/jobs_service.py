@@ -17,9 +17,10 @@ from typing import Any
 
 from feedback.records import Job
 from training.jobs.faults import log_tail
+from training.jobs.launch import DEFAULT_STRATEGY, format_command, job_command
 from training.jobs.progress import PROGRESS_FILE, read_progress
-from training.jobs.queue import JobQueue
-from training.jobs.spec import JobError, JobSpec
+from training.jobs.queue import JobQueue, job_spec
+from training.jobs.spec import JobError, JobSpec, check_devices
 
 # Hyperparameter presets: optimizer steps (-1: whole epochs instead), epochs, peak lr, rows per batch, LoRA
 # rank. "quick" is a smoke run of a few steps; "thorough" takes a few passes at a gentler rate.
@@ -98,6 +99,8 @@ class JobsService:
         parent: str | None = None,
         params: dict[str, Any] | None = None,
         only_new: bool = False,
+        gpus: int = 1,
+        strategy: str = DEFAULT_STRATEGY,
     ) -> Job:
         """Queue a job for the hub's runner; raises `JobError` naming the bad field, `NoBaseModel`."""
         if not self.base_model:
@@ -111,8 +114,22 @@ class JobsService:
             parent=parent or None,
             params=params if params is not None else {},
             only_new=only_new,
+            gpus=gpus,
+            strategy=strategy,
         )
         return self.queue.submit(spec)
+
+    def command(self, job: Job) -> str:
+        """The exact command the runner runs (or ran) for the job."""
+        return format_command(job_command(job_spec(job), self.jobs_dir / job.id))
+
+    def preview_command(self, *, gpus: int = 1, strategy: str = DEFAULT_STRATEGY) -> str:
+        """The command a job with these devices will run, before it exists (its id is not known yet);
+        raises `JobError` for bad `gpus`/`strategy`."""
+        spec = JobSpec(stage="sft", method="lora", data="feedback", name="preview", base="", gpus=gpus,
+                       strategy=strategy)  # fmt: skip
+        check_devices(spec)
+        return format_command(job_command(spec, self.jobs_dir / "JOB_ID"))
 
     def list(self, *, status: str | None = None, limit: int = 100) -> list[Job]:
         return self.queue.list(status=status, limit=limit)

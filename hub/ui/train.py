@@ -1,6 +1,7 @@
 """The Train tab (admins only): choose a stage, method, data and hyperparameters (a preset, then any setting
 in the advanced JSON box, checked by the same `check_spec` as POST /v1/jobs), see the memory estimate for
-the served model, start the job on the hub's queue, and follow it: status, progress, ETA, loss curve, the
+the served model and the exact command the job will run (one process, or `accelerate launch` over N GPUs),
+start the job on the hub's queue, and follow it: status, progress, ETA, loss curve, the
 end of its log, and cancel. A gr.Timer polls the job while this tab is on screen."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from feedback.errors import StoreError
+from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
 from training.jobs.spec import STAGES, JobError, config_class
 from training.methods import LORA_METHODS, METHODS
 
@@ -110,6 +112,22 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         label='Advanced settings (JSON, on top of the fields above), e.g. {"beta": 0.2, "logging_steps": 1}',
         elem_id="train-params",
     )
+    with gr.Row():
+        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1, elem_id="train-gpus", scale=1)
+        strategy = gr.Dropdown(
+            list(STRATEGIES),
+            value=DEFAULT_STRATEGY,
+            label="Multi-GPU strategy",
+            elem_id="train-strategy",
+            scale=1,
+        )
+        command = gr.Code(
+            jobs.preview_command(),
+            language="shell",
+            label="Command the job will run",
+            elem_id="train-command",
+            scale=4,
+        )
     estimate = gr.Code(label="Memory estimate per device (served model)", elem_id="train-estimate")
     start = gr.Button("Start training", variant="primary", elem_id="train-start")
     message = gr.Markdown(elem_id="train-message")
@@ -142,6 +160,12 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         except ValueError as e:
             return f"no estimate: {e}"
 
+    def show_command(gpus_: float | None, strategy_: str) -> str:
+        try:
+            return jobs.preview_command(gpus=int(gpus_ or 1), strategy=strategy_)
+        except JobError as e:
+            return f"# {e.param}: {e.message}"
+
     def parents(request: gr.Request):
         require_admin(auth, request)
         refs = [a.ref for a in services.adapters.store.list_adapters()]
@@ -149,7 +173,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
 
     def submit(
         stage_, method_, source_, path, name_, parent_, steps, epochs_, lr, batch, rank, length, extra,
-        request: gr.Request,
+        gpus_, strategy_, request: gr.Request,
     ):  # fmt: skip
         require_admin(auth, request)
         try:
@@ -162,6 +186,8 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
                 parent=None if parent_ in (None, NO_PARENT) else parent_,
                 params=params,
                 only_new=source_ == SOURCES[1],
+                gpus=int(gpus_ or 1),
+                strategy=strategy_,
             )
         except JobError as e:
             raise gr.Error(f"{e.param}: {e.message}") from None
@@ -169,7 +195,8 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             raise gr.Error(str(e)) from None
         choices = [j.id for j in jobs.list(limit=50)]
         return (
-            f"Queued **{created.id}**: {stage_} {method_} → {created.params.get('name')}",
+            f"Queued **{created.id}**: {stage_} {method_} → {created.params.get('name')}\n\n"
+            f"`{jobs.command(created)}`",
             gr.update(choices=choices, value=created.id),
             gr.Timer(active=True),
         )
@@ -220,7 +247,9 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     tab.select(parents, outputs=parent)
     tab.select(lambda: gr.Timer(active=True), outputs=poll, queue=False)
     followed = [job_table, job, job_status, loss_plot, log]
-    inputs = [stage, method, source, data_path, name, parent, *numbers, max_length, advanced]
+    for trigger in (gpus.change, strategy.change):
+        trigger(show_command, [gpus, strategy], command)
+    inputs = [stage, method, source, data_path, name, parent, *numbers, max_length, advanced, gpus, strategy]
     start.click(submit, inputs, [message, job, poll]).then(refresh, [job], followed)
     poll.tick(refresh, [job], followed, show_progress="hidden")
     job.input(refresh, [job], followed)

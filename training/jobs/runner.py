@@ -4,6 +4,8 @@
     runner.start()        # recovers jobs a previous process left running, then polls the queue
     runner.stop()         # stops the workers; their jobs stay "running" and resume at the next start
 
+With `trigger=AutoTrigger(...)` each round also queues the stages whose automatic trigger fired.
+
 Each job gets ``DATA_DIR/jobs/JOB_ID/``: ``launch.json`` (what the worker runs), ``state.json`` (attempt,
 effective params, worker pid), ``progress.jsonl``, ``worker.log`` and the worker's checkpoints. The worker
 runs in a new process group, so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it
@@ -20,7 +22,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,10 +33,12 @@ from typing import IO, Any
 from feedback.errors import Conflict, StoreError
 from feedback.records import JOB_FINISHED, Adapter, Job
 from training.jobs.faults import diagnose, log_tail, oom_retry
+from training.jobs.launch import format_command, job_command
 from training.jobs.progress import PROGRESS_FILE, ProgressReader, write_event
 from training.jobs.publish import register_result, resolve_parent
 from training.jobs.queue import JobQueue, job_spec
 from training.jobs.spec import JobError, JobSpec, config_class
+from training.jobs.trigger import AutoTrigger
 from training.jobs.worker import LAUNCH_FILE
 
 log = logging.getLogger("tunehub.jobs")
@@ -81,6 +84,7 @@ class JobRunner:
         grace_s: float = 10.0,
         worker_command: list[str] | None = None,
         env: dict[str, str] | None = None,
+        trigger: AutoTrigger | None = None,
     ) -> None:
         self.store = store
         self.queue = JobQueue(store)
@@ -90,8 +94,10 @@ class JobRunner:
         self.max_jobs_per_device = max_jobs_per_device
         self.poll_s = poll_s
         self.grace_s = grace_s
-        self.worker_command = worker_command or [sys.executable, "-m", "training.jobs.worker"]
+        # a test's stand-in for the worker (one process); None: `job_command` (accelerate over N GPUs)
+        self.worker_command = worker_command
         self.env = env or {}
+        self.trigger = trigger  # the automatic trigger (training/jobs/trigger.py); None: off
         self._running: dict[str, _Running] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,6 +133,11 @@ class JobRunner:
         for job_id, running in list(self._running.items()):
             if self._poll(running):
                 del self._running[job_id]
+        if self.trigger is not None:
+            try:
+                self.trigger.maybe_check()
+            except Exception:  # a failed count must not stop the jobs already queued
+                log.exception("auto-train check failed")
         busy = Counter(r.spec.device for r in self._running.values())
         for job in self.queue.queued():
             spec = job_spec(job)
@@ -218,10 +229,15 @@ class JobRunner:
             return None  # cancelled between the queue read and now
         write_event(job_dir / PROGRESS_FILE, "launch", attempt=attempt, resume=launch["resume"])
         log_file = log_path.open("ab")
+        if self.worker_command is not None:
+            command = [*self.worker_command, str(job_dir)]
+        else:
+            command = job_command(spec, job_dir)
         log_file.write(f"--- attempt {attempt}{' (resuming)' if launch['resume'] else ''}\n".encode())
+        log_file.write(f"$ {format_command(command)}\n".encode())
         log_file.flush()
         process = subprocess.Popen(
-            [*self.worker_command, str(job_dir)],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

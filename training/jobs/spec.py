@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.jobs.launch import DEFAULT_STRATEGY, MAX_GPUS, STRATEGIES
 from training.methods import ADAPTER_METHODS, METHODS
 
 # stage -> (module, config class, the rows it trains on)
@@ -41,6 +42,10 @@ EXPORTS: dict[str, tuple[str, str]] = {
 }
 # Stages whose result is a chat adapter the engine can answer with (a reward model scores, it does not chat).
 CHAT_STAGES: tuple[str, ...] = ("sft", "dpo", "kto", "ppo", "rloo", "grpo")
+# PPO is tunehub's own training loop (no Accelerator): it runs in one process.
+SINGLE_PROCESS_STAGES: tuple[str, ...] = ("ppo",)
+# QLoRA's 4-bit layers are not sharded by tunehub's loader (no bnb_4bit_quant_storage): data parallel only.
+QLORA_STRATEGIES: tuple[str, ...] = ("ddp", "zero2")
 FEEDBACK = "feedback"
 # Config fields the job sets itself, from its own top-level fields or its directory.
 RESERVED: dict[str, str] = {
@@ -77,6 +82,9 @@ class JobSpec:
     only_new: bool = False  # feedback data: only votes newer than the stage's last successful run
     device: str = "default"  # jobs on one device run one at a time
     foreground: bool = False  # run by `tunehub train` itself: the hub's runner leaves it alone
+    gpus: int = 1  # more than 1: `accelerate launch --num_processes gpus` with the strategy's config
+    strategy: str = DEFAULT_STRATEGY  # ddp, zero2, zero3 or fsdp (training/accelerate/*.yaml)
+    trigger: dict[str, Any] | None = None  # queued by the automatic trigger: its count and newest vote
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,8 +129,36 @@ def check_spec(spec: JobSpec) -> JobSpec:
         raise JobError(f"only_new must be true or false, got {spec.only_new!r}", "only_new")
     if spec.only_new and data != FEEDBACK:
         raise JobError("only_new applies to data 'feedback' only", "only_new")
+    check_devices(spec)
     params = check_params(spec.stage, spec.method, spec.params)
     return dataclasses.replace(spec, data=data, params=params)
+
+
+def check_devices(spec: JobSpec) -> None:
+    """`gpus` and `strategy` make a launch that can work; raises `JobError` naming the field."""
+    gpus, strategy = spec.gpus, spec.strategy
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or not 1 <= gpus <= MAX_GPUS:
+        raise JobError(f"gpus must be a whole number from 1 to {MAX_GPUS}, got {gpus!r}", "gpus")
+    if strategy not in STRATEGIES:
+        raise JobError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}", "strategy")
+    if gpus == 1 and strategy != DEFAULT_STRATEGY:
+        raise JobError(
+            f"strategy {strategy!r} shards over several GPUs, but gpus is 1: set gpus to 2 or more, or "
+            f"leave strategy at {DEFAULT_STRATEGY!r} (one GPU runs in one process)",
+            "strategy",
+        )
+    if gpus > 1 and spec.stage in SINGLE_PROCESS_STAGES:
+        raise JobError(
+            f"stage {spec.stage!r} runs in one process (tunehub's own loop), got gpus {gpus}: use gpus 1, "
+            "or rloo/grpo, which run on several GPUs",
+            "gpus",
+        )
+    if gpus > 1 and spec.method == "qlora" and strategy not in QLORA_STRATEGIES:
+        raise JobError(
+            f"method 'qlora' cannot be sharded with strategy {strategy!r}: use {' or '.join(QLORA_STRATEGIES)}, "
+            "or lora with zero3/fsdp",
+            "strategy",
+        )
 
 
 def check_params(stage: str, method: str, params: object) -> dict[str, Any]:

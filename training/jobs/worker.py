@@ -37,12 +37,15 @@ def run(job_dir: Path) -> int:
     try:
         launch = json.loads((job_dir / LAUNCH_FILE).read_text())
         spec = JobSpec.from_dict(launch["spec"])
-        data = prepare_data(spec, launch, job_dir, progress)
+        main_process = int(os.environ.get("RANK", "0")) == 0
+        data = prepare_shared_data(spec, launch, job_dir, progress, main_process)
         config = build_config(spec, launch, data, job_dir / OUTPUT_DIR)
         stage = importlib.import_module(STAGES[spec.stage][0])
-        out = stage.main(config, callbacks=[progress_callback(progress)])
-        metadata = json.loads((Path(out) / METADATA_FILE).read_text())
-        write_event(progress, "done", output=str(out), metrics=metadata["metrics"])
+        # under `accelerate launch` every process trains; only the main one reports
+        out = stage.main(config, callbacks=[progress_callback(progress)] if main_process else [])
+        if main_process:
+            metadata = json.loads((Path(out) / METADATA_FILE).read_text())
+            write_event(progress, "done", output=str(out), metrics=metadata["metrics"])
         return 0
     except (StoreError, ValueError, FileExistsError) as e:
         return _fail(progress, "invalid", str(e), EXIT_INVALID)
@@ -56,6 +59,21 @@ def run(job_dir: Path) -> int:
             raise
         traceback.print_exc()
         return _fail(progress, "crash", f"{type(e).__name__}: {e}"[:2000], EXIT_FAILED)
+
+
+def prepare_shared_data(
+    spec: JobSpec, launch: dict[str, Any], job_dir: Path, progress: Path, main_process: bool
+) -> str:
+    """`prepare_data` once per job: in a multi-process launch (WORLD_SIZE > 1) the main process exports
+    the snapshot while the others wait, then they all read the same directory."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return prepare_data(spec, launch, job_dir, progress)
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        if main_process:
+            return prepare_data(spec, launch, job_dir, progress)
+    return spec.data if spec.data != FEEDBACK else str(job_dir / DATA_DIR)
 
 
 def prepare_data(spec: JobSpec, launch: dict[str, Any], job_dir: Path, progress: Path) -> str:
