@@ -1,11 +1,12 @@
 """Registered adapters as the Adapters tab and `tunehub adapters` see them: the store's versions with their
 status and whether the engine serves them, lineage down to the votes, load/unload, promote and rollback,
-and the re-load of registered adapters when the hub starts.
+merge-and-export of full or quantized weights, and the re-load of registered adapters when the hub starts.
 
     adapters = AdapterService(store, chat_service)       # chat_service None: store-only (the CLI)
     adapters.rows()                                      # every version, newest name first
     adapters.lineage("km@2")                             # job, dataset snapshot, votes, parents
     adapters.promote("km@2"); adapters.rollback()
+    adapters.export("km@2", "/exports/km", quantize="4bit")   # merged full weights (blocking: use a thread)
     await adapters.load("km@2"); await adapters.reload_registered()
 """
 
@@ -142,6 +143,26 @@ class AdapterService:
     def rollback(self) -> Adapter:
         """Promote again the version the promoted one replaced; returns it."""
         return self.store.rollback_adapter()
+
+    # ----- merge-and-export ----------------------------------------------------------------------------
+
+    def export_dir(self, ref: str, quantize: str = "none") -> Path:
+        """Where an export goes unless told: ``DATA_DIR/exports/NAME-vN[-8bit|-4bit]``."""
+        adapter = self.get(ref)
+        suffix = "" if quantize == "none" else f"-{quantize}"
+        return Path(self.store.path).parent / "exports" / f"{adapter.name}-v{adapter.version}{suffix}"
+
+    def export(self, ref: str, out: str | Path | None = None, quantize: str = "none") -> Path:
+        """Merge a version into its base and save full (or 8-bit/4-bit) weights to a new directory; returns
+        it. Blocking (seconds to minutes): the hub calls it in a worker thread. `Invalid` with the reason."""
+        from training.merge import ExportError, export_merged
+
+        adapter = self.get(ref)
+        target = Path(out).expanduser() if out else self.export_dir(ref, quantize)
+        try:
+            return export_merged(adapter.path, base=adapter.base, out=target, quantize=quantize)
+        except ExportError as e:
+            raise Invalid(f"{adapter.ref} cannot be exported: {e}", param="out") from None
 
     # ----- the engine ----------------------------------------------------------------------------------
 

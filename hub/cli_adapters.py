@@ -4,6 +4,8 @@ tunehub adapters list [--status STATUS] [--data-dir DIR]
 tunehub adapters show ADAPTER [--data-dir DIR]        lineage as JSON: job, dataset snapshot, votes, parents
 tunehub adapters promote ADAPTER [--data-dir DIR]     the version promoted before it is retired
 tunehub adapters rollback [--data-dir DIR]            promote again the version the promoted one replaced
+tunehub adapters export ADAPTER [--out DIR] [--quantize none|8bit|4bit] [--data-dir DIR]
+                                                     merged full weights; prints the new directory
 
 ADAPTER is name (the latest version), name@N or name@vN. A running hub picks the new status up on its next
 read; loading and unloading happen in the running hub (its Adapters tab, or /v1/load_lora_adapter).
@@ -79,6 +81,15 @@ def cmd_adapters_rollback(args: argparse.Namespace) -> int:
     return _run(args, rollback)
 
 
+def cmd_adapters_export(args: argparse.Namespace) -> int:
+    def export(adapters) -> int:
+        out = adapters.export(args.adapter, args.out, quantize=args.quantize)
+        print(out)
+        return 0
+
+    return _run(args, export)
+
+
 def add_adapter_commands(sub) -> None:
     adapters = sub.add_parser("adapters", help="list, show, promote or roll back registered adapters")
     adapters_sub = adapters.add_subparsers(dest="adapters_command", required=True)
@@ -93,11 +104,24 @@ def add_adapter_commands(sub) -> None:
     )
     promote.add_argument("adapter", help="name, name@N or name@vN")
     rollback = adapters_sub.add_parser("rollback", help="promote again the version the promoted one replaced")
+    export = adapters_sub.add_parser(
+        "export",
+        help="merge a version into its base and save full (or 8-bit/4-bit) weights to a new directory",
+    )
+    export.add_argument("adapter", help="name, name@N or name@vN")
+    export.add_argument("--out", help="a new directory (default: DATA_DIR/exports/NAME-vN[-QUANTIZE])")
+    export.add_argument(
+        "--quantize",
+        default="none",
+        choices=("none", "8bit", "4bit"),
+        help="bitsandbytes weights (default none)",
+    )
     for parser, func in (
         (listing, cmd_adapters_list),
         (show, cmd_adapters_show),
         (promote, cmd_adapters_promote),
         (rollback, cmd_adapters_rollback),
+        (export, cmd_adapters_export),
     ):
         parser.add_argument("--data-dir", default="./tunehub-data", help=DATA_DIR_HELP)
         parser.set_defaults(func=func)

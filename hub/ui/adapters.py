@@ -1,15 +1,17 @@
 """The Adapters tab (admins only): every registered adapter version with its status (candidate, promoted,
 retired), the name the engine serves it under, method, stage, parent, metrics and age; the selected one's
 lineage down to its job, dataset snapshot and votes; load/unload into the running engine; promote and
-rollback. Thin handlers over `AdapterService`, the same one `tunehub adapters` uses."""
+rollback; merge-and-export of full or 8-bit/4-bit weights (in a worker thread). Thin handlers over `AdapterService`, the same one `tunehub adapters` uses."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import gradio as gr
 
 from feedback.errors import StoreError
+from training.merge import QUANTIZE
 
 from . import UiServices
 from .login import require_admin, shown_to_user
@@ -40,6 +42,16 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         unload = gr.Button("Unload", elem_id="adapters-unload")
         promote = gr.Button("Promote", variant="primary", elem_id="adapters-promote")
         rollback = gr.Button("Roll back the promotion", elem_id="adapters-rollback")
+    with gr.Row():
+        export_out = gr.Textbox(
+            label="Export to (a new directory; empty: DATA_DIR/exports/NAME-vN)",
+            elem_id="adapters-export-out",
+            scale=3,
+        )
+        quantize = gr.Radio(
+            list(QUANTIZE), value="none", label="Weights", elem_id="adapters-quantize", scale=2
+        )
+        export = gr.Button("Merge and export", elem_id="adapters-export", scale=1)
     message = gr.Markdown(elem_id="adapters-message")
     lineage = gr.Code(language="json", label="Lineage", elem_id="adapters-lineage")
 
@@ -102,7 +114,16 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             adapter = adapters.rollback()
         return f"Rolled back: **{adapter.ref}** is promoted again."
 
+    async def on_export(ref: str | None, out: str | None, quantize_: str, request: gr.Request) -> str:
+        require_admin(auth, request)
+        ref = need(ref)
+        with shown_to_user():  # a merge takes seconds to minutes: off the event loop
+            path = await asyncio.to_thread(adapters.export, ref, (out or "").strip() or None, quantize_)
+        weights = "full" if quantize_ == "none" else quantize_
+        return f"**{ref}** merged into its base ({weights} weights): `{path}`"
+
     shown = [table, chosen, lineage]
+    export.click(on_export, [chosen, export_out, quantize], message)
     for trigger in (refresh.click, tab.select):
         trigger(listing, [chosen], shown)
     chosen.input(show_lineage, [chosen], lineage)
