@@ -100,7 +100,7 @@ class StoreConnections:
         """
         with self._write_lock:
             db = self._writer
-            db.execute("BEGIN IMMEDIATE")
+            db.conn.execute("BEGIN IMMEDIATE")
             self._batch_thread = threading.get_ident()
             try:
                 yield
@@ -119,18 +119,18 @@ class StoreConnections:
         is a savepoint of it."""
         if self._batch_thread == threading.get_ident():
             db = self._writer
-            db.execute("SAVEPOINT write")
+            db.conn.execute("SAVEPOINT write")
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK TO write")
-                db.execute("RELEASE write")
+                db.conn.execute("ROLLBACK TO write")
+                db.conn.execute("RELEASE write")
                 raise
-            db.execute("RELEASE write")
+            db.conn.execute("RELEASE write")
             return
         with self._write_lock:
             db = self._writer
-            db.execute("BEGIN IMMEDIATE")
+            db.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield db
             except BaseException:

@@ -65,7 +65,7 @@ def _same_context(db: Database, ids: Sequence[str], param: str) -> dict[str, dic
     when they answer different prompts."""
     marks = ", ".join("?" for _ in ids)
     columns = ("id", "prompt_hash", "conversation_id", "text", "model")
-    cursor = db.execute(f"SELECT {', '.join(columns)} FROM generations WHERE id IN ({marks})", list(ids))
+    cursor = db.conn.execute(f"SELECT {', '.join(columns)} FROM generations WHERE id IN ({marks})", list(ids))
     rows = {row[0]: dict(zip(columns, row)) for row in cursor}
     for id in ids:
         if id not in rows:
@@ -232,35 +232,53 @@ class VoteMethods(StoreConnections):
     ) -> Vote:
         check_text(rater, "rater", max_chars=200)
         check_choice(source, SOURCES, "source")
-        old = db.execute(
-            "SELECT id FROM votes WHERE kind = ? AND rater = ? AND item_key = ? AND active = 1",
+        # The hot path of every vote (bench/store.py): plain sqlite3 calls, one statement to retire the
+        # rater's earlier vote on the item (the partial unique index finds it), one to insert.
+        conn = db.conn
+        old = conn.execute(
+            "UPDATE votes SET active = 0 WHERE kind = ? AND rater = ? AND item_key = ? AND active = 1 RETURNING id",
             [kind, rater, item_key],
         ).fetchone()
-        if old is not None:
-            db.execute("UPDATE votes SET active = 0 WHERE id = ?", [old[0]])
-        row: dict[str, Any] = {
-            "kind": kind,
-            "rater": rater,
-            "item_key": item_key,
-            "generation_id": generation_ids[0],
-            "generation_ids": json.dumps(generation_ids),
-            "value": value,
-            "ranking": json.dumps(ranking) if ranking is not None else None,
-            "edited_text": edited_text,
-            "tags": json.dumps(list(tags)),
-            "comment": comment,
-            "conversation_id": conversation_id,
-            "source": source,
-            "created_at": utc_now(),
-            "replaces": old[0] if old is not None else None,
-            "active": 1,
-            "model_a": models[0] if models else None,  # pairwise only: what the leaderboard reads
-            "model_b": models[1] if models else None,
-        }
-        cursor = db.execute(
-            f"INSERT INTO votes ({_VOTE_COLUMNS}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
+        replaces = old[0] if old is not None else None
+        created_at = utc_now()
+        row = (
+            kind,
+            rater,
+            item_key,
+            generation_ids[0],
+            json.dumps(generation_ids),
+            value,
+            json.dumps(ranking) if ranking is not None else None,
+            edited_text,
+            json.dumps(list(tags)),
+            comment,
+            conversation_id,
+            source,
+            created_at,
+            replaces,
+            1,
+            models[0] if models else None,  # pairwise only: what the leaderboard reads
+            models[1] if models else None,
         )
-        return vote_from_row({"id": cursor.lastrowid, **row})
+        cursor = conn.execute(
+            f"INSERT INTO votes ({_VOTE_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row
+        )
+        return Vote(
+            id=cursor.lastrowid,
+            kind=kind,
+            rater=rater,
+            generation_ids=tuple(generation_ids),
+            value=value,
+            ranking=ranking,
+            edited_text=edited_text,
+            tags=tuple(tags),
+            comment=comment,
+            conversation_id=conversation_id,
+            source=source,
+            created_at=created_at,
+            replaces=replaces,
+            active=True,
+        )
 
     def get_vote(self, id: int) -> Vote:
         """The vote ``id`` (active or replaced); raises ``NotFound`` if there is none."""
