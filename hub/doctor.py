@@ -127,7 +127,18 @@ def check_vllm(url: str | None, executable: str | None) -> Check:
             )
     found = shutil.which(executable or "vllm")
     if found:
-        return Check("vllm", "ok", f"executable {found}: --engine auto uses it where a CUDA GPU is present")
+        import torch
+
+        if torch.cuda.is_available():
+            return Check(
+                "vllm", "ok", f"executable {found} and a CUDA GPU: --engine auto serves through vLLM"
+            )
+        return Check(
+            "vllm",
+            "ok",
+            f"executable {found}, but no CUDA GPU: --engine auto uses the local engine",
+            "run on a machine with a CUDA GPU, or point --vllm-url at a vLLM server elsewhere",
+        )
     return Check(
         "vllm",
         "ok",
