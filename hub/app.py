@@ -11,6 +11,7 @@ from starlette.routing import Match, Mount
 from feedback.store import Store
 from serving.engine import Engine
 
+from .adapters_api import build_adapters_router
 from .adapters_service import AdapterService
 from .api import build_router
 from .arena import ArenaService
@@ -134,6 +135,7 @@ def build_app(
     app.include_router(build_router(service, auth))
     app.include_router(build_feedback_router(feedback, auth))
     app.include_router(build_jobs_router(jobs, auth))
+    app.include_router(build_adapters_router(adapters, auth))
     # keep this after every API route: the UI is mounted at "/" and would answer any other /v1 path with
     # its own bare 404, so unknown API paths and wrong methods get the error envelope here instead
     app.add_api_route("/v1/{path:path}", _unknown_api_route, methods=_ALL_METHODS, include_in_schema=False)

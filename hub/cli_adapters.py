@@ -7,15 +7,21 @@ tunehub adapters rollback [--data-dir DIR]            promote again the version 
 tunehub adapters export ADAPTER [--out DIR] [--quantize none|8bit|4bit] [--data-dir DIR]
                                                      merged full weights; prints the new directory
 
+tunehub adapters load|unload ADAPTER [--url http://127.0.0.1:7860] [--admin-password PW]
+                                                     in the running hub, over HTTP (/v1/adapters/ADAPTER/load)
+
 ADAPTER is name (the latest version), name@N or name@vN. A running hub picks the new status up on its next
-read; loading and unloading happen in the running hub (its Adapters tab, or /v1/load_lora_adapter).
+read; loading and unloading happen in the running hub (these commands, its Adapters tab, /v1/adapters).
+The admin password is read from TUNEHUB_ADMIN_PASSWORD when --admin-password is not given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from urllib.parse import quote
 
 from .cli_train import DATA_DIR_HELP, _job_store
 
@@ -90,8 +96,57 @@ def cmd_adapters_export(args: argparse.Namespace) -> int:
     return _run(args, export)
 
 
+def _hub_post(args: argparse.Namespace, action: str) -> dict | None:
+    """POST /v1/adapters/ADAPTER/ACTION to the running hub with the admin password; the answer, or None
+    after printing why not."""
+    import httpx
+
+    password = args.admin_password or os.environ.get("TUNEHUB_ADMIN_PASSWORD")
+    headers = {"Authorization": f"Bearer {password}"} if password else {}
+    url = f"{args.url.rstrip('/')}/v1/adapters/{quote(args.adapter, safe='@')}/{action}"
+    try:
+        response = httpx.post(url, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as e:
+        print(
+            f"tunehub: no hub answered at {args.url} ({e}): start one with `tunehub serve`, or pass --url",
+            file=sys.stderr,
+        )
+        return None
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        hint = (
+            " (pass the admin password: TUNEHUB_ADMIN_PASSWORD or --admin-password)"
+            if response.status_code in (401, 403)
+            else ""
+        )
+        print(f"tunehub: the hub answered {response.status_code}: {message}{hint}", file=sys.stderr)
+        return None
+    return response.json()
+
+
+def cmd_adapters_load(args: argparse.Namespace) -> int:
+    body = _hub_post(args, "load")
+    if body is None:
+        return 1
+    print(f"{body['id']} is served as {body['served_as']}")
+    return 0
+
+
+def cmd_adapters_unload(args: argparse.Namespace) -> int:
+    body = _hub_post(args, "unload")
+    if body is None:
+        return 1
+    print(f"{body['id']} unloaded (it was served as {body['unloaded']})")
+    return 0
+
+
 def add_adapter_commands(sub) -> None:
-    adapters = sub.add_parser("adapters", help="list, show, promote or roll back registered adapters")
+    adapters = sub.add_parser(
+        "adapters", help="list, show, promote, roll back, export, load or unload registered adapters"
+    )
     adapters_sub = adapters.add_subparsers(dest="adapters_command", required=True)
     listing = adapters_sub.add_parser("list", help="every version, newest first")
     listing.add_argument("--status", choices=ADAPTER_STATUSES)
@@ -116,6 +171,18 @@ def add_adapter_commands(sub) -> None:
         choices=("none", "8bit", "4bit"),
         help="bitsandbytes weights (default none)",
     )
+    for action, func, words in (
+        ("load", cmd_adapters_load, "load a registered version into the running hub's engine"),
+        ("unload", cmd_adapters_unload, "unload a registered version from the running hub's engine"),
+    ):
+        parser = adapters_sub.add_parser(action, help=words)
+        parser.add_argument("adapter", help="name, name@N or name@vN")
+        parser.add_argument("--url", default="http://127.0.0.1:7860", help="the running hub")
+        parser.add_argument(
+            "--admin-password", help="the hub's admin password (better: TUNEHUB_ADMIN_PASSWORD, not in `ps`)"
+        )
+        parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the hub")
+        parser.set_defaults(func=func)
     for parser, func in (
         (listing, cmd_adapters_list),
         (show, cmd_adapters_show),
