@@ -73,6 +73,11 @@ def matrix(model: str) -> dict[tuple[str, str], tuple[str, dict | None, dict]]:
         ("GET", "/v1/jobs"): ("/v1/jobs", None, ADMIN_ONLY),
         ("GET", "/v1/jobs/{job_id}"): (f"/v1/jobs/{MISSING_JOB}", None, ADMIN_ONLY),
         ("POST", "/v1/jobs/{job_id}/cancel"): (f"/v1/jobs/{MISSING_JOB}/cancel", None, ADMIN_ONLY),
+        ("GET", "/v1/adapters"): ("/v1/adapters", None, ADMIN_ONLY),
+        ("POST", "/v1/adapters/rollback"): ("/v1/adapters/rollback", None, ADMIN_ONLY),  # 409: none promoted
+        ("POST", "/v1/adapters/{ref}/promote"): ("/v1/adapters/no-such-adapter/promote", None, ADMIN_ONLY),
+        ("POST", "/v1/adapters/{ref}/load"): ("/v1/adapters/no-such-adapter/load", None, ADMIN_ONLY),
+        ("POST", "/v1/adapters/{ref}/unload"): ("/v1/adapters/no-such-adapter/unload", None, ADMIN_ONLY),
         # unknown API paths: an enveloped 404 to anyone (it names only the path that was asked for)
         ("GET", "/v1/{path:path}"): ("/v1/no-such-route", None, {r: 404 for r in ROLES}),
     }
