@@ -162,3 +162,16 @@ def test_the_train_tab_shows_the_command_before_starting(jobs):
     )
     assert "fsdp.yaml --num_processes 4" in update.fn(4, "fsdp")
     assert update.fn(1, "zero3").startswith("# strategy: ")  # the refusal, in place of a command
+
+
+def test_the_cli_offers_every_strategy():
+    from hub.cli import build_parser
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    strategy = next(a for a in train._actions if a.dest == "strategy")
+    assert tuple(strategy.choices) == tuple(STRATEGIES)
+    args = parser.parse_args(
+        ["train", "sft", "--data", "feedback", "--name", "x", "--gpus", "2", "--strategy", "fsdp"]
+    )
+    assert (args.gpus, args.strategy) == (2, "fsdp")
