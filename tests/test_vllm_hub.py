@@ -219,3 +219,55 @@ def test_managed_vllm_that_does_not_come_up(
     hub.stop()
     (start,) = _vllm_starts(starts)
     assert _gone(start["pid"])  # a hung vLLM is stopped, not left behind
+
+
+@pytest.mark.slow
+def test_managed_restart_backs_off_while_vllm_keeps_failing(tmp_path, demo_model, fake_vllm, monkeypatch):
+    import asyncio
+
+    from serving.engine import GenerationRequest, SamplingParams
+    from serving.vllm import VLLMEngine
+    from serving.vllm_process import VLLMOptions
+    from tests.support.server import TEST_ENVIRONMENT, free_port
+
+    for key, value in TEST_ENVIRONMENT.items():
+        monkeypatch.setenv(key, value)
+    starts, failures = tmp_path / "starts.jsonl", tmp_path / "failures"
+    monkeypatch.setenv("FAKE_VLLM_ARGS", str(starts))
+    monkeypatch.setenv("FAKE_VLLM_FAILURES", str(failures))
+    options = VLLMOptions(
+        model=str(demo_model),
+        port=free_port(),
+        log_path=tmp_path / "vllm.log",
+        executable=str(fake_vllm),
+        served_model_name="base",
+        max_lora_rank=8,
+        health_timeout_s=120,
+    )
+
+    async def main():
+        engine = VLLMEngine.managed(options)
+        await engine.start()
+        try:
+            failures.write_text("2")  # the next two starts fail
+            os.kill(engine.process.process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 180
+            while engine.restarts < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            deltas = [
+                d
+                async for d in engine.generate(
+                    GenerationRequest(prompt="Hi", sampling=SamplingParams(max_tokens=4))
+                )
+            ]
+            return engine.restarts, engine.ready, deltas, engine.process.process.pid
+        finally:
+            await engine.close()
+
+    restarts, ready, deltas, last_pid = asyncio.run(main())
+    assert restarts == 1 and ready and deltas[-1].finish_reason
+    times = [start["time"] for start in _vllm_starts(starts)]
+    assert len(times) == 4  # up, two failed starts, up again
+    assert times[3] - times[2] > times[2] - times[1] + 2  # backoff: 1 s, 2 s, then 5 s
+    assert "CUDA out of memory" in (tmp_path / "vllm.log").read_text()
+    assert _gone(last_pid)

@@ -3,7 +3,8 @@ them as vLLM would, and becomes `tunehub engine` (same pid, via exec), which spe
 
 FAKE_VLLM_MODE=fail   print an error and exit 1 at start-up (like a CUDA OOM)
 FAKE_VLLM_MODE=hang   never answer /health
-FAKE_VLLM_ARGS=FILE   append the pid, argv and the VLLM_* environment as one JSON line to FILE
+FAKE_VLLM_FAILURES=FILE  fail like "fail" while FILE holds a count above 0, counting it down
+FAKE_VLLM_ARGS=FILE   append the pid, start time, argv and the VLLM_* environment as one JSON line to FILE
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ def main() -> None:
     if os.environ.get("FAKE_VLLM_ARGS"):
         with open(os.environ["FAKE_VLLM_ARGS"], "a") as out:
             env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
-            out.write(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "env": env}) + "\n")
+            out.write(
+                json.dumps({"pid": os.getpid(), "time": time.time(), "argv": sys.argv[1:], "env": env}) + "\n"
+            )
     parser = argparse.ArgumentParser(prog="vllm")
     parser.add_argument("command", choices=["serve"])
     parser.add_argument("model")
@@ -42,6 +45,10 @@ def main() -> None:
     if args.max_lora_rank not in (8, 16, 32, 64, 128, 256, 320, 512):
         sys.exit(f"error: argument --max-lora-rank: invalid choice: {args.max_lora_rank}")
     mode = os.environ.get("FAKE_VLLM_MODE", "")
+    failures = Path(os.environ.get("FAKE_VLLM_FAILURES") or "/nonexistent")
+    if failures.is_file() and int(failures.read_text() or 0) > 0:
+        failures.write_text(str(int(failures.read_text()) - 1))
+        mode = "fail"
     if mode == "fail":
         print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (fake)", flush=True)
         sys.exit(1)
