@@ -75,6 +75,7 @@ def job_body(job: Job, command: str | None = None) -> dict[str, Any]:
         "gpus": spec.get("gpus", 1),
         "strategy": spec.get("strategy", DEFAULT_STRATEGY),
         "command": command,  # the exact command the runner runs for it
+        "trigger": spec.get("trigger"),  # set when the automatic trigger queued it: its count and newest vote
         "status": job.status,
         "progress": job.progress,
         "adapter": job.adapter,

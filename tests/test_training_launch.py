@@ -138,6 +138,7 @@ def test_the_api_body_carries_the_command_and_devices(jobs, tmp_path):
         expected = format_command(job_command(spec(gpus=2, strategy="zero2"), tmp_path / "jobs" / job["id"]))
         assert job["command"] == expected and "deepspeed_zero2.yaml --num_processes 2" in expected
         assert client.get(f"/v1/jobs/{job['id']}", headers=admin).json()["command"] == expected
+        assert job["trigger"] is None  # queued by hand
         one = client.post("/v1/jobs", json={"stage": "sft", "name": "solo"}, headers=admin).json()
         assert one["command"].endswith(f"-m training.jobs.worker {tmp_path / 'jobs' / one['id']}")
         bad = client.post("/v1/jobs", json={**body, "strategy": "zero9"}, headers=admin)
@@ -151,7 +152,9 @@ def test_the_train_tab_shows_the_command_before_starting(jobs):
     from hub.ui import UiServices
     from hub.ui.train import train_tab
 
-    services = UiServices(None, None, None, None, None, auth=None, jobs=jobs, adapters=None)
+    from hub.auth import Auth
+
+    services = UiServices(None, None, None, None, None, auth=Auth(None, None), jobs=jobs, adapters=None)
     with gr.Blocks() as blocks, gr.Tab("Train") as tab:
         train_tab(services, blocks, tab)
     shown = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "train-command")
@@ -162,6 +165,12 @@ def test_the_train_tab_shows_the_command_before_starting(jobs):
     )
     assert "fsdp.yaml --num_processes 4" in update.fn(4, "fsdp")
     assert update.fn(1, "zero3").startswith("# strategy: ")  # the refusal, in place of a command
+    # and the selected job's view shows the command it runs
+    job = jobs.submit(stage="sft", method="lora", data="feedback", name="km", gpus=2, strategy="fsdp")
+    status = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "train-job-status")
+    refresh = next(f for f in blocks.fns.values() if status in f.outputs and len(f.outputs) == 5).fn
+    text = refresh(job.id, None)[2]
+    assert f"`{jobs.command(job)}`" in text and "fsdp.yaml --num_processes 2" in text
 
 
 def test_the_cli_offers_every_strategy():

@@ -223,6 +223,9 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         )
         if j.adapter:
             text += f" · served as **{j.adapter}**"
+        if j.params.get("trigger"):
+            text += f" · queued by the automatic trigger ({j.params['trigger'].get('new_rows')} new rows)"
+        text += f"\n\n`{jobs.command(j)}`"
         if j.error:
             text += f"\n\nError: {j.error.splitlines()[0][:500]}"
         curve = pd.DataFrame(view.loss_curve, columns=["step", "loss"]) if view.loss_curve else None
