@@ -149,10 +149,9 @@ def test_the_api_body_carries_the_command_and_devices(jobs, tmp_path):
 def test_the_train_tab_shows_the_command_before_starting(jobs):
     import gradio as gr
 
+    from hub.auth import Auth
     from hub.ui import UiServices
     from hub.ui.train import train_tab
-
-    from hub.auth import Auth
 
     services = UiServices(None, None, None, None, None, auth=Auth(None, None), jobs=jobs, adapters=None)
     with gr.Blocks() as blocks, gr.Tab("Train") as tab:
