@@ -18,7 +18,18 @@ from urllib.parse import quote
 
 from sqlite_utils import Database
 
+from feedback.errors import CorruptStore
 from feedback.schema.migrations import applied_migrations, apply_migrations
+
+_CORRUPTION_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file, not a locked or unreadable one (those are OperationalErrors, and pass through)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPTION_CODES
+    return not isinstance(exc, sqlite3.OperationalError)
 
 
 def new_id(prefix: str) -> str:
@@ -45,15 +56,35 @@ class StoreConnections:
         self._writer = Database(
             sqlite3.connect(self.path, timeout=timeout, check_same_thread=False), execute_plugins=False
         )
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable except on power loss
-        self._writer.execute("PRAGMA foreign_keys=ON")
-        with self._write_lock:
-            self.migrations_applied: list[str] = apply_migrations(self._writer)
+        try:
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable except on power loss
+            self._writer.execute("PRAGMA foreign_keys=ON")
+            with self._write_lock:
+                self.migrations_applied: list[str] = apply_migrations(self._writer)
+        except sqlite3.DatabaseError as exc:
+            self._writer.close()
+            if _is_corruption(exc):
+                raise CorruptStore(self.path, str(exc)) from exc
+            raise
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+
+    def check_integrity(self) -> None:
+        """Read every page (``PRAGMA quick_check``); raise CorruptStore naming the file if any is damaged.
+        Seconds for a large file: the hub runs it once at start-up."""
+        try:
+            with self._write_lock:
+                rows = self._writer.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                raise CorruptStore(self.path, str(exc)) from exc
+            raise
+        problems = [row[0] for row in rows if row[0] != "ok"]
+        if problems:
+            raise CorruptStore(self.path, "; ".join(problems[:3]))
 
     @property
     def migrations(self) -> list[str]:

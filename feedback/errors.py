@@ -43,3 +43,18 @@ class Conflict(StoreError):
 
     status = 409
     code = "conflict"
+
+
+class CorruptStore(StoreError):
+    """The database file is damaged or is not a database. It is left untouched, never recreated."""
+
+    status = 500
+    code = "corrupt_database"
+
+    def __init__(self, path: object, detail: str) -> None:
+        super().__init__(
+            f"the feedback database {path} is damaged ({detail}); it was left as it is. Restore it from a "
+            f"backup, or move it aside to start with an empty one (`sqlite3 {path} .recover` may save what "
+            "is still readable)"
+        )
+        self.path = path

@@ -55,6 +55,21 @@ def resolve_model(settings: Settings) -> str:
         close()
 
 
+def _store_is_sound(path: Path) -> bool:
+    """Check the feedback database before anything slow starts: a damaged file stops the hub with a message
+    naming it, and is never replaced by a new one."""
+    from feedback.errors import CorruptStore
+    from feedback.store import Store
+
+    try:
+        with Store(path) as store:
+            store.check_integrity()
+    except CorruptStore as exc:
+        print(f"tunehub: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings(
         model=args.model,
@@ -90,6 +105,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not _store_is_sound(settings.data_dir / "feedback.db"):
+        return 2
     if choose_engine(settings, args) == "vllm":
         try:
             engine = make_vllm_engine(settings, args, resolve_model)
