@@ -14,6 +14,8 @@ from serving.engine import AdapterInfo, Delta, Engine, GenerationRequest
 from .limits import GenerationGate, GenerationTimeout
 from .metrics import Metrics
 
+_timeout_at = getattr(asyncio, "timeout_at", None)  # Python 3.11+
+
 
 @dataclass
 class Choice:
@@ -56,6 +58,8 @@ class GenerationRecord:
 
 Recorder = Callable[[GenerationRecord], Awaitable[None]]
 
+DEFAULT_MODEL = "tunehub-default"  # the model name that means "the promoted adapter, else the base"
+
 
 class ChatService:
     def __init__(
@@ -74,6 +78,9 @@ class ChatService:
         self.timeout_s = timeout_s  # a generation, queueing included, is cancelled after this
         self.started = int(time.time())
         self._adapter_locks: dict[str, asyncio.Lock] = {}
+        # the served name of the promoted adapter (None: the base), for requests naming DEFAULT_MODEL;
+        # hub/promotion.py's PromotionService.default_adapter where there is a store
+        self.default_adapter: Callable[[], str | None] = lambda: None
 
     # ----- models --------------------------------------------------------------------------------------
 
@@ -85,7 +92,15 @@ class ChatService:
             root=getattr(engine, "model_path", None) or None,
             max_model_len=engine.max_context,
         )
-        return [base] + [
+        promoted = self.default_adapter()
+        default = ModelEntry(
+            id=DEFAULT_MODEL,
+            created=self.started,
+            parent=engine.model_name if promoted else None,
+            root=promoted or getattr(engine, "model_path", None) or None,
+            max_model_len=engine.max_context,
+        )
+        return [base, default] + [
             ModelEntry(
                 id=a.name,
                 created=int(a.loaded_at),
@@ -97,7 +112,10 @@ class ChatService:
         ]
 
     def adapter_for(self, model: str) -> str | None:
-        """The engine adapter a request's `model` names (None: the base). Unknown names fail in the engine."""
+        """The engine adapter a request's `model` names (None: the base); DEFAULT_MODEL names the promoted
+        adapter, or the base when none is promoted. Unknown names fail in the engine."""
+        if model == DEFAULT_MODEL:
+            return self.default_adapter()
         return None if model == self.engine.model_name else model
 
     # ----- generation ----------------------------------------------------------------------------------
@@ -117,7 +135,8 @@ class ChatService:
         With a gate, the n choices wait for room first (503 when the queue is full); with a timeout, the
         generation is cancelled (the engine drops its rows) and GenerationTimeout raised once it passes."""
         started = time.perf_counter()
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        # on the loop's clock (uvloop's is not time.monotonic's)
+        deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
         if self.gate is not None:
             await self.gate.acquire(n, self.timeout_s)
         try:
@@ -174,7 +193,10 @@ class ChatService:
         if deadline is None:
             return await step
         try:
-            return await asyncio.wait_for(step, max(0.0, deadline - time.monotonic()))
+            if _timeout_at is not None:  # a timer handle per step; wait_for would add a task per token
+                async with _timeout_at(deadline):
+                    return await step
+            return await asyncio.wait_for(step, max(0.0, deadline - asyncio.get_running_loop().time()))
         except asyncio.TimeoutError:
             raise GenerationTimeout(
                 f"the generation took longer than this server's limit of {self.timeout_s:g} s and was "
