@@ -260,3 +260,22 @@ def test_bodies_over_the_limit_are_413(busy_hub):
     )
     expect_error(response, 413)
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "field,value,flag",
+    [
+        ("rate_limit_key", -1, "--rate-limit-key"),
+        ("rate_limit_burst", 0, "--rate-limit-burst"),
+        ("max_concurrent_generations", 0, "--max-concurrent-generations"),
+        ("max_queued_generations", -1, "--max-queued-generations"),
+        ("generation_timeout_s", 0, "--generation-timeout"),
+        ("max_body_bytes", 0, "--max-body-bytes"),
+    ],
+)
+def test_bad_limit_settings_refuse_to_start_naming_the_flag(field, value, flag):
+    from hub.settings import Settings, SettingsError
+
+    Settings().check()  # the defaults are valid: rate limits off, generous caps
+    with pytest.raises(SettingsError, match=f"{flag} {value}"):
+        Settings(**{field: value}).check()
