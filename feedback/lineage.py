@@ -1,7 +1,8 @@
 """The store's training lineage: dataset snapshots, training jobs and adapter versions.
 
 A snapshot records the votes it was built from; a job records its snapshot; an adapter records its job,
-snapshot and parent adapter. So every adapter can say which votes trained it (:meth:`adapter_vote_ids`).
+snapshot and parent adapter. So every adapter can say which votes trained it (:meth:`adapter_vote_ids`),
+and every vote which adapters it trained (:meth:`vote_adapters`).
 """
 
 from __future__ import annotations
@@ -338,3 +339,20 @@ class LineageMethods(StoreConnections):
         if dataset_id is None and adapter.job_id is not None:
             dataset_id = self.get_job(adapter.job_id).dataset_id
         return self.get_dataset(dataset_id).vote_ids if dataset_id is not None else ()
+
+    def vote_adapters(self, vote_id: int) -> list[Adapter]:
+        """The adapter versions a vote trained: those whose dataset snapshot (their own, or their job's)
+        holds the vote, oldest first. Raises ``NotFound`` for an unknown vote."""
+        db = self._read()
+        if not db.execute("SELECT 1 FROM votes WHERE id = ?", [vote_id]).fetchone():
+            raise NotFound(f"vote {vote_id!r} not found", param="vote_id")
+        sql = """
+            WITH snapshots AS (
+                SELECT datasets.id FROM datasets, json_each(datasets.vote_ids) AS v WHERE v.value = ?
+            )
+            SELECT adapters.* FROM adapters LEFT JOIN jobs ON jobs.id = adapters.job_id
+            WHERE adapters.dataset_id IN snapshots
+               OR (adapters.dataset_id IS NULL AND jobs.dataset_id IN snapshots)
+            ORDER BY adapters.id
+        """
+        return [adapter_from_row(row) for row in db.query(sql, [vote_id])]

@@ -1,5 +1,6 @@
 """Feedback routes: POST /v1/feedback (thumbs, pairwise, ranking, edit), GET /v1/feedback (the caller's own
-votes), GET /v1/feedback/{id}, GET /v1/leaderboard.
+votes), GET /v1/feedback/{id}, GET /v1/feedback/{id}/lineage (the adapters the vote trained), GET
+/v1/leaderboard.
 
 A generation reference is ``{"generation_id": "<response id>", "choice": 0}``: the ``id`` of a chat or text
 completion this hub returned and the choice index within it (when ``n`` > 1). Bodies:
@@ -269,6 +270,16 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
     def get_feedback(vote_id: int, principal: Principal = api):
         vote = service.vote(vote_id, principal)
         return JSONResponse(vote_body(vote, service.refs([vote])))
+
+    @router.get("/v1/feedback/{vote_id}/lineage", response_model=None)
+    def get_feedback_lineage(vote_id: int, principal: Principal = api):
+        """The vote and the adapters it trained (``trained_adapters``: those whose dataset held it)."""
+        found = service.lineage(vote_id, principal)
+        vote = found["vote"]
+        body = vote_body(vote, service.refs([vote]))
+        return JSONResponse(
+            {"object": "vote_lineage", "vote": body, "trained_adapters": found["trained_adapters"]}
+        )
 
     @router.get("/v1/leaderboard", response_model=None)
     def leaderboard(

@@ -142,6 +142,23 @@ class FeedbackService:
             raise NotFound(f"vote {id!r} not found", param="vote_id")
         return vote
 
+    def lineage(self, id: int, viewer: Principal) -> dict:
+        """The vote ``id`` (as :meth:`vote` shows it) and the adapter versions it trained, oldest first."""
+        vote = self.vote(id, viewer)
+        trained = [
+            {
+                "id": a.ref,
+                "status": a.status,
+                "method": a.method,
+                "stage": a.metrics.get("stage"),
+                "job_id": a.job_id,
+                "dataset_id": a.dataset_id,
+                "created_at": a.created_at,
+            }
+            for a in self.store.vote_adapters(vote.id)
+        ]
+        return {"vote": vote, "trained_adapters": trained}
+
     def refs(self, votes: Sequence[Vote]) -> dict[str, GenerationRef]:
         """The references (response id, choice) of every generation the votes are about."""
         ids = {id for vote in votes for id in vote.generation_ids}
