@@ -2,7 +2,8 @@
 `tunehub adapters` use:
 
     GET  /v1/adapters                    every registered version, newest first
-    POST /v1/adapters/{adapter}/promote  promote it; the one promoted before it (same base) is retired
+    POST /v1/adapters/{adapter}/promote  promote it; the one promoted before it (same base) is retired;
+                                         409 when the replay guard refuses it (?override=true skips it)
     POST /v1/adapters/rollback           promote again the version the promoted one replaced
     POST /v1/adapters/{adapter}/load     load it into the engine (if it is not); answers its served name
     POST /v1/adapters/{adapter}/unload   unload it from the engine
@@ -57,8 +58,9 @@ def build_adapters_router(adapters: AdapterService, auth: Auth) -> APIRouter:
         return adapter_body(await asyncio.to_thread(adapters.row, promoted.ref))
 
     @router.post("/v1/adapters/{ref}/promote")
-    async def promote(ref: str, principal: Principal = admin):
-        promoted = await asyncio.to_thread(adapters.promote, ref)
+    async def promote(ref: str, override: bool = False, principal: Principal = admin):
+        # the guard may replay the candidate first (seconds): in a thread; override skips it
+        promoted = await asyncio.to_thread(lambda: adapters.promote(ref, override=override))
         return adapter_body(await asyncio.to_thread(adapters.row, promoted.ref))
 
     @router.post("/v1/adapters/{ref}/load")

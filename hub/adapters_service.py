@@ -60,6 +60,7 @@ class AdapterService:
     def __init__(self, store, chat=None) -> None:
         self.store = store
         self.chat = chat  # hub.service.ChatService, or None where there is no engine (the CLI)
+        self.guard = None  # adapter -> None, or raises Conflict: PromotionService.guard in the hub
 
     # ----- reading -------------------------------------------------------------------------------------
 
@@ -135,9 +136,12 @@ class AdapterService:
 
     # ----- status --------------------------------------------------------------------------------------
 
-    def promote(self, ref: str) -> Adapter:
-        """Promote a version; the one promoted before it (same base) is retired."""
+    def promote(self, ref: str, *, override: bool = False) -> Adapter:
+        """Promote a version; the one promoted before it (same base) is retired. The guard (hub/promotion.py:
+        a replay's accuracy drop or KL) may refuse it with Conflict; ``override`` skips the guard. Blocking."""
         adapter = self.get(ref)
+        if self.guard is not None and not override:
+            self.guard(adapter)
         return self.store.promote_adapter(adapter.name, adapter.version)
 
     def rollback(self) -> Adapter:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.routing import Match, Mount
 
+from feedback.promotion_rule import PromotionRule
 from feedback.store import Store
 from serving.engine import Engine
 
@@ -25,6 +26,8 @@ from .jobs_api import build_jobs_router, start_runner
 from .jobs_service import JobsService
 from .limits import BodyLimit, GenerationGate, RateLimiter
 from .metrics import Metrics
+from .promotion import PromotionService, run_auto_promotion
+from .promotion_api import build_promotion_router
 from .recording import store_recorder
 from .service import ChatService
 from .settings import Settings
@@ -106,6 +109,9 @@ def build_app(
     )
     feedback = FeedbackService(store, anchor=lambda: engine.model_name)
     adapters = AdapterService(store, service)
+    promotion = PromotionService(store, adapters, feedback, settings.data_dir, PromotionRule.from_env())
+    adapters.guard = promotion.guard  # promotions (API, UI) refuse a candidate that lost its skills
+    service.default_adapter = promotion.default_adapter  # what `tunehub-default` serves
     jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir)
 
     @asynccontextmanager
@@ -115,9 +121,12 @@ def build_app(
         # runner only loads those of jobs that finish from now on
         await adapters.reload_registered()
         runner = start_runner(service, store, settings.data_dir) if run_jobs else None
+        auto = asyncio.create_task(run_auto_promotion(promotion)) if promotion.rule.auto else None
         try:
             yield
         finally:
+            if auto is not None:
+                auto.cancel()
             if runner is not None:  # its workers stop; their jobs resume at the next start
                 await asyncio.to_thread(runner.stop)
             await engine.close()
@@ -136,6 +145,7 @@ def build_app(
     app.include_router(build_feedback_router(feedback, auth))
     app.include_router(build_jobs_router(jobs, auth))
     app.include_router(build_adapters_router(adapters, auth))
+    app.include_router(build_promotion_router(promotion, auth))
     # keep this after every API route: the UI is mounted at "/" and would answer any other /v1 path with
     # its own bare 404, so unknown API paths and wrong methods get the error envelope here instead
     app.add_api_route("/v1/{path:path}", _unknown_api_route, methods=_ALL_METHODS, include_in_schema=False)
@@ -156,6 +166,7 @@ def build_app(
             auth=auth,
             jobs=jobs,
             adapters=adapters,
+            promotion=promotion,
         )
         app = gr.mount_gradio_app(
             app,

@@ -78,6 +78,11 @@ def matrix(model: str) -> dict[tuple[str, str], tuple[str, dict | None, dict]]:
         ("POST", "/v1/adapters/{ref}/promote"): ("/v1/adapters/no-such-adapter/promote", None, ADMIN_ONLY),
         ("POST", "/v1/adapters/{ref}/load"): ("/v1/adapters/no-such-adapter/load", None, ADMIN_ONLY),
         ("POST", "/v1/adapters/{ref}/unload"): ("/v1/adapters/no-such-adapter/unload", None, ADMIN_ONLY),
+        ("GET", "/v1/feedback/{vote_id}/lineage"): ("/v1/feedback/999999999/lineage", None, KEYED),
+        ("POST", "/v1/adapters/auto-promote"): ("/v1/adapters/auto-promote", None, ADMIN_ONLY),
+        ("GET", "/v1/adapters/{ref}/replay"): ("/v1/adapters/no-such-adapter/replay", None, ADMIN_ONLY),
+        ("POST", "/v1/adapters/{ref}/replay"): ("/v1/adapters/no-such-adapter/replay", None, ADMIN_ONLY),
+        ("GET", "/v1/adapters/{ref}/promotion"): ("/v1/adapters/no-such-adapter/promotion", None, ADMIN_ONLY),
         # unknown API paths: an enveloped 404 to anyone (it names only the path that was asked for)
         ("GET", "/v1/{path:path}"): ("/v1/no-such-route", None, {r: 404 for r in ROLES}),
     }

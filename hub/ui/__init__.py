@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..datasets import DatasetService
     from ..feedback_service import FeedbackService
     from ..jobs_service import JobsService
+    from ..promotion import PromotionService
     from ..service import ChatService
 
 
@@ -42,6 +43,7 @@ class UiServices:
     auth: Auth
     jobs: JobsService
     adapters: AdapterService
+    promotion: PromotionService | None = None  # replays and decisions in the Adapters tab
 
 
 def build_ui(services: UiServices) -> gr.Blocks:

@@ -1,7 +1,10 @@
 """The Adapters tab (admins only): every registered adapter version with its status (candidate, promoted,
 retired), the name the engine serves it under, method, stage, parent, metrics and age; the selected one's
 lineage down to its job, dataset snapshot and votes; load/unload into the running engine; promote and
-rollback; merge-and-export of full or 8-bit/4-bit weights (in a worker thread). Thin handlers over `AdapterService`, the same one `tunehub adapters` uses."""
+rollback (a promotion the replay guard refuses needs the override box); the selected one's regression replay
+beside the promoted model's answers and the promotion rule's decision; the adapters a vote trained;
+merge-and-export of full or 8-bit/4-bit weights (in a worker thread). Thin handlers over `AdapterService` and
+`PromotionService`, the same ones `tunehub adapters` and /v1/adapters use."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from training.merge import QUANTIZE
 from . import UiServices
 from .login import require_admin, shown_to_user
 
+REPLAY_HEADERS = ["Prompt", "Expected", "Candidate", "✓", "Promoted model", "✓ "]
 HEADERS = ["Adapter", "Status", "Served as", "Method", "Stage", "Parent", "Metrics", "Created"]
 METRICS_SHOWN = ("train_loss", "eval_loss", "steps", "eval_accuracy")
 
@@ -52,7 +56,22 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             list(QUANTIZE), value="none", label="Weights", elem_id="adapters-quantize", scale=2
         )
         export = gr.Button("Merge and export", elem_id="adapters-export", scale=1)
+    override = gr.Checkbox(
+        False,
+        label="Override the replay guard (promote even if accuracy fell or KL is high)",
+        elem_id="adapters-override",
+    )
     message = gr.Markdown(elem_id="adapters-message")
+    gr.Markdown("### Regression replay")
+    with gr.Row():
+        replay = gr.Button("Replay now", elem_id="adapters-replay")
+        check = gr.Button("Check the promotion rule", elem_id="adapters-check")
+    replay_summary = gr.Markdown(elem_id="adapters-replay-summary")
+    replay_table = gr.Dataframe(headers=REPLAY_HEADERS, interactive=False, elem_id="adapters-replay-table")
+    with gr.Row():
+        vote_id = gr.Number(label="Vote id", precision=0, elem_id="adapters-vote-id", scale=1)
+        vote_find = gr.Button("Which adapters did this vote train?", elem_id="adapters-vote-find", scale=2)
+    vote_lineage = gr.Code(language="json", label="Vote lineage", elem_id="adapters-vote-lineage")
     lineage = gr.Code(language="json", label="Lineage", elem_id="adapters-lineage")
 
     def listing(ref: str | None, request: gr.Request):
@@ -102,11 +121,13 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             name = await adapters.unload(need(ref))
         return f"**{ref}** unloaded (it was served as {name})."
 
-    def on_promote(ref: str | None, request: gr.Request) -> str:
+    def on_promote(ref: str | None, override_: bool, request: gr.Request) -> str:
         require_admin(auth, request)
-        with shown_to_user():
-            adapter = adapters.promote(need(ref))
-        return f"**{adapter.ref}** promoted."
+        with (
+            shown_to_user()
+        ):  # the guard may replay the candidate first (seconds; gradio runs this in a thread)
+            adapter = adapters.promote(need(ref), override=bool(override_))
+        return f"**{adapter.ref}** promoted" + (" (guard overridden)." if override_ else ".")
 
     def on_rollback(request: gr.Request) -> str:
         require_admin(auth, request)
@@ -122,6 +143,79 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         weights = "full" if quantize_ == "none" else quantize_
         return f"**{ref}** merged into its base ({weights} weights): `{path}`"
 
+    def replay_view(report: dict | None) -> tuple[str, list[list]]:
+        if not report:
+            return "No replay yet: press **Replay now**.", []
+        parts = []
+        for side in ("candidate", "incumbent"):
+            m = report[side]
+            accuracy = "n/a" if m.get("accuracy") is None else f"{m['accuracy']:.0%}"
+            kl = "n/a" if m.get("kl") is None else f"{m['kl']:.3g}"
+            reward = f", reward {m['reward']:.3g}" if m.get("reward") is not None else ""
+            parts.append(
+                f"**{m['name']}**: accuracy {accuracy} on {m['checkable']} checkable, KL {kl}{reward}"
+            )
+        rows = [
+            [
+                r["messages"][-1]["content"],
+                r.get("answer") or "",
+                r["candidate"],
+                {True: "✓", False: "✗"}.get(r.get("candidate_correct"), ""),
+                r["incumbent"],
+                {True: "✓", False: "✗"}.get(r.get("incumbent_correct"), ""),
+            ]
+            for r in report["rows"]
+        ]
+        return " · ".join(parts), rows
+
+    def show_replay(ref: str | None, request: gr.Request):
+        require_admin(auth, request)
+        if not ref or services.promotion is None:
+            return replay_view(None)
+        try:
+            return replay_view(services.promotion.report(ref))
+        except StoreError as e:
+            return f"{e.message}", []
+
+    async def on_replay(ref: str | None, request: gr.Request):
+        require_admin(auth, request)
+        ref = need(ref)
+        with shown_to_user():  # loads the model and answers the prompt set: off the event loop
+            report = await asyncio.to_thread(services.promotion.replay, ref)
+        return replay_view(report)
+
+    async def on_check(ref: str | None, request: gr.Request) -> str:
+        require_admin(auth, request)
+        ref = need(ref)
+        with shown_to_user():
+            decision = await asyncio.to_thread(services.promotion.decision, ref)
+        reasons = "\n".join(f"- {r}" for r in decision.reasons)
+        return f"**{decision.verdict}** ({decision.candidate} vs {decision.incumbent}):\n{reasons}"
+
+    def on_vote_lineage(id_: float | None, request: gr.Request) -> str:
+        user = require_admin(auth, request)
+        if id_ is None:
+            raise gr.Error("enter a vote id")
+        try:
+            found = services.feedback.lineage(int(id_), user)
+        except StoreError as e:
+            return f"// {e.message}"
+        vote = found["vote"]
+        return json.dumps(
+            {
+                "vote": vote.id,
+                "kind": vote.kind,
+                "rater": vote.rater,
+                "trained_adapters": found["trained_adapters"],
+            },
+            indent=1,
+        )
+
+    replay.click(on_replay, [chosen], [replay_summary, replay_table])
+    check.click(on_check, [chosen], message)
+    vote_find.click(on_vote_lineage, [vote_id], vote_lineage)
+    chosen.input(show_replay, [chosen], [replay_summary, replay_table])
+
     shown = [table, chosen, lineage]
     export.click(on_export, [chosen, export_out, quantize], message)
     for trigger in (refresh.click, tab.select):
@@ -130,7 +224,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
     for button, handler, inputs in (
         (load, on_load, [chosen]),
         (unload, on_unload, [chosen]),
-        (promote, on_promote, [chosen]),
+        (promote, on_promote, [chosen, override]),
         (rollback, on_rollback, []),
     ):
         button.click(handler, inputs, message).then(listing, [chosen], shown)

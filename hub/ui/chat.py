@@ -15,6 +15,7 @@ from serving.engine import GenerationRequest, SamplingParams
 
 from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
 from ..protocol import new_id
+from ..service import DEFAULT_MODEL
 from . import UiServices
 from .login import shown_to_user, user_of
 
@@ -58,7 +59,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         return [m.id for m in service.models()]
 
     with gr.Row():
-        model = gr.Dropdown(choices=model_choices(), value=service.engine.model_name, label="Model", scale=3)
+        model = gr.Dropdown(choices=model_choices(), value=DEFAULT_MODEL, label="Model", scale=3)
         refresh = gr.Button("Refresh models", scale=1)
     system = gr.Textbox(label="System prompt", placeholder="optional", lines=1)
     with gr.Accordion("Sampling", open=False):
