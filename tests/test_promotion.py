@@ -189,6 +189,12 @@ def hub(tmp_path_factory, demo_model):
             )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
+        # automatic promotion on, with a rule small votes can satisfy; the periodic check is left to
+        # POST /v1/adapters/auto-promote here (an hour apart, so it never runs during the tests)
+        patch.setenv("TUNEHUB_AUTO_PROMOTE", "1")
+        patch.setenv("TUNEHUB_AUTO_PROMOTE_INTERVAL", "3600")
+        patch.setenv("TUNEHUB_PROMOTION_RULE", "win_rate")
+        patch.setenv("TUNEHUB_PROMOTION_MIN_VOTES", "10")
         with HubProcess(model=demo_model, data_dir=data_dir, admin_password=PASSWORD) as process:
             yield process
 
@@ -271,3 +277,31 @@ def test_vote_lineage_route_names_the_adapters_it_trained(hub, tmp_path):
     after = httpx.get(f"{hub.url}/v1/feedback/{vote['id']}/lineage", headers=ADMIN, timeout=30).json()
     assert [(a["id"], a["job_id"]) for a in after["trained_adapters"]] == [("fromvote@1", job.id)]
     assert httpx.get(f"{hub.url}/v1/feedback/999999/lineage", headers=ADMIN, timeout=30).status_code == 404
+
+
+def test_automatic_promotion_after_enough_wins(hub, demo_model, tmp_path):
+    path = make_lora_adapter(demo_model, tmp_path / "auto", rank=4, seed=7, scale=0.0)  # harmless
+    with Store(hub.data_dir / "feedback.db") as store:
+        store.add_adapter(
+            "auto", base=str(demo_model), method="lora", path=str(path), metrics={"stage": "dpo"}
+        )
+    served = httpx.post(f"{hub.url}/v1/adapters/auto/load", headers=ADMIN, timeout=60).json()["served_as"]
+    waiting = httpx.get(f"{hub.url}/v1/adapters/auto/promotion", headers=ADMIN, timeout=300).json()
+    assert waiting["verdict"] == "not_yet" and "needs 10" in waiting["reasons"][0]
+    incumbent = waiting["incumbent"]
+    with Store(hub.data_dir / "feedback.db") as store:  # 11 wins of 12 against the incumbent
+        for i in range(12):
+            prompt = [{"role": "user", "content": f"question {i}"}]
+            mine = store.add_generation(prompt=prompt, model=served, text="good")
+            theirs = store.add_generation(prompt=prompt, model=incumbent, text="bad")
+            store.add_pairwise(mine.id, theirs.id, "a" if i else "b", rater="scripted")
+    checked = httpx.post(f"{hub.url}/v1/adapters/auto-promote", headers=ADMIN, timeout=300).json()
+    assert checked["auto"] is True
+    mine = next(d for d in checked["data"] if d["candidate"] == served)
+    assert mine["verdict"] == "promote" and "won 92% of 12 votes" in mine["reasons"][0]
+    statuses = {
+        a["id"]: a["status"] for a in httpx.get(f"{hub.url}/v1/adapters", headers=ADMIN).json()["data"]
+    }
+    assert statuses["auto@1"] == "promoted"
+    models = httpx.get(f"{hub.url}/v1/models/tunehub-default", headers=ADMIN, timeout=30).json()
+    assert models["root"] == served  # tunehub-default now serves it
