@@ -2,7 +2,10 @@
 
 tunehub adapters list [--status STATUS] [--data-dir DIR]
 tunehub adapters show ADAPTER [--data-dir DIR]        lineage as JSON: job, dataset snapshot, votes, parents
-tunehub adapters promote ADAPTER [--data-dir DIR]     the version promoted before it is retired
+tunehub adapters promote ADAPTER [--override] [--data-dir DIR]
+                                                     the version promoted before it is retired; refused
+                                                     when its regression replay lost accuracy or drifted
+                                                     (KL) too far, unless --override
 tunehub adapters rollback [--data-dir DIR]            promote again the version the promoted one replaced
 tunehub adapters export ADAPTER [--out DIR] [--quantize none|8bit|4bit] [--data-dir DIR]
                                                      merged full weights; prints the new directory
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from urllib.parse import quote
 
 from .cli_train import DATA_DIR_HELP, _job_store
@@ -71,7 +75,14 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
 
 def cmd_adapters_promote(args: argparse.Namespace) -> int:
     def promote(adapters) -> int:
-        promoted = adapters.promote(args.adapter)
+        if not args.override:  # the same guard as the hub's (replays the candidate first: seconds)
+            from .feedback_service import FeedbackService
+            from .promotion import PromotionService
+
+            store = adapters.store
+            data_dir = Path(store.path).parent
+            adapters.guard = PromotionService(store, adapters, FeedbackService(store), data_dir).guard
+        promoted = adapters.promote(args.adapter, override=args.override)
         print(f"{promoted.ref} promoted")
         return 0
 
@@ -158,6 +169,11 @@ def add_adapter_commands(sub) -> None:
         "promote", help="promote a version; the promoted one before it is retired"
     )
     promote.add_argument("adapter", help="name, name@N or name@vN")
+    promote.add_argument(
+        "--override",
+        action="store_true",
+        help="promote even when the regression replay refuses it (accuracy drop or KL from the base)",
+    )
     rollback = adapters_sub.add_parser("rollback", help="promote again the version the promoted one replaced")
     export = adapters_sub.add_parser(
         "export",

@@ -154,6 +154,10 @@ class PromotionService:
         promoted = self.promoted()
         if promoted is not None and promoted.id == adapter.id:
             return
+        if not Path(adapter.path).is_dir() or not self.adapters.row(adapter.ref).chat_adapter:
+            # nothing to replay: a reward model scores rather than answers; a missing directory serves nothing
+            log.warning("%s promoted without a replay: it is not a chat adapter on disk", adapter.ref)
+            return
         report = self.current_report(adapter)
         reasons = guard_reasons(self.rule, report.get("candidate"), report.get("incumbent"))
         if reasons:

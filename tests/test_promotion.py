@@ -305,3 +305,25 @@ def test_automatic_promotion_after_enough_wins(hub, demo_model, tmp_path):
     assert statuses["auto@1"] == "promoted"
     models = httpx.get(f"{hub.url}/v1/models/tunehub-default", headers=ADMIN, timeout=30).json()
     assert models["root"] == served  # tunehub-default now serves it
+
+
+def test_tunehub_adapters_promote_is_guarded_too(tmp_path, full_demo_model):
+    import contextlib
+    import io
+
+    from hub.cli import main as tunehub
+
+    path = make_lora_adapter(full_demo_model, tmp_path / "broken", rank=8, seed=1, scale=30.0)
+    with Store(tmp_path / "feedback.db") as store:
+        store.add_adapter("broken", base=str(full_demo_model), method="lora", path=str(path))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = tunehub(["adapters", "promote", *args, "--data-dir", str(tmp_path)])
+        return code, out.getvalue(), err.getvalue()
+
+    code, _, err = run("broken")
+    assert code == 1 and "broken@1 is not promoted: checkable accuracy fell" in err
+    assert (tmp_path / "replay" / "broken-v1.json").is_file()
+    assert run("broken", "--override")[:2] == (0, "broken@1 promoted\n")
