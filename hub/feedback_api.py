@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
@@ -199,6 +199,9 @@ def leaderboard_body(board: Leaderboard) -> dict:
 
 # ----- routes ------------------------------------------------------------------------------------------
 
+SQLITE_MAX_INT = 2**63 - 1  # a larger id or offset overflows SQLite's integers: a 400, not a 500 (issue 7)
+VoteId = Annotated[int, Path(ge=1, le=SQLITE_MAX_INT)]
+
 
 def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
     # The store blocks, so reads run as plain `def` routes in FastAPI's thread pool. Votes come fast
@@ -238,7 +241,7 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
     def list_feedback(
         type: Literal["thumbs", "pairwise", "ranking", "edit"] | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
         include_replaced: bool = False,
         rater: Annotated[str | None, Query(max_length=200)] = None,
         principal: Principal = api,
@@ -267,12 +270,12 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
         )
 
     @router.get("/v1/feedback/{vote_id}", response_model=None)
-    def get_feedback(vote_id: int, principal: Principal = api):
+    def get_feedback(vote_id: VoteId, principal: Principal = api):
         vote = service.vote(vote_id, principal)
         return JSONResponse(vote_body(vote, service.refs([vote])))
 
     @router.get("/v1/feedback/{vote_id}/lineage", response_model=None)
-    def get_feedback_lineage(vote_id: int, principal: Principal = api):
+    def get_feedback_lineage(vote_id: VoteId, principal: Principal = api):
         """The vote and the adapters it trained (``trained_adapters``: those whose dataset held it)."""
         found = service.lineage(vote_id, principal)
         vote = found["vote"]

@@ -256,6 +256,19 @@ def test_huge_and_negative_numbers_and_unknown_fields_are_400(hub, base_id, fiel
     assert error["param"] == param or (error["param"] or "").startswith(param), error
 
 
+@pytest.mark.parametrize(
+    "path,param",
+    [
+        ("/v1/feedback/9223372036854775808", "vote_id"),  # found by the fuzzing: SQLite's integers overflow
+        ("/v1/feedback/9223372036854775808/lineage", "vote_id"),
+        ("/v1/feedback?offset=18446744073709551616", "offset"),
+        ("/v1/feedback/0", "vote_id"),
+    ],
+)
+def test_ids_and_offsets_beyond_sqlite_integers_are_400(hub, path, param):
+    assert expect(httpx.get(f"{hub.url}{path}"), 400)["param"].split(".")[-1] == param  # "path.vote_id"
+
+
 def test_max_tokens_beyond_the_context_is_400_before_any_generation(hub, base_id):
     body = {"model": base_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**9}
     expect(httpx.post(f"{hub.url}/v1/chat/completions", json=body, timeout=60), 400, "context length")
