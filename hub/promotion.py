@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,11 @@ class PromotionService:
         report["against"] = promoted.ref if promoted else "base"
         path = self.replay_path(adapter)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(report, ensure_ascii=False, indent=1))
-        tmp.replace(path)  # a half-written report is never read
+        # written aside and renamed, so a half-written report is never read (one temp name per replay:
+        # two replays of one adapter at once must not share it)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            tmp.write(json.dumps(report, ensure_ascii=False, indent=1))
+        Path(tmp.name).replace(path)
         return report
 
     def current_report(self, adapter: Adapter) -> dict[str, Any]:

@@ -194,8 +194,8 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
 
     def on_vote_lineage(id_: float | None, request: gr.Request) -> str:
         user = require_admin(auth, request)
-        if id_ is None:
-            raise gr.Error("enter a vote id")
+        if id_ is None or not 1 <= id_ <= 2**63 - 1:  # beyond SQLite's integers no vote can exist
+            raise gr.Error(f"enter a vote id (a whole number from 1), not {id_!r}")
         try:
             found = services.feedback.lineage(int(id_), user)
         except StoreError as e:
