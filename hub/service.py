@@ -96,7 +96,7 @@ class ChatService:
         default = ModelEntry(
             id=DEFAULT_MODEL,
             created=self.started,
-            parent=engine.model_name if promoted else None,
+            parent=engine.model_name,  # an alias of the promoted adapter or of the base itself
             root=promoted or getattr(engine, "model_path", None) or None,
             max_model_len=engine.max_context,
         )
