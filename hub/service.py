@@ -79,8 +79,9 @@ class ChatService:
         self.started = int(time.time())
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         # the served name of the promoted adapter (None: the base), for requests naming DEFAULT_MODEL;
-        # hub/promotion.py's PromotionService.default_adapter where there is a store
-        self.default_adapter: Callable[[], str | None] = lambda: None
+        # hub/promotion.py's PromotionService.default_adapter in the hub. Unset (`tunehub engine`, no store):
+        # DEFAULT_MODEL is neither listed nor routed, as vLLM would not know it
+        self.default_adapter: Callable[[], str | None] | None = None
 
     # ----- models --------------------------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class ChatService:
             root=getattr(engine, "model_path", None) or None,
             max_model_len=engine.max_context,
         )
+        if self.default_adapter is None:
+            return [base, *self._adapter_entries()]
         promoted = self.default_adapter()
         default = ModelEntry(
             id=DEFAULT_MODEL,
@@ -100,7 +103,11 @@ class ChatService:
             root=promoted or getattr(engine, "model_path", None) or None,
             max_model_len=engine.max_context,
         )
-        return [base, default] + [
+        return [base, default, *self._adapter_entries()]
+
+    def _adapter_entries(self) -> list[ModelEntry]:
+        engine = self.engine
+        return [
             ModelEntry(
                 id=a.name,
                 created=int(a.loaded_at),
@@ -114,7 +121,7 @@ class ChatService:
     def adapter_for(self, model: str) -> str | None:
         """The engine adapter a request's `model` names (None: the base); DEFAULT_MODEL names the promoted
         adapter, or the base when none is promoted. Unknown names fail in the engine."""
-        if model == DEFAULT_MODEL:
+        if model == DEFAULT_MODEL and self.default_adapter is not None:
             return self.default_adapter()
         return None if model == self.engine.model_name else model
 

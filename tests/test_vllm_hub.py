@@ -67,7 +67,7 @@ def test_hub_in_front_of_a_remote_engine(tmp_path, demo_model, adapters_dir):
     ):
         client = openai.OpenAI(base_url=hub.url + "/v1", api_key="unused", max_retries=0)
         base = demo_model.name
-        assert [m.id for m in client.models.list().data] == [base]
+        assert [m.id for m in client.models.list().data] == [base, "tunehub-default"]
         messages = [{"role": "user", "content": "What is the capital of France?"}]
 
         answer = client.chat.completions.create(model=base, messages=messages, max_tokens=8, n=2, seed=3)
@@ -121,7 +121,7 @@ def test_hub_in_front_of_a_remote_engine(tmp_path, demo_model, adapters_dir):
 
         unloaded = httpx.post(hub.url + "/v1/unload_lora_adapter", json={"lora_name": "a"}, timeout=60)
         assert unloaded.status_code == 200
-        assert [m.id for m in client.models.list().data] == [base]
+        assert [m.id for m in client.models.list().data] == [base, "tunehub-default"]
 
 
 def _vllm_starts(path: Path) -> list[dict]:
