@@ -327,3 +327,43 @@ def test_tunehub_adapters_promote_is_guarded_too(tmp_path, full_demo_model):
     assert code == 1 and "broken@1 is not promoted: checkable accuracy fell" in err
     assert (tmp_path / "replay" / "broken-v1.json").is_file()
     assert run("broken", "--override")[:2] == (0, "broken@1 promoted\n")
+
+
+def test_the_replay_carries_the_reward_models_scores(tmp_path, demo_model):
+    """A registered reward model (here an untrained scoring head on the demo model) scores both sides."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hub.adapters_service import AdapterService
+    from hub.feedback_service import FeedbackService
+    from hub.promotion import PromotionService
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    judge = AutoModelForSequenceClassification.from_pretrained(
+        demo_model, num_labels=1, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id
+    )
+    judge.save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+    candidate = make_lora_adapter(demo_model, tmp_path / "cand", rank=4, seed=3, scale=3.0)
+    with Store(tmp_path / "feedback.db") as store:
+        store.add_adapter(
+            "judge",
+            base=str(demo_model),
+            method="full",
+            path=str(tmp_path / "judge"),
+            metrics={"stage": "reward"},
+        )
+        store.add_adapter(
+            "cand", base=str(demo_model), method="lora", path=str(candidate), metrics={"stage": "dpo"}
+        )
+        adapters = AdapterService(store)
+        promotion = PromotionService(store, adapters, FeedbackService(store), tmp_path)
+        report = promotion.replay("cand")
+    assert report["reward_model"] == str(tmp_path / "judge")
+    for side in ("candidate", "incumbent"):
+        assert isinstance(report[side]["reward"], float)
+        assert all(isinstance(row[f"{side}_reward"], float) for row in report["rows"])
+    assert (
+        report["candidate"]["reward"] != report["incumbent"]["reward"]
+    )  # different answers, different scores
