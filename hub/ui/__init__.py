@@ -8,7 +8,7 @@ rank.py         N sampled answers to one prompt, put in order, submitted as one 
 leaderboard.py  Bradley-Terry ratings with intervals, and the win-rate matrix
 data.py         counts by kind and rater, export previews and downloads (admins only)
 train.py        start a training job with presets and an estimate, follow its loss and log (admins only)
-adapters.py     registered adapters: status, lineage, load/unload, promote, rollback (admins only)
+adapters.py     registered adapters: status, lineage, load/unload, promote, rollback, replay (admins only)
 login.py        the login, the user behind each event, the admin guard
 """
 
