@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from hub.service import DEFAULT_MODEL
 from tests.support.adapters import make_lora_adapter, rewrite_config
 from tests.support.openai_schema import validate
 from tests.support.server import HubProcess
@@ -47,6 +48,11 @@ def unload(hub, name: str) -> httpx.Response:
 
 def model_ids(hub) -> list[str]:
     return [card["id"] for card in httpx.get(f"{hub.url}/v1/models").json()["data"]]
+
+
+def adapter_ids(hub) -> list[str]:
+    """The loaded adapters: the model list without the base (first) and `tunehub-default` (its alias)."""
+    return [id for id in model_ids(hub)[1:] if id != DEFAULT_MODEL]
 
 
 def expect_error(response: httpx.Response, status: int) -> dict:
@@ -104,7 +110,7 @@ def test_load_chat_unload(hub, client, base_id, adapters_dir):
         assert one["parent"] == base_id
         assert client.models.retrieve(name).id == name
         assert loaded_adapters_gauge(hub) == before_gauge + 1
-        assert httpx.get(f"{hub.url}/health").json()["adapters"] == len(before_ids)
+        assert httpx.get(f"{hub.url}/health").json()["adapters"] == len(adapter_ids(hub))
 
         adapted = client.chat.completions.create(model=name, messages=STORY, max_tokens=16, temperature=0)
         assert adapted.model == name
@@ -289,7 +295,7 @@ def test_max_lora_rank_flag(tmp_path, demo_model, adapters_dir):
         error = expect_error(load(small, "b", adapters_dir / "b"), 400)
         assert "rank 8" in error["message"] and "1 to 4" in error["message"]
         assert load(small, "a", adapters_dir / "a").status_code == 200  # rank 4 is within the limit
-        assert model_ids(small)[1:] == ["a"]
+        assert adapter_ids(small) == ["a"]
 
 
 # ----- hot-swap under load ----------------------------------------------------------------------------------
