@@ -35,6 +35,7 @@ from training.methods import METHODS
 
 from .auth import Auth, Principal
 from .errors import ApiError
+from .gpu_share import engine_lease
 from .jobs_service import JobsService, NoBaseModel
 from .service import ChatService
 
@@ -176,6 +177,7 @@ def start_runner(service: ChatService, store, data_dir: Path) -> JobRunner:
         data_dir,
         publish=adapter_publisher(service, asyncio.get_running_loop()),
         trigger=auto_trigger(service, store, data_dir),
+        engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
     )
     runner.start()
     return runner

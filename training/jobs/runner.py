@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from feedback.errors import Conflict, StoreError
 from feedback.records import JOB_FINISHED, Adapter, Job
@@ -72,6 +72,15 @@ class _Running:
         return {"attempt": self.attempt, "restarts": self.restarts}
 
 
+class EngineLease(Protocol):
+    """Lends the serving engine's GPU to training: `acquire` before the first job starts (vLLM goes to
+    sleep), `release` once the last one has ended and before its adapter is hot-loaded (vLLM wakes up)."""
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class JobRunner:
     def __init__(
         self,
@@ -85,6 +94,7 @@ class JobRunner:
         worker_command: list[str] | None = None,
         env: dict[str, str] | None = None,
         trigger: AutoTrigger | None = None,
+        engine_lease: EngineLease | None = None,
     ) -> None:
         self.store = store
         self.queue = JobQueue(store)
@@ -98,6 +108,8 @@ class JobRunner:
         self.worker_command = worker_command
         self.env = env or {}
         self.trigger = trigger  # the automatic trigger (training/jobs/trigger.py); None: off
+        self.engine_lease = engine_lease  # None: the engine keeps its GPU (or has none) while jobs run
+        self._engine_lent = False
         self._running: dict[str, _Running] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,6 +139,7 @@ class JobRunner:
             self._stop.wait(self.poll_s)
         for running in list(self._running.values()):
             self._interrupt(running)
+        self._return_engine()
 
     def step(self) -> None:
         """One round: follow every running worker, then start what the free devices can take."""
@@ -143,10 +156,31 @@ class JobRunner:
             spec = job_spec(job)
             if busy[spec.device] >= self.max_jobs_per_device:
                 continue
+            self._lend_engine()
             running = self._launch(job)
             if running is not None:
                 self._running[job.id] = running
                 busy[spec.device] += 1
+        if not self._running:
+            self._return_engine()  # also when a launch failed before its worker started
+
+    def _lend_engine(self) -> None:
+        if self.engine_lease is None or self._engine_lent:
+            return
+        try:
+            self.engine_lease.acquire()
+        except Exception:  # the job may still fit beside the engine; if not, it fails and says why
+            log.exception("putting the serving engine to sleep for training failed")
+        self._engine_lent = True
+
+    def _return_engine(self) -> None:
+        if self.engine_lease is None or not self._engine_lent:
+            return
+        self._engine_lent = False
+        try:
+            self.engine_lease.release()
+        except Exception:
+            log.exception("waking the serving engine after training failed")
 
     # ----- after a restart ---------------------------------------------------------------------------
 
@@ -296,6 +330,8 @@ class JobRunner:
                 _signal_group(running.process.pid, signal.SIGKILL)
             return False
         running.log_file.close()
+        if list(self._running) == [running.job_id]:
+            self._return_engine()  # the last job on the engine's GPU: wake it before the hot-load
         self._finish(running, returncode, job)
         return True
 
