@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from serving.engine import GenerationRequest, SamplingParams
+from serving.engine import Delta, GenerationRequest, SamplingParams
 from serving.errors import EngineError
 
 from . import protocol as p
@@ -45,6 +46,39 @@ def _sse_error(exc: EngineError) -> str:
     """An error after the stream began (a timeout, a failed engine): one `data: {"error": ...}` event, as
     OpenAI and vLLM send it, and no [DONE]."""
     return _sse(error_body(exc.status, exc.message, exc.param, exc.code, exc.error_type))
+
+
+def _event_stream(
+    stream: AsyncIterator,
+    n: int,
+    include_usage: bool,
+    chunk: Callable[..., str],
+    choice: Callable[[int, Delta], Any],
+    opening: list[str] | None = None,
+) -> StreamingResponse:
+    """The SSE answer of a streamed chat or completion: `opening` events, one `chunk` per delta that
+    `choice` turns into a choice (None: nothing to send), the usage chunk when asked for, then [DONE]. An
+    engine error after the status line was sent ends the stream with one error event and no [DONE]."""
+
+    async def events():
+        for event in opening or ():
+            yield event
+        totals = [Choice(index=i) for i in range(n)]
+        try:
+            async for index, delta in stream:
+                totals[index].prompt_tokens = delta.prompt_tokens
+                totals[index].completion_tokens = delta.completion_tokens
+                item = choice(index, delta)
+                if item is not None:
+                    yield chunk([item])
+        except EngineError as exc:
+            yield _sse_error(exc)
+            return
+        if include_usage:
+            yield chunk([], usage=_usage(totals))
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _primed(stream: AsyncIterator) -> AsyncIterator:
@@ -132,35 +166,19 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
                 )
             )
 
-        async def events():
-            totals = [Choice(index=i) for i in range(body.n)]
-            for i in range(body.n):
-                yield chunk([p.ChunkChoice(index=i, delta=p.ChunkDelta(role="assistant", content=""))])
-            try:
-                async for index, delta in stream:
-                    totals[index].prompt_tokens = delta.prompt_tokens
-                    totals[index].completion_tokens = delta.completion_tokens
-                    if delta.text or delta.finish_reason:
-                        content = delta.text if delta.text else None
-                        yield chunk(
-                            [
-                                p.ChunkChoice(
-                                    index=index,
-                                    delta=p.ChunkDelta(content=content),
-                                    finish_reason=delta.finish_reason,
-                                )
-                            ]
-                        )
-            except EngineError as exc:  # the status line is sent: the error goes in the stream
-                yield _sse_error(exc)
-                return
-            if include_usage:
-                yield chunk([], usage=_usage(totals))
-            yield _sse("[DONE]")
+        def choice(index: int, delta) -> p.ChunkChoice | None:
+            if not (delta.text or delta.finish_reason):
+                return None
+            content = delta.text if delta.text else None
+            return p.ChunkChoice(
+                index=index, delta=p.ChunkDelta(content=content), finish_reason=delta.finish_reason
+            )
 
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        opening = [
+            chunk([p.ChunkChoice(index=i, delta=p.ChunkDelta(role="assistant", content=""))])
+            for i in range(body.n)
+        ]
+        return _event_stream(stream, body.n, include_usage, chunk, choice, opening)
 
     @router.post("/v1/completions", response_model=None)
     async def completions(body: p.CompletionRequest, principal: Principal = api):
@@ -200,31 +218,18 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
                 )
             )
 
-        async def events():
-            totals = [Choice(index=i) for i in range(body.n)]
-            echoed = set()
-            try:
-                async for index, delta in stream:
-                    totals[index].prompt_tokens = delta.prompt_tokens
-                    totals[index].completion_tokens = delta.completion_tokens
-                    text = delta.text
-                    if prefix and index not in echoed:
-                        echoed.add(index)
-                        text = prefix + text
-                    if text or delta.finish_reason:
-                        yield chunk(
-                            [p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)]
-                        )
-            except EngineError as exc:  # the status line is sent: the error goes in the stream
-                yield _sse_error(exc)
-                return
-            if include_usage:
-                yield chunk([], usage=_usage(totals))
-            yield _sse("[DONE]")
+        echoed: set[int] = set()
 
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
+        def choice(index: int, delta) -> p.CompletionChoice | None:
+            text = delta.text
+            if prefix and index not in echoed:  # `echo`: the prompt opens each choice's first chunk
+                echoed.add(index)
+                text = prefix + text
+            if not (text or delta.finish_reason):
+                return None
+            return p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)
+
+        return _event_stream(stream, body.n, include_usage, chunk, choice)
 
     @router.post("/v1/load_lora_adapter", response_model=None)
     async def load_lora_adapter(body: p.LoadLoraAdapterRequest, principal: Principal = admin):
