@@ -18,10 +18,11 @@ from urllib.parse import quote
 
 from sqlite_utils import Database
 
-from feedback.errors import CorruptStore
+from feedback.errors import CorruptStore, DiskFull
 from feedback.schema.migrations import applied_migrations, apply_migrations
 
 _CORRUPTION_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_SQLITE_FULL = 13
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -30,6 +31,36 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in _CORRUPTION_CODES
     return not isinstance(exc, sqlite3.OperationalError)
+
+
+def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == _SQLITE_FULL
+    return "disk is full" in str(exc)  # raised without a code (a test's injected fault): SQLite's message
+
+
+@contextmanager
+def _disk_full_as_error(path: Path) -> Iterator[None]:
+    """SQLITE_FULL becomes DiskFull, which the hub answers with 507 (issue 7: a full disk)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if _is_disk_full(exc):
+            raise DiskFull(path) from exc
+        raise
+
+
+def _commit(db: Database) -> None:
+    """COMMIT; if it fails (a full disk), roll back whatever SQLite left open, so the writer can begin the
+    next transaction: SQLite may keep a transaction open after a failed COMMIT, and BEGIN would then fail
+    for every later write."""
+    try:
+        db.commit()
+    except BaseException:
+        if db.conn.in_transaction:
+            db.rollback()
+        raise
 
 
 def new_id(prefix: str) -> str:
@@ -129,7 +160,7 @@ class StoreConnections:
         others in place. Nothing is durable, or visible to readers, before the block ends. Used to write
         votes that arrive together at the cost of one commit (hub/write_batcher.py).
         """
-        with self._write_lock:
+        with self._write_lock, _disk_full_as_error(self.path):
             db = self._writer
             db.conn.execute("BEGIN IMMEDIATE")
             self._batch_thread = threading.get_ident()
@@ -140,7 +171,7 @@ class StoreConnections:
                 raise
             finally:
                 self._batch_thread = None
-            db.commit()
+            _commit(db)
 
     @contextmanager
     def _write(self) -> Iterator[Database]:
@@ -150,16 +181,17 @@ class StoreConnections:
         is a savepoint of it."""
         if self._batch_thread == threading.get_ident():
             db = self._writer
-            db.conn.execute("SAVEPOINT write")
-            try:
-                yield db
-            except BaseException:
-                db.conn.execute("ROLLBACK TO write")
+            with _disk_full_as_error(self.path):
+                db.conn.execute("SAVEPOINT write")
+                try:
+                    yield db
+                except BaseException:
+                    db.conn.execute("ROLLBACK TO write")
+                    db.conn.execute("RELEASE write")
+                    raise
                 db.conn.execute("RELEASE write")
-                raise
-            db.conn.execute("RELEASE write")
             return
-        with self._write_lock:
+        with self._write_lock, _disk_full_as_error(self.path):
             db = self._writer
             db.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -167,4 +199,4 @@ class StoreConnections:
             except BaseException:
                 db.rollback()
                 raise
-            db.commit()
+            _commit(db)

@@ -58,3 +58,18 @@ class CorruptStore(StoreError):
             "is still readable)"
         )
         self.path = path
+
+
+class DiskFull(StoreError):
+    """A write found the disk holding the database full (SQLITE_FULL). The write's transaction was rolled
+    back: nothing of it was stored, and what was stored before is unchanged."""
+
+    status = 507  # Insufficient Storage
+    code = "disk_full"
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            f"the disk holding the feedback database {path} is full, so nothing was stored; what was stored "
+            "before is kept. Free space on that disk (or move the data directory to a larger one) and retry"
+        )
+        self.path = path

@@ -40,5 +40,6 @@ class Store(AccountMethods, GenerationMethods, VoteMethods, LineageMethods, Prom
       ``rollback_adapter``.
 
     Errors are :class:`~feedback.errors.StoreError` subclasses with an HTTP ``status``: ``NotFound``
-    (404), ``Invalid`` (422), ``Conflict`` (409).
+    (404), ``Invalid`` (422), ``Conflict`` (409); a write that finds the disk full raises ``DiskFull``
+    (507) after rolling back.
     """

@@ -104,6 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
+        if exc.status >= 500:  # a full disk or a damaged file: the operator must act, so it goes in the log
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(RequestValidationError)
