@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import TEST_ENVIRONMENT, HubProcess
+from bench.common import add_model_arguments, prepare
+from tests.support.server import HubProcess
 
 QUESTIONS = [
     "What is 12 + 7?",
@@ -97,22 +98,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", help="model directory (default: the demo model, built if missing)")
-    parser.add_argument("--data-dir", default="./tunehub-data", help="where the demo model is cached")
+    add_model_arguments(parser)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer")
     args = parser.parse_args()
-    for key, value in TEST_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    model_dir = prepare(args)
     from feedback.store import Store
 
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from training.demo.build import ensure_demo_model
-
-        model_dir = ensure_demo_model(Path(args.data_dir))
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-load-"))
     with Store(work / "feedback.db") as store:
         keys = []

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
 
+from bench.common import add_model_arguments, prepare
 from serving.engine import GenerationRequest, SamplingParams
 from serving.loader import load_local_engine
 
-PROMPTS = ["What is 12 + 7?", "What is the capital of France?", "Convert 3 km to meters.", "Reverse the word garden."]
+PROMPTS = [
+    "What is 12 + 7?",
+    "What is the capital of France?",
+    "Convert 3 km to meters.",
+    "Reverse the word garden.",
+]
 
 
 async def measure(model_dir: Path, quantize: str, clients: int, tokens: int) -> dict:
@@ -48,26 +53,27 @@ async def measure(model_dir: Path, quantize: str, clients: int, tokens: int) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model directory (default: the demo model, built if missing)")
-    parser.add_argument("--data-dir", default="./tunehub-data")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_model_arguments(parser)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from training.demo.build import ensure_demo_model
-
-        model_dir = ensure_demo_model(Path(args.data_dir))
-    results = {q: asyncio.run(measure(model_dir, q, args.clients, args.tokens)) for q in ("none", "8bit", "4bit")}
+    model_dir = prepare(args)
+    results = {
+        q: asyncio.run(measure(model_dir, q, args.clients, args.tokens)) for q in ("none", "8bit", "4bit")
+    }
     base = results["none"]
-    print(f"\nquantized serving: {model_dir.name}, {args.clients} concurrent requests x {args.tokens} tokens\n")
+    print(
+        f"\nquantized serving: {model_dir.name}, {args.clients} concurrent requests x {args.tokens} tokens\n"
+    )
     print(f"{'quantize':>8} | {'weights MB':>10} | {'memory ratio':>12} | {'tok/s':>7} | {'speed ratio':>11}")
     for name, r in results.items():
-        print(f"{name:>8} | {r['memory'] / 1e6:>10.2f} | {r['memory'] / base['memory']:>11.2f}x | "
-              f"{r['tokens_per_s']:>7.0f} | {r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x")
+        print(
+            f"{name:>8} | {r['memory'] / 1e6:>10.2f} | {r['memory'] / base['memory']:>11.2f}x | "
+            f"{r['tokens_per_s']:>7.0f} | {r['tokens_per_s'] / base['tokens_per_s']:>10.2f}x"
+        )
     return 0
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import TEST_ENVIRONMENT, HubProcess
+from bench.common import add_model_arguments, prepare
+from tests.support.server import HubProcess
 
 BASE = "base"
 MODELS = [BASE] + [f"adapter-{i}" for i in range(1, 8)]
@@ -136,27 +137,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", help="model directory for the server (default: the demo model, built if missing)"
-    )
-    parser.add_argument("--data-dir", default="./tunehub-data", help="where the demo model is cached")
+    add_model_arguments(parser)
     parser.add_argument(
         "--votes", type=int, default=100_000, help="votes written directly (and on the board)"
     )
     parser.add_argument("--http-votes", type=int, default=1000, help="votes per HTTP client")
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    for key, value in TEST_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    model_dir = prepare(args)
     from feedback.store import Store
     from hub.feedback_service import FeedbackService
 
-    if args.model:
-        model_dir = Path(args.model)
-    else:
-        from training.demo.build import ensure_demo_model
-
-        model_dir = ensure_demo_model(Path(args.data_dir))
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-store-"))
     rng = random.Random(0)
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.server import TEST_ENVIRONMENT
+from bench.common import add_model_arguments, prepare
 
 # (hidden, intermediate, layers, heads) of the models built from a config
 SHAPES = {"memory": (768, 2048, 8, 12), "gpu": (1024, 4096, 28, 16)}
@@ -254,9 +254,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", help="the demo model directory (default: built or taken from ./tunehub-data)"
-    )
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per case")
     parser.add_argument("--batch", type=int, default=8, help="rows per step")
     parser.add_argument(
@@ -269,18 +267,10 @@ def main() -> int:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    for key, value in TEST_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    demo = prepare(args)  # a case gets its model by --model too
     if args.case:
         run_case(args)
         return 0
-
-    if args.model:
-        demo = Path(args.model)
-    else:
-        from training.demo.build import ensure_demo_model
-
-        demo = ensure_demo_model(Path("./tunehub-data"))
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-training-"))
     data = str(write_corpus(work / "sft.jsonl", 4000))
     if args.gpu:
