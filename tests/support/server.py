@@ -23,62 +23,45 @@ TEST_ENVIRONMENT = {
 }
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@dataclass
-class HubProcess:
-    model: Path
-    data_dir: Path
-    api_key: str | None = None
-    admin_password: str | None = None
-    extra_args: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
+class ServerProcess:
+    """A `tunehub` command serving on 127.0.0.1: started, awaited until /health answers, stopped by its pid.
+
+    Subclasses (dataclasses) hold `port`, `process` and `log_path` and say what to run (`command`)."""
+
+    port: int
+    process: subprocess.Popen | None
+    log_path: Path
+    name = "tunehub"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **TEST_ENVIRONMENT}
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "serve.log"
-
-    def start(self, timeout: float = 120) -> HubProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "serve",
-            "--model",
-            str(self.model),
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--log-level",
-            "warning",
-            *self.extra_args,
-        ]
-        if self.api_key:
-            args += ["--api-key", self.api_key]
-        if self.admin_password:
-            args += ["--admin-password", self.admin_password]
-        env = {**os.environ, **TEST_ENVIRONMENT}
-        env.pop("TUNEHUB_API_KEY", None)
-        env.pop("TUNEHUB_ADMIN_PASSWORD", None)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[2]
-        )
+    def start(self, timeout: float = 120):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(), cwd=REPO
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tunehub serve exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self
@@ -86,7 +69,7 @@ class HubProcess:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"tunehub serve did not become healthy in {timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} did not become healthy in {timeout}s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -104,8 +87,48 @@ class HubProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> HubProcess:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass
+class HubProcess(ServerProcess):
+    model: Path
+    data_dir: Path
+    api_key: str | None = None
+    admin_password: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    name = "tunehub serve"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "serve.log"
+
+    def command(self) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "serve",
+            "--model",
+            str(self.model),
+            "--port",
+            str(self.port),
+        ]
+        args += ["--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
+        if self.admin_password:
+            args += ["--admin-password", self.admin_password]
+        return args
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env.pop("TUNEHUB_API_KEY", None)
+        env.pop("TUNEHUB_ADMIN_PASSWORD", None)
+        return env
