@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from feedback.errors import StoreError
 from serving.engine import Delta, GenerationRequest, SamplingParams
 from serving.errors import EngineError
 
@@ -42,10 +43,11 @@ def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def _sse_error(exc: EngineError) -> str:
-    """An error after the stream began (a timeout, a failed engine): one `data: {"error": ...}` event, as
-    OpenAI and vLLM send it, and no [DONE]."""
-    return _sse(error_body(exc.status, exc.message, exc.param, exc.code, exc.error_type))
+def _sse_error(exc: EngineError | StoreError) -> str:
+    """An error after the stream began (a timeout, a failed engine, a full disk when the answer is stored):
+    one `data: {"error": ...}` event, as OpenAI and vLLM send it, and no [DONE]."""
+    kind = getattr(exc, "error_type", None)  # a StoreError's type follows from its status
+    return _sse(error_body(exc.status, exc.message, exc.param, exc.code, kind))
 
 
 def _event_stream(
@@ -58,7 +60,8 @@ def _event_stream(
 ) -> StreamingResponse:
     """The SSE answer of a streamed chat or completion: `opening` events, one `chunk` per delta that
     `choice` turns into a choice (None: nothing to send), the usage chunk when asked for, then [DONE]. An
-    engine error after the status line was sent ends the stream with one error event and no [DONE]."""
+    engine or store error (a full disk) after the status line was sent ends the stream with one error
+    event and no [DONE]."""
 
     async def events():
         for event in opening or ():
@@ -71,7 +74,7 @@ def _event_stream(
                 item = choice(index, delta)
                 if item is not None:
                     yield chunk([item])
-        except EngineError as exc:
+        except (EngineError, StoreError) as exc:
             yield _sse_error(exc)
             return
         if include_usage:

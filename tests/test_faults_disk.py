@@ -1,7 +1,7 @@
-"""Faults (issue 7, item 2): the data directory's disk fills up while clients vote. The hub answers 507 in the
-OpenAI error envelope saying the disk is full, stores nothing of the refused votes, keeps every vote it
-acknowledged before unchanged (and the file passes `PRAGMA integrity_check`), and accepts votes again once
-space is freed.
+"""Faults (issue 7, item 2): the data directory's disk fills up while clients vote and chat. The hub answers
+507 in the OpenAI error envelope saying the disk is full (an error event when a chat stream has begun),
+stores nothing of the refused votes, keeps every vote it acknowledged before unchanged (and the file passes
+`PRAGMA integrity_check`), and accepts votes and chats again once space is freed.
 
 Two disks: a real one, a tiny tmpfs mounted for the test (needs root and permission to mount; skipped
 otherwise), and a write error injected at the commit (SQLite's own "database or disk is full"), which runs
@@ -13,6 +13,7 @@ Run: .venv/bin/python -m pytest tests/test_faults_disk.py -q
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -192,3 +193,37 @@ async def vote_through_a_full_disk(app, disk, database: Path, generations: list[
         assert response.status_code == 200, response.text
         assert response.json()["id"] == acknowledged[-1] + 1
         assert len(votes_table(database)) == len(acknowledged) + 1
+
+
+def test_a_chat_on_a_full_disk_ends_with_the_disk_full_error(disk, demo_model):
+    # every served answer is stored before its last chunk (hub/recording.py): on a full disk that store
+    # fails, and a stream that has begun must end with an error event, not a dropped connection
+    from serving.loader import load_local_engine
+
+    engine = load_local_engine(demo_model)
+    store = Store(disk.root / "feedback.db")
+    disk.attach(store)
+    app = build_app(Settings(data_dir=disk.root), engine, store=store, with_ui=False, run_jobs=False)
+    body = {"model": engine.model_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://hub", timeout=60) as client:
+                with sqlite3.connect(disk.root / "feedback.db") as conn:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                disk.fill()
+                plain = await client.post("/v1/chat/completions", json=body)
+                streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+                disk.free()
+                after = await client.post("/v1/chat/completions", json=body)
+                return plain, streamed, after
+
+    plain, streamed, after = asyncio.run(scenario())
+    assert plain.status_code == 507 and plain.json()["error"]["code"] == "disk_full", plain.text
+    assert streamed.status_code == 200
+    events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert "[DONE]" not in events, events
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "disk_full" and "full" in error["message"], events[-1]
+    assert after.status_code == 200, after.text
