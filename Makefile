@@ -48,10 +48,10 @@ test: setup-test
 	$(MAKE) --no-print-directory test-fast test-rest
 
 test-fast:
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser and not gpu" $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser and not gpu" --durations=10 $(ARGS)
 
 test-rest:
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "(slow or browser or gpu)" $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "(slow or browser or gpu)" --durations=15 $(ARGS)
 
 lint: setup-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
