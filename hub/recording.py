@@ -13,7 +13,11 @@ from .service import GenerationRecord, Recorder
 def store_recorder(store: Store) -> Recorder:
     async def record(item: GenerationRecord) -> None:
         request = item.request
-        prompt = request.messages if request.messages is not None else [{"role": "user", "content": request.prompt or ""}]
+        prompt = (
+            request.messages
+            if request.messages is not None
+            else [{"role": "user", "content": request.prompt or ""}]
+        )
         params = {k: v for k, v in asdict(request.sampling).items() if v not in (None, [], False)}
         if request.messages is None:
             params["raw_prompt"] = True  # a /v1/completions prompt, stored as one user turn
