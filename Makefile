@@ -7,6 +7,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# one test worker per core, each taking whole files (some tests build on the ones before them in a file)
+XDIST  ?= -n auto --dist loadfile
 export HF_HUB_DISABLE_TELEMETRY=1
 export GRADIO_ANALYTICS_ENABLED=False
 export TOKENIZERS_PARALLELISM=false
@@ -48,10 +50,10 @@ test: setup-test
 	$(MAKE) --no-print-directory test-fast test-rest
 
 test-fast:
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser and not gpu" --durations=10 $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser and not gpu" $(XDIST) --durations=10 $(ARGS)
 
 test-rest:
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "(slow or browser or gpu)" --durations=15 $(ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "(slow or browser or gpu)" $(XDIST) --durations=15 $(ARGS)
 
 lint: setup-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

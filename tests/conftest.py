@@ -19,12 +19,23 @@ QUICK_STEPS = 150  # a weaker model in seconds; the full recipe is exercised by 
 
 
 def _cached_build(name: str, steps: int | None) -> Path:
+    """Build once and cache; test workers running side by side (pytest-xdist) may race: each builds aside
+    and renames into place, and the first one to finish wins (the builds are deterministic)."""
     from training.demo.build import DEMO_MODEL_VERSION, build_demo_model
 
     out = CACHE / f"{name}-v{DEMO_MODEL_VERSION}"
     if not (out / "config.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        build_demo_model(out, steps=steps)
+        staging = CACHE / f".{out.name}.{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        build_demo_model(staging, steps=steps)
+        try:
+            os.rename(staging, out)
+        except OSError:
+            if (out / "config.json").is_file():  # another worker finished first
+                shutil.rmtree(staging, ignore_errors=True)
+            else:  # what an interrupted run left behind
+                shutil.rmtree(out)
+                os.rename(staging, out)
     return out
 
 
