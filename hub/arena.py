@@ -16,7 +16,7 @@ from feedback.store import Store, generation_id
 from serving.engine import GenerationRequest, SamplingParams
 
 from .protocol import new_id
-from .service import ChatService
+from .service import DEFAULT_MODEL, ChatService
 
 
 def pick_pair(
@@ -59,7 +59,8 @@ class ArenaService:
         self.rng = rng or random.Random()
 
     def models(self) -> list[str]:
-        return [m.id for m in self.chat.models()]
+        """The served models that can meet in the arena: not `tunehub-default`, an alias of one of them."""
+        return [m.id for m in self.chat.models() if m.id != DEFAULT_MODEL]
 
     def candidates(self) -> set[str]:
         """Served models that the store lists as candidate adapters (by name or name@version)."""

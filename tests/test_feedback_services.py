@@ -36,6 +36,23 @@ def test_candidates_are_drawn_boost_times_as_often():
     assert 0.9 < plain["new"] / (sum(plain[m] for m in models[:-1]) / 4) < 1.1
 
 
+def test_the_arena_never_pits_tunehub_default_against_what_it_stands_for(demo_model, tmp_path):
+    """`tunehub-default` is an alias of the promoted adapter (or the base): it is listed on the API, but an
+    arena battle between it and the model it names would be a model against itself."""
+    from hub.arena import ArenaService
+    from hub.metrics import Metrics
+    from hub.service import DEFAULT_MODEL, ChatService
+    from serving.loader import load_local_engine
+
+    chat = ChatService(load_local_engine(demo_model, model_name="base"), Metrics())
+    chat.default_adapter = lambda: None  # as the hub wires it: tunehub-default serves the base
+    assert DEFAULT_MODEL in [m.id for m in chat.models()]
+    with Store(tmp_path / "feedback.db") as store:
+        arena = ArenaService(chat, store, rng=random.Random(0))
+        assert arena.models() == ["base"]
+        assert {m for _ in range(50) for m in pick_pair(arena.models(), set(), 3.0, arena.rng)} == {"base"}
+
+
 def test_one_model_faces_itself():
     assert pick_pair(["base"], set(), 3.0, random.Random()) == ("base", "base")
 
