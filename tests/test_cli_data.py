@@ -133,6 +133,7 @@ def test_export_each_kind(capsys, voted, tmp_path):
 
 
 def test_export_sft_as_alpaca_and_sharegpt(capsys, voted, tmp_path):
+    # conversation ids are random, so a default 10% eval split could hold every row: keep them all in train
     run(
         capsys,
         "export",
@@ -141,6 +142,8 @@ def test_export_sft_as_alpaca_and_sharegpt(capsys, voted, tmp_path):
         str(tmp_path / "a.jsonl"),
         "--format",
         "alpaca",
+        "--eval-fraction",
+        "0",
         "--data-dir",
         str(voted),
     )
@@ -153,6 +156,8 @@ def test_export_sft_as_alpaca_and_sharegpt(capsys, voted, tmp_path):
         str(tmp_path / "s"),
         "--format",
         "sharegpt",
+        "--eval-fraction",
+        "0",
         "--data-dir",
         str(voted),
     )
