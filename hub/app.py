@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from starlette.routing import Match, Mount
 
 from feedback.promotion_rule import PromotionRule
+from feedback.records import Adapter
 from feedback.store import Store
 from serving.engine import Engine
 
@@ -114,13 +115,17 @@ def build_app(
     service.default_adapter = promotion.default_adapter  # what `tunehub-default` serves
     jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir)
 
+    def replay_live(adapter: Adapter) -> dict:
+        """A finished job's last step (in the runner's thread): its regression replay, once it is live."""
+        return promotion.replay(adapter.ref)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
         # adapters registered before this start (earlier jobs, `tunehub train`) are served again; the
         # runner only loads those of jobs that finish from now on
         await adapters.reload_registered()
-        runner = start_runner(service, store, settings.data_dir) if run_jobs else None
+        runner = start_runner(service, store, settings.data_dir, replay_live) if run_jobs else None
         auto = asyncio.create_task(run_auto_promotion(promotion)) if promotion.rule.auto else None
         try:
             yield

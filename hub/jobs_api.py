@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from feedback.records import JOB_STATUSES, Adapter, Job
 from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
 from training.jobs.publish import served_name
-from training.jobs.runner import JobRunner
+from training.jobs.runner import JobRunner, Replay
 from training.jobs.spec import FEEDBACK, STAGES, JobError
 from training.jobs.trigger import SETTINGS_FILE, AutoTrigger, TriggerError, load_rules
 from training.methods import METHODS
@@ -169,15 +169,16 @@ def auto_trigger(service: ChatService, store, data_dir: Path) -> AutoTrigger | N
     return AutoTrigger(store, rules, str(base))
 
 
-def start_runner(service: ChatService, store, data_dir: Path) -> JobRunner:
-    """The hub's job runner, started, with the automatic trigger when one is set up; call from the
-    lifespan (it needs the running event loop)."""
+def start_runner(service: ChatService, store, data_dir: Path, replay: Replay | None = None) -> JobRunner:
+    """The hub's job runner, started, with the automatic trigger when one is set up and `replay` as each
+    chat adapter's last step once it is live; call from the lifespan (it needs the running event loop)."""
     runner = JobRunner(
         store,
         data_dir,
         publish=adapter_publisher(service, asyncio.get_running_loop()),
         trigger=auto_trigger(service, store, data_dir),
         engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
+        replay=replay,
     )
     runner.start()
     return runner

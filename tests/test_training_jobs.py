@@ -368,6 +368,69 @@ def test_an_oom_job_retries_with_half_the_batch_and_succeeds(
         assert job.status == "failed" and "out of memory" in job.error and job.metrics["attempt"] == 2
 
 
+# A stand-in worker: "trains" instantly, writing an adapter directory and its metadata as a stage would.
+INSTANT_WORKER = """
+import json, sys
+from pathlib import Path
+from training.common import METADATA_FILE
+from training.jobs.progress import PROGRESS_FILE, write_event
+job_dir = Path(sys.argv[1])
+out = job_dir / "adapter"
+out.mkdir()
+(out / "adapter_config.json").write_text("{}")
+dataset = {"kind": "sft", "format": "trl", "content_hash": "h", "n_train": 1, "n_eval": 0, "path": "d"}
+(out / METADATA_FILE).write_text(json.dumps({"base": "base", "method": "lora", "metrics": {}, "dataset": dataset}))
+write_event(job_dir / PROGRESS_FILE, "done", output=str(out), metrics={"loss": 1.0})
+"""
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward"])
+def test_a_live_chat_adapter_is_replayed_as_the_jobs_last_step(tmp_path, sft_file, stage):
+    """Issue 6: a new candidate answers the replay set once it is live, before its job reports success."""
+    from training.jobs.queue import JobQueue
+    from training.jobs.runner import JobRunner
+    from training.jobs.spec import JobSpec
+
+    with Store(tmp_path / "feedback.db") as store:
+        seen = []
+
+        def replay(adapter):
+            job = store.get_job(adapter.job_id)
+            seen.append((adapter.ref, job.status, job.adapter))
+            side = {"name": adapter.ref, "accuracy": 0.5, "kl": 0.01, "checkable": 4}
+            return {"against": "base", "candidate": side, "incumbent": {**side, "name": "base"}, "rows": []}
+
+        runner = JobRunner(
+            store,
+            tmp_path,
+            worker_command=[sys.executable, "-c", INSTANT_WORKER],
+            publish=lambda adapter: adapter.name,
+            replay=replay,
+        )
+        spec = JobSpec(stage=stage, method="lora", data=str(sft_file), name="fast", base="base")
+        job = runner.run_foreground(JobQueue(store).submit(spec).id)
+        assert job.status == "succeeded", job.error
+        if stage == "reward":  # a reward model scores, it does not answer: nothing to replay
+            assert seen == [] and "replay" not in job.metrics
+            return
+        assert seen == [("fast@1", "running", "fast")]  # live (served) first, then replayed, then done
+        assert job.metrics["replay"] == {
+            "against": "base",
+            "seconds": job.metrics["replay"]["seconds"],
+            "candidate": {"name": "fast@1", "accuracy": 0.5, "kl": 0.01},
+            "incumbent": {"name": "base", "accuracy": 0.5, "kl": 0.01},
+        }
+        assert "--- regression replay of fast@1" in (tmp_path / "jobs" / job.id / "worker.log").read_text()
+
+        def broken(adapter):
+            raise RuntimeError("no memory left for the replay")
+
+        runner.replay = broken  # a failed replay is recorded; the adapter is trained and live all the same
+        job = runner.run_foreground(JobQueue(store).submit(spec).id)
+        assert job.status == "succeeded" and job.adapter == "fast"
+        assert job.metrics["replay"] == {"error": "RuntimeError: no memory left for the replay"}
+
+
 def test_progress_is_read_incrementally_and_the_same_after_a_restart(tmp_path):
     path = tmp_path / "progress.jsonl"
     reader = ProgressReader(path)

@@ -35,6 +35,26 @@ def _eta(seconds: float | None) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def replay_text(replay: dict[str, Any]) -> str:
+    """One line on a finished job's regression replay (its metrics' summary): the candidate beside the model
+    it was replayed against."""
+    if replay.get("error"):
+        return f"Replay failed: {replay['error'][:300]}"
+
+    def side(summary: dict[str, Any]) -> str:
+        parts = [f"accuracy {summary['accuracy']:.2f}" if summary.get("accuracy") is not None else None]
+        parts.append(f"KL {summary['kl']:.3f}" if summary.get("kl") is not None else None)
+        parts.append(f"reward {summary['reward']:.2f}" if summary.get("reward") is not None else None)
+        return ", ".join(p for p in parts if p) or "-"
+
+    candidate, incumbent = replay.get("candidate") or {}, replay.get("incumbent") or {}
+    return (
+        f"Replay: **{candidate.get('name', 'candidate')}** {side(candidate)} · "
+        f"**{replay.get('against') or incumbent.get('name', 'base')}** {side(incumbent)} "
+        "(answers side by side in the Adapters tab)"
+    )
+
+
 def build_params(
     stage: str,
     method: str,
@@ -223,6 +243,10 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         )
         if j.adapter:
             text += f" · served as **{j.adapter}**"
+            if j.status == "running":
+                text += " · replaying the fixed prompt set"
+        if j.metrics.get("replay"):
+            text += f"\n\n{replay_text(j.metrics['replay'])}"
         if j.params.get("trigger"):
             text += f" · queued by the automatic trigger ({j.params['trigger'].get('new_rows')} new rows)"
         text += f"\n\n`{jobs.command(j)}`"

@@ -4,7 +4,10 @@
     runner.start()        # recovers jobs a previous process left running, then polls the queue
     runner.stop()         # stops the workers; their jobs stay "running" and resume at the next start
 
-With `trigger=AutoTrigger(...)` each round also queues the stages whose automatic trigger fired.
+With `trigger=AutoTrigger(...)` each round also queues the stages whose automatic trigger fired. With
+`replay=...` a chat adapter's last step, once it is live, is its regression replay (the hub passes
+`PromotionService.replay`): the job succeeds with the replay's summary in its metrics, so the candidate's
+answers beside the promoted model's are ready before anyone looks at it.
 
 Each job gets ``DATA_DIR/jobs/JOB_ID/``: ``launch.json`` (what the worker runs), ``state.json`` (attempt,
 effective params, worker pid), ``progress.jsonl``, ``worker.log`` and the worker's checkpoints. The worker
@@ -48,6 +51,9 @@ LOG_FILE = "worker.log"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 Publish = Callable[[Adapter], str]  # load a registered adapter into the engine; returns its served name
+Replay = Callable[
+    [Adapter], dict[str, Any]
+]  # a live candidate's regression replay report (training/replay.py)
 
 
 @dataclass
@@ -95,6 +101,7 @@ class JobRunner:
         env: dict[str, str] | None = None,
         trigger: AutoTrigger | None = None,
         engine_lease: EngineLease | None = None,
+        replay: Replay | None = None,
     ) -> None:
         self.store = store
         self.queue = JobQueue(store)
@@ -109,6 +116,7 @@ class JobRunner:
         self.env = env or {}
         self.trigger = trigger  # the automatic trigger (training/jobs/trigger.py); None: off
         self.engine_lease = engine_lease  # None: the engine keeps its GPU (or has none) while jobs run
+        self.replay = replay  # None: no replay when a job ends (the Adapters tab or API can run one)
         self._engine_lent = False
         self._running: dict[str, _Running] = {}
         self._stop = threading.Event()
@@ -399,6 +407,9 @@ class JobRunner:
                     f"the engine failed: {e}",
                 )
                 return
+        if served is not None and self.replay is not None:
+            self._update(running.job_id, adapter=served)  # it answers already; the replay comes last
+            metrics["replay"] = self._replay(running, adapter)
         log.info(
             "job %s succeeded: %s at %s, served as %s", running.job_id, adapter.ref, adapter.path, served
         )
@@ -410,6 +421,27 @@ class JobRunner:
             adapter=served,
             dataset_id=adapter.dataset_id,
         )
+
+    def _replay(self, running: _Running, adapter: Adapter) -> dict[str, Any]:
+        """The live candidate's replay, summarised for the job's metrics (per model: accuracy, KL, reward);
+        a replay that fails is recorded as an error, and the job still succeeds: its adapter is live."""
+        with (running.job_dir / LOG_FILE).open("a") as log_file:
+            log_file.write(f"--- regression replay of {adapter.ref}\n")
+            started = time.monotonic()
+            try:
+                report = self.replay(adapter)
+            except Exception as e:  # noqa: BLE001 - the adapter is trained and live whatever the replay does
+                log.warning("the replay of %s failed: %s", adapter.ref, e)
+                log_file.write(f"replay failed: {type(e).__name__}: {e}\n")
+                return {"error": f"{type(e).__name__}: {e}"[:2000]}
+            seconds = round(time.monotonic() - started, 2)
+            summary = {
+                "against": report.get("against"),
+                "seconds": seconds,
+                **{side: _replay_side(report.get(side) or {}) for side in ("candidate", "incumbent")},
+            }
+            log_file.write(f"replay: {json.dumps(summary)}\n")
+        return summary
 
     def _interrupt(self, running: _Running) -> None:
         """Stop a worker because this process is stopping: its job stays "running", to resume later."""
@@ -424,6 +456,10 @@ class JobRunner:
 
 
 # ----- helpers -----------------------------------------------------------------------------------------
+
+
+def _replay_side(summary: dict[str, Any]) -> dict[str, Any]:
+    return {key: summary.get(key) for key in ("name", "accuracy", "kl", "reward") if key in summary}
 
 
 def _defaults(stage: str) -> dict[str, Any]:
