@@ -23,6 +23,7 @@ from typing import Any
 from feedback.errors import Conflict, NotFound
 from feedback.promotion_rule import Decision, PromotionRule, decide, guard_reasons
 from feedback.records import Adapter
+from training.jobs.trigger import newest_reward_model
 
 from .adapters_service import AdapterService
 from .feedback_service import FeedbackService
@@ -82,13 +83,8 @@ class PromotionService:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def reward_model(self) -> Adapter | None:
-        """The newest registered reward model that is not retired, if any."""
-        rewards = [
-            a
-            for a in self.store.list_adapters()
-            if a.metrics.get("stage") == "reward" and a.status != "retired" and Path(a.path).is_dir()
-        ]
-        return max(rewards, key=lambda a: a.id) if rewards else None
+        """The newest registered reward model that is not retired, if any (the one triggered PPO uses too)."""
+        return newest_reward_model(self.store)
 
     def replay(self, ref: str) -> dict[str, Any]:
         """Answer the replay set with ``ref`` and with the promoted model (or the base); store and return

@@ -14,8 +14,16 @@ preferred answers for sft, each deduplicated. The baseline is the newest vote th
 job trained on, or, if a triggered job of the stage came later (and failed or was cancelled), the newest vote
 when that one was queued: a failing job is not re-queued every poll, only after N more new rows. Nothing is
 queued while a job of the stage is queued or running. The triggered job trains on the votes new since the
-stage's last successful run (`only_new`). Prompt-only stages (ppo, rloo, grpo) count no votes and cannot be
-triggered.
+stage's last successful run (`only_new`).
+
+The prompt stages (ppo, rloo, grpo) learn from prompts, not votes: their new rows are distinct prompts the
+hub first answered after the baseline, which is a time (when the stage's last successful job exported its
+prompts, or when a later triggered job was queued). Their job trains on every prompt the hub answered
+(online RL samples its own answers; old prompts are still the traffic's distribution), scored by the rule's
+``params.reward_model`` or else the newest registered reward model (a `reward` job's adapter); with neither,
+the rule waits.
+
+    {"triggers": [{"stage": "reward", "min_new": 50}, {"stage": "ppo", "min_new": 30}]}
 """
 
 from __future__ import annotations
@@ -27,14 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feedback.records import Adapter
 from training.jobs.queue import JobQueue, job_spec
-from training.jobs.spec import EXPORTS, FEEDBACK, NAME, JobError, JobSpec, check_params
+from training.jobs.spec import EXPORTS, FEEDBACK, NAME, STAGES, JobError, JobSpec, check_params
 from training.methods import METHODS
 
 log = logging.getLogger("tunehub.jobs")
 
 SETTINGS_FILE = "auto-train.json"
-TRIGGERED_STAGES = ("sft", "reward", "dpo", "kto")  # stages whose data comes from votes
+TRIGGERED_STAGES = tuple(STAGES)
+PROMPT_STAGES = tuple(stage for stage, (_, _, rows) in STAGES.items() if rows == "prompts")  # ppo, rloo, grpo
 ACTIVE = ("queued", "running")
 
 
@@ -112,6 +122,39 @@ def new_rows(store, stage: str, after_vote: int) -> int:
     return len(export.train) + len(export.eval)
 
 
+def new_prompts(store, after: str) -> int:
+    """Distinct prompts the hub first answered after the time `after` (ISO 8601 as the records write it;
+    "" counts every prompt)."""
+    from feedback.formats import normalise_messages
+    from feedback.validation import canonical_json
+
+    before, since = set(), set()
+    for generation in store.list_generations():
+        key = canonical_json(normalise_messages(generation.prompt))
+        (since if generation.created_at > after else before).add(key)
+    return len(since - before)
+
+
+def last_prompts_of_stage(store, stage: str) -> str:
+    """When the stage's last successful job exported the hub's prompts ("" if none did): its baseline."""
+    for job in store.list_jobs(status="succeeded", limit=10_000):
+        if job.stage == stage and job.dataset_id:
+            dataset = store.get_dataset(job.dataset_id)
+            if dataset.source == "export":
+                return dataset.created_at
+    return ""
+
+
+def newest_reward_model(store) -> Adapter | None:
+    """The newest registered reward model (a `reward` job's adapter) that is not retired and is on disk."""
+    rewards = [
+        a
+        for a in store.list_adapters()
+        if a.metrics.get("stage") == "reward" and a.status != "retired" and Path(a.path).is_dir()
+    ]
+    return max(rewards, key=lambda a: a.id) if rewards else None
+
+
 class AutoTrigger:
     def __init__(self, store, rules: list[TriggerRule], base_model: str, *, check_s: float = 30.0) -> None:
         self.store = store
@@ -120,6 +163,7 @@ class AutoTrigger:
         self.base_model = base_model
         self.check_s = check_s
         self._checked_at = float("-inf")
+        self._waiting: set[str] = set()  # prompt-stage rules told once that they wait for a reward model
 
     def maybe_check(self) -> list:
         """`check`, at most every `check_s` seconds (it reads every vote)."""
@@ -132,42 +176,85 @@ class AutoTrigger:
     def check(self) -> list:
         """Queue each rule's stage whose count is reached and that has no job queued or running; returns
         the jobs queued."""
-        from training.jobs.worker import last_vote_of_stage
-
         jobs = self.store.list_jobs(limit=10_000)  # newest first
-        newest_vote = max((v.id for v in self.store.list_votes()), default=0)
         queued = []
         for rule in self.rules:
             of_stage = [job for job in jobs if job.stage == rule.stage]
             if any(job.status in ACTIVE for job in of_stage):
                 continue
-            baseline = last_vote_of_stage(self.store, rule.stage)
-            triggered = next((job for job in of_stage if job_spec(job).trigger), None)
-            if triggered is not None:
-                baseline = max(baseline, int(job_spec(triggered).trigger.get("newest_vote", 0)))
-            if newest_vote <= baseline:
+            triggered = next((job_spec(job).trigger for job in of_stage if job_spec(job).trigger), None)
+            if rule.stage in PROMPT_STAGES:
+                spec = self._prompt_job(rule, triggered)
+            else:
+                spec = self._vote_job(rule, triggered)
+            if spec is None:
                 continue
-            count = new_rows(self.store, rule.stage, baseline)
-            if count < rule.min_new:
-                continue
-            spec = JobSpec(
-                stage=rule.stage,
-                method=rule.method,
-                data=FEEDBACK,
-                name=rule.adapter_name,
-                base=self.base_model,
-                params=dict(rule.params),
-                only_new=True,
-                trigger={"min_new": rule.min_new, "new_rows": count, "newest_vote": newest_vote},
-            )
             job = self.queue.submit(spec)
             log.info(
-                "auto-train: %d new %s rows (at least %d asked) since vote %d: queued job %s",
-                count,
+                "auto-train: %d new %s rows (at least %d asked): queued job %s",
+                spec.trigger["new_rows"],
                 rule.stage,
                 rule.min_new,
-                baseline,
                 job.id,
             )
             queued.append(job)
         return queued
+
+    def _vote_job(self, rule: TriggerRule, triggered: dict[str, Any] | None) -> JobSpec | None:
+        """The job of a vote stage if `min_new` new clean rows arrived since its baseline vote."""
+        from training.jobs.worker import last_vote_of_stage
+
+        newest_vote = max((v.id for v in self.store.list_votes()), default=0)
+        baseline = last_vote_of_stage(self.store, rule.stage)
+        if triggered is not None:
+            baseline = max(baseline, int(triggered.get("newest_vote", 0)))
+        if newest_vote <= baseline:
+            return None
+        count = new_rows(self.store, rule.stage, baseline)
+        if count < rule.min_new:
+            return None
+        trigger = {"min_new": rule.min_new, "new_rows": count, "newest_vote": newest_vote}
+        return self._spec(rule, dict(rule.params), only_new=True, trigger=trigger)
+
+    def _prompt_job(self, rule: TriggerRule, triggered: dict[str, Any] | None) -> JobSpec | None:
+        """The job of a prompt stage if `min_new` new distinct prompts were answered since its baseline time
+        and there is a reward model to score its answers."""
+        generations = self.store.list_generations()
+        newest = max((g.created_at for g in generations), default="")
+        baseline = last_prompts_of_stage(self.store, rule.stage)
+        if triggered is not None:
+            baseline = max(baseline, str(triggered.get("newest_generation_at", "")))
+        if newest <= baseline:
+            return None
+        count = new_prompts(self.store, baseline)
+        if count < rule.min_new:
+            return None
+        params = dict(rule.params)
+        if not params.get("reward_model"):
+            reward = newest_reward_model(self.store)
+            if reward is None:
+                if rule.stage not in self._waiting:
+                    self._waiting.add(rule.stage)
+                    log.warning(
+                        "auto-train: %d new prompts for %s, but no reward model to score its answers: train "
+                        "one (stage reward) or set params.reward_model in the rule",
+                        count,
+                        rule.stage,
+                    )
+                return None
+            params["reward_model"] = reward.path
+        self._waiting.discard(rule.stage)
+        trigger = {"min_new": rule.min_new, "new_rows": count, "newest_generation_at": newest}
+        return self._spec(rule, params, only_new=False, trigger=trigger)
+
+    def _spec(self, rule: TriggerRule, params: dict[str, Any], *, only_new: bool, trigger: dict) -> JobSpec:
+        return JobSpec(
+            stage=rule.stage,
+            method=rule.method,
+            data=FEEDBACK,
+            name=rule.adapter_name,
+            base=self.base_model,
+            params=params,
+            only_new=only_new,
+            trigger=trigger,
+        )
