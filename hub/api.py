@@ -106,14 +106,27 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
 
     @router.get("/health")
     async def health():
-        ready = getattr(service.engine, "ready", True)
-        if not ready:
-            raise ApiError(503, "the engine is not ready", code="engine_unavailable")
+        """Readiness: 503 naming the engine and why when it cannot serve (an engine in another process is
+        probed, cached for a few seconds). Container health checks that must not fail with a remote engine
+        use /health/live."""
+        engine = service.engine
+        probe = getattr(engine, "health_problem", None)  # an engine in another process: VLLMEngine
+        if probe is not None:
+            problem = await probe()
+        else:
+            problem = None if getattr(engine, "ready", True) else "the engine is not ready"
+        if problem is not None:
+            raise ApiError(503, problem, code="engine_unavailable")
         return {
             "status": "ok",
             "model": service.engine.model_name,
             "adapters": len(service.engine.adapters()),
         }
+
+    @router.get("/health/live")
+    async def liveness():
+        """Liveness: 200 while this process answers, whatever the engine's state."""
+        return {"status": "alive"}
 
     @router.get("/v1/models", response_model=None)
     async def list_models(principal: Principal = api):

@@ -31,6 +31,7 @@ from .errors import (
     InvalidRequest,
     ModelNotFound,
 )
+from .probe import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, HealthProbe
 from .vllm_process import VLLM_LORA_RANKS, VLLMOptions, VLLMProcess
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class VLLMEngine:
         model_path: str = "",
         max_lora_rank: int = 64,
         process: VLLMProcess | None = None,
+        health_interval_s: float = PROBE_INTERVAL_S,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
@@ -135,6 +137,7 @@ class VLLMEngine:
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task | None = None
         self._up = False
+        self._probe = HealthProbe(self._check_health, interval_s=health_interval_s)
 
     @classmethod
     def managed(cls, options: VLLMOptions, *, model_name: str | None = None) -> VLLMEngine:
@@ -152,6 +155,26 @@ class VLLMEngine:
     @property
     def ready(self) -> bool:
         return self._up and (self.process is None or self.process.running)
+
+    async def health_problem(self) -> str | None:
+        """None while the vLLM server answers its /health, else why not (naming its URL). A cached probe,
+        so the hub's /health stays cheap: a remote server can die without `ready` noticing."""
+        if not self.ready:
+            return f"the vLLM server at {self.url} is not ready (starting or restarting)"
+        return await self._probe.problem()
+
+    async def _check_health(self) -> str | None:
+        if self._client is None:
+            return f"the vLLM engine for {self.url} is not started"
+        try:
+            response = await self._client.get("/health", timeout=PROBE_TIMEOUT_S)
+        except httpx.TimeoutException:
+            return f"the vLLM server at {self.url} did not answer /health within {PROBE_TIMEOUT_S:g} s"
+        except httpx.HTTPError as exc:
+            return f"the vLLM server at {self.url} is not reachable: {type(exc).__name__}: {exc}"
+        if response.status_code != 200:
+            return f"the vLLM server at {self.url} answered /health with {response.status_code}"
+        return None
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

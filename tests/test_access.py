@@ -41,6 +41,7 @@ def matrix(model: str) -> dict[tuple[str, str], tuple[str, dict | None, dict]]:
     unknown_ref = {"generation_id": "chatcmpl-unknown", "choice": 0}
     return {
         ("GET", "/health"): ("/health", None, OPEN),
+        ("GET", "/health/live"): ("/health/live", None, OPEN),
         ("GET", "/openapi.json"): ("/openapi.json", None, OPEN),  # the API's shape, no data
         ("GET", "/metrics"): ("/metrics", None, KEYED),
         ("GET", "/v1/models"): ("/v1/models", None, KEYED),

@@ -4,8 +4,9 @@ event in a started stream, the OpenAI envelope otherwise), never a hang, and the
 - The local engine: a decode step raises (as a CUDA OOM or a PEFT error would) while streamed and plain
   requests share the batch; the hub's app runs in process on a real LocalEngine (httpx.ASGITransport).
 - An external engine process: a real `tunehub engine` behind `tunehub serve --engine vllm --vllm-url` is
-  killed with SIGKILL mid-stream; the hub's /health still answers, requests while it is gone get 503, and a
-  new engine on the same port is served again without restarting the hub.
+  killed with SIGKILL by its pid mid-stream; the hub's /health answers 503 naming the engine (/health/live
+  stays 200), requests while it is gone get 503, and a new engine on the same port is served again (and
+  /health is 200 again) without restarting the hub.
 
 Run: .venv/bin/python -m pytest tests/test_faults_engine.py -q   (the external engine test is marked slow)
 """
@@ -128,7 +129,15 @@ def test_a_killed_engine_process_ends_the_stream_and_a_new_one_is_served(tmp_pat
         assert error["code"] == "engine_unavailable" and engine.url in error["message"]
         engine.process.wait(10)
 
-        assert httpx.get(f"{hub.url}/health", timeout=10).status_code in (200, 503)  # answers, no hang
+        health = httpx.get(f"{hub.url}/health", timeout=10)  # the probe's cache may still say ok: poll
+        deadline = time.monotonic() + 10
+        while health.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            health = httpx.get(f"{hub.url}/health", timeout=10)
+        assert health.status_code == 503, health.text  # the engine's death shows, naming it
+        assert health.json()["error"]["code"] == "engine_unavailable"
+        assert engine.url in health.json()["error"]["message"], health.text
+        assert httpx.get(f"{hub.url}/health/live", timeout=10).status_code == 200  # the hub itself lives
         gone = httpx.post(
             f"{hub.url}/v1/chat/completions", json=chat_body(model, "Hi", max_tokens=4), timeout=30
         )
@@ -136,6 +145,10 @@ def test_a_killed_engine_process_ends_the_stream_and_a_new_one_is_served(tmp_pat
         assert gone.json()["error"]["code"] == "engine_unavailable"
 
         engine = EngineProcess(model=demo_model, log_path=tmp_path / "engine.log", port=engine.port).start()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{hub.url}/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "/health did not recover with the new engine"
+            time.sleep(0.2)
         again = httpx.post(
             f"{hub.url}/v1/chat/completions", json=chat_body(model, "Hi", max_tokens=4), timeout=30
         )
