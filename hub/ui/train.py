@@ -162,7 +162,8 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     log = gr.Code(label="Log (last lines)", language=None, elem_id="train-log")
     poll = gr.Timer(POLL_S, active=False)
 
-    def apply_preset(preset_: str, stage_: str):
+    def apply_preset(preset_: str, stage_: str, request: gr.Request):
+        require_admin(auth, request)
         values = preset_params(preset_, stage_)
         return (
             values["max_steps"],
@@ -172,7 +173,10 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             values["lora_rank"],
         )
 
-    def show_estimate(method_: str, batch: float | None, length: float | None, rank: float | None):
+    def show_estimate(
+        method_: str, batch: float | None, length: float | None, rank: float | None, request: gr.Request
+    ):
+        require_admin(auth, request)  # it describes the served model
         try:
             return jobs.estimate_table(
                 method_, batch_size=int(batch or 1), seq_len=int(length or 1), lora_rank=int(rank or 16)
@@ -180,7 +184,8 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         except ValueError as e:
             return f"no estimate: {e}"
 
-    def show_command(gpus_: float | None, strategy_: str) -> str:
+    def show_command(gpus_: float | None, strategy_: str, request: gr.Request) -> str:
+        require_admin(auth, request)  # the command shows the server's paths
         try:
             return jobs.preview_command(gpus=int(gpus_ or 1), strategy=strategy_)
         except JobError as e:
