@@ -181,3 +181,39 @@ def test_dpo_from_a_parent_adapter_saves_only_the_trained_adapter(demo_model, pa
     assert not (out / "ref").exists()  # the reference copy is not part of the result
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model), out)
     assert list(loaded.peft_config) == ["default"]
+
+
+@pytest.mark.slow
+def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weights_within_it(
+    demo_model, pairs_file, tmp_path
+):
+    """Issue 6, item 2: at lr 5e-3 the held-out accuracy is 1.0 from the first evaluation on, so accuracy
+    alone never stops the run (patience 0 here), while the KL from the base jumps from ~0.04 to ~2.6 nats
+    between steps 3 and 6. The KL watch stops at the first evaluation past the bound and keeps step 3."""
+    data, _ = pairs_file
+    out = main(
+        dpo_config(
+            demo_model,
+            data,
+            tmp_path / "dpo-kl",
+            learning_rate=5e-3,
+            max_steps=30,
+            eval_steps=3,
+            early_stopping_patience=0,
+            max_kl=1.0,
+            loss_check_steps=0,
+        )
+    )
+    metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]
+    print(f"DPO KL watch: KL per evaluation {metrics['kl_curve']}, kept step {metrics['best_step']}")
+    (_, first_kl), (stop_step, stop_kl) = metrics["kl_curve"][0], metrics["kl_curve"][-1]
+    assert first_kl <= 1.0 < stop_kl and metrics["stopped_on_kl"] == stop_step
+    assert metrics["stopped_early"] and metrics["steps"] == stop_step < 30
+    # The weights kept are the best evaluated within the bound; the final evaluation measures them again.
+    assert metrics["best_step"] < stop_step and metrics["eval_kl"] <= 1.0
+    assert metrics["max_kl"] == 1.0
+
+
+def test_max_kl_must_not_be_negative():
+    with pytest.raises(ValueError, match="max_kl must be 0 or more, got -1"):
+        DPOConfig(model="m", data="d", output_dir="o", max_kl=-1)

@@ -1,15 +1,20 @@
-"""Trainer callbacks that watch a run: a NaN or flat training loss stops it with advice.
+"""Trainer callbacks that watch a run: a NaN or flat training loss stops it with advice; a preference run
+stops when its KL divergence from the base passes a bound.
 
-Early stopping on a rising eval loss (or a falling held-out preference accuracy) is transformers'
-`EarlyStoppingCallback`, set up in `training.common.stage_callbacks`. This module imports transformers
-at the top, so import it only inside the functions that train.
+Early stopping on a rising eval loss (or a held-out preference accuracy that stops improving) is
+transformers' `EarlyStoppingCallback`, set up in `training.common.stage_callbacks`; `KLWatch` adds the KL
+bound beside it. This module imports transformers at the top, so import it only inside the functions that
+train.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from transformers import TrainerCallback
+
+from training.demo.corpus import CheckablePrompt
 
 # The loss check compares the latest logged loss with the first: a fall of less than MIN_LOSS_DROP is "flat",
 # a rise of more than MAX_LOSS_RISE is divergence (a smaller rise is noise, or the plateau before a drop).
@@ -77,3 +82,80 @@ class LossWatch(TrainerCallback):
                     "nothing was saved"
                 )
                 control.should_training_stop = True
+
+
+class KLWatch(TrainerCallback):
+    """At each evaluation, the mean per-token KL(policy || base) on the policy's own greedy answers to
+    held-out prompts, the measure of the regression replay and the promotion guard (`training.replay`).
+
+    Above `max_kl` training stops, and that evaluation is made the worst one for `metric` (its value in the
+    metrics is replaced before transformers picks the best checkpoint), so the weights kept at the end are
+    the best ones evaluated within the bound. A preference run that over-optimises drifts from the base
+    before its held-out accuracy falls (DESIGN.md: 0.85 -> 0.12 checkable accuracy while the rater's
+    accuracy held), so the accuracy alone cannot catch it.
+
+    `reference` is the model to measure against: None for an adapter (the same model with its adapters
+    disabled), the frozen starting weights for full and freeze tuning. Evaluations after training (the
+    final one in `training.common.run_training`) only record the KL.
+    """
+
+    def __init__(
+        self,
+        prompts: list[list[dict]],
+        tokenizer,
+        max_kl: float,
+        metric: str | None,
+        greater_is_better: bool,
+        reference=None,
+        max_new_tokens: int = 32,
+    ) -> None:
+        self.prompts = [CheckablePrompt("eval", messages, "") for messages in prompts]
+        self.tokenizer = tokenizer
+        self.max_kl = max_kl
+        self.metric = None if metric is None else (metric if metric.startswith("eval_") else f"eval_{metric}")
+        self.worst = -math.inf if greater_is_better else math.inf
+        self.reference = reference
+        self.max_new_tokens = max_new_tokens
+        self.kls: list[tuple[int, float]] = []  # (step, KL) at each evaluation
+        self.exceeded_at: int | None = None  # the step whose evaluation passed the bound
+        self.training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if model is None or metrics is None or not self.prompts:
+            return
+        kl = self.measure(model)
+        metrics["eval_kl"] = kl
+        if state.log_history and any(key.startswith("eval_") for key in state.log_history[-1]):
+            state.log_history[-1]["eval_kl"] = kl  # the evaluation was logged before this callback ran
+        self.kls.append((state.global_step, kl))
+        if self.training and kl > self.max_kl:
+            self.exceeded_at = state.global_step
+            if self.metric in metrics:
+                metrics[self.metric] = self.worst
+            control.should_training_stop = True
+
+    def measure(self, model) -> float:
+        from training.replay import greedy_answers, mean_kl
+
+        was_training = model.training
+        model.eval()
+        try:
+            replies = greedy_answers(model, self.tokenizer, self.prompts, self.max_new_tokens)
+            return round(mean_kl(model, self.tokenizer, self.prompts, replies, self.reference), 5)
+        finally:
+            if was_training:
+                model.train()
+
+    def summary(self) -> dict[str, Any]:
+        """What `run_training` adds to the run's metrics."""
+        return {
+            "max_kl": self.max_kl,
+            "kl_curve": [[step, kl] for step, kl in self.kls],
+            "stopped_on_kl": self.exceeded_at,
+        }

@@ -24,6 +24,7 @@ from training.data import TrainingData, load_training_data
 from training.methods import Hardware, MethodPlan, detect_hardware
 
 METADATA_FILE = "tunehub_training.json"
+KL_PROMPTS = 32  # held-out prompts the KL watch answers at each evaluation
 ADAPTER_CONFIG = "adapter_config.json"
 
 
@@ -105,7 +106,8 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     has_eval = bool(run.data.eval)
     steps = total_steps(config, len(run.data.train))
     eval_steps = config.eval_steps or max(1, steps // 8)
-    keep_best = has_eval and config.early_stopping_patience > 0
+    # Early stopping and a KL bound (preference stages) keep the best weights evaluated (within the bound).
+    keep_best = has_eval and (config.early_stopping_patience > 0 or getattr(config, "max_kl", 0) > 0)
     saving: dict[str, Any] = {
         # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
         "save_strategy": "best" if keep_best else "no",
@@ -148,25 +150,53 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     }
 
 
-def stage_callbacks(run: Run, extra: list | None = None) -> list:
-    """The loss watch, early stopping when there are eval rows, then the caller's callbacks."""
+def stage_callbacks(run: Run, extra: list | None = None, kl_watch=None) -> list:
+    """The loss watch, the KL watch (`kl_watch`, preference stages), early stopping when there are eval
+    rows, then the caller's callbacks."""
     from transformers import EarlyStoppingCallback
 
     from training.callbacks import LossWatch
 
     callbacks: list = [LossWatch(run.config.loss_check_steps, run.config.learning_rate)]
+    if kl_watch is not None:
+        callbacks.append(kl_watch)  # before early stopping, so an evaluation past the bound counts as worst
     if run.data.eval and run.config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run.config.early_stopping_patience))
     return callbacks + list(extra or [])
+
+
+def kl_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
+    """A `training.callbacks.KLWatch` over up to KL_PROMPTS held-out prompts when the config sets a
+    `max_kl` above 0 and there are eval rows; else None."""
+    max_kl = getattr(run.config, "max_kl", 0)
+    if not run.data.eval or not max_kl:
+        return None
+    from training.callbacks import KLWatch
+    from training.models import load_tokenizer
+
+    prompts: list[list[dict]] = []
+    for row in run.data.eval:
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if messages not in prompts:
+            prompts.append(messages)
+        if len(prompts) == KL_PROMPTS:
+            break
+    tokenizer = load_tokenizer(run.config.model)
+    tokenizer.padding_side = "left"  # greedy answers continue each row from its last real token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return KLWatch(prompts, tokenizer, max_kl, metric, greater_is_better, reference=reference)
 
 
 def run_training(trainer, run: Run) -> dict[str, Any]:
     """Train, raise `TrainingFailed` on a watched problem, and return the final metrics."""
     from transformers import EarlyStoppingCallback
 
-    from training.callbacks import LossWatch
+    from training.callbacks import KLWatch, LossWatch
 
     watch = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossWatch))
+    kl = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, KLWatch)), None)
     checkpoint = latest_checkpoint(Path(trainer.args.output_dir)) if run.config.resume else None
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -178,8 +208,11 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         (cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)), None
     )
     stopped_early = bool(
-        stopper
-        and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+        (
+            stopper
+            and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+            or (kl and kl.exceeded_at is not None)
+        )
         and state.global_step < state.max_steps
     )
     metrics: dict[str, Any] = {
@@ -198,7 +231,10 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         "eval_metric": trainer.args.metric_for_best_model,
         "eval_curve": [[step, round(value, 5)] for step, value in watch.evals],
     }
+    if kl is not None:
+        metrics.update(kl.summary())
     if trainer.eval_dataset is not None:
+        # with a KL watch this adds eval_kl: the KL of the weights kept (the best ones within the bound)
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     return metrics
 

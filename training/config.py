@@ -30,6 +30,10 @@ LR_SCHEDULERS: tuple[str, ...] = (
     "warmup_stable_decay",
 )
 
+# The preference stages' default KL bound (DPO, KTO: `max_kl`), the promotion guard's default too
+# (feedback/promotion_rule.py), so early stopping keeps candidates that the guard lets through.
+MAX_KL = 2.0
+
 
 @dataclass
 class StageConfig(MethodOptions):

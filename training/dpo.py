@@ -4,7 +4,9 @@ The reference is the starting point: with a new adapter it is the base with adap
 (`ref_model=None` + `peft_config`); from a parent adapter TRL keeps a frozen copy of the parent as the
 reference; full and freeze tuning get a frozen copy of the starting weights. Small preference sets
 over-optimise fast (DESIGN.md), so the defaults cap the run at 200 steps with lr 5e-5 and stop early when
-the held-out preference accuracy (``eval_rewards/accuracies``) stops improving, keeping the best weights.
+the held-out preference accuracy (``eval_rewards/accuracies``) stops improving, or when the KL from the base
+on held-out prompts passes ``--max-kl`` (2 nats, the promotion guard's bound; `training.callbacks.KLWatch`),
+keeping the best weights evaluated within the bound.
 
 An SFT term on the chosen answers (RPO) slows the collapse: TRL 1.16 has no `rpo_alpha`; its equivalent
 is ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, alpha]``, which `--sft-weight alpha` sets.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from training.common import (
     cleanup,
+    kl_watch,
     prepare_run,
     run_cli,
     run_dir_for,
@@ -28,7 +31,7 @@ from training.common import (
     stage_callbacks,
     trainer_arguments,
 )
-from training.config import StageConfig, parse_config
+from training.config import MAX_KL, StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
@@ -36,6 +39,7 @@ from training.models import load_model, load_tokenizer
 DESCRIPTION = (
     "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on accuracy."
 )
+METRIC = "eval_rewards/accuracies"  # held-out preference accuracy: early stopping keeps its best
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
 
 
@@ -60,6 +64,13 @@ class DPOConfig(StageConfig):
             "(0: none; 0.2-1.0 slows collapse)"
         },
     )
+    max_kl: float = field(
+        default=MAX_KL,
+        metadata={
+            "help": "stop when the mean per-token KL from the base on held-out prompts (the promotion guard's "
+            "measure) passes this many nats, keeping the best weights within it (0: no bound)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +80,8 @@ class DPOConfig(StageConfig):
             raise ValueError(f"loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must not be negative, got {self.sft_weight!r}")
+        if self.max_kl < 0:
+            raise ValueError(f"max_kl must be 0 or more, got {self.max_kl!r}")
 
 
 def main(config: DPOConfig, callbacks: list | None = None) -> Path:
@@ -90,7 +103,7 @@ def main(config: DPOConfig, callbacks: list | None = None) -> Path:
     run_dir = run_dir_for(run)
     try:
         args = TRLDPOConfig(
-            **trainer_arguments(run, run_dir, metric="eval_rewards/accuracies", greater_is_better=True),
+            **trainer_arguments(run, run_dir, metric=METRIC, greater_is_better=True),
             beta=config.beta,
             loss_type=loss_types,
             loss_weights=loss_weights,
@@ -103,7 +116,11 @@ def main(config: DPOConfig, callbacks: list | None = None) -> Path:
             eval_dataset=Dataset.from_list(_pairs(run.data.eval)) if run.data.eval else None,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=stage_callbacks(run, callbacks),
+            callbacks=stage_callbacks(
+                run,
+                callbacks,
+                kl_watch(run, METRIC, greater_is_better=True, reference=ref_model),
+            ),
         )
         metrics = run_training(trainer, run)
         return save_result(trainer, run, plan, metrics, task="causal_lm")

@@ -3,7 +3,9 @@
 Rows are ``{"prompt", "completion", "label"}`` (an export of thumbs votes; preference pairs work too, each
 chosen answer good and each rejected one bad). The reference is the starting point, as in DPO. KTO
 estimates its KL term from mismatched prompt/answer pairs inside each batch, so a batch needs at least
-two rows and TRL reads them in order: the rows are shuffled here, once, with the seed.
+two rows and TRL reads them in order: the rows are shuffled here, once, with the seed. Early stopping watches
+the held-out loss, and the KL from the base on held-out prompts (``--max-kl``, as in DPO) stops the run
+past its bound, keeping the best weights within it.
 
     python -m training.kto --model ./demo --data exports/kto --output-dir adapters/kto-1
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from training.common import (
     cleanup,
+    kl_watch,
     prepare_run,
     run_cli,
     run_dir_for,
@@ -24,7 +27,7 @@ from training.common import (
     stage_callbacks,
     trainer_arguments,
 )
-from training.config import StageConfig, parse_config
+from training.config import MAX_KL, StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.dpo import frozen_copy
 from training.methods import resolve_method
@@ -51,6 +54,13 @@ class KTOConfig(StageConfig):
     undesirable_weight: float = field(
         default=1.0, metadata={"help": "loss weight of thumbs-down answers (raise it when they are fewer)"}
     )
+    max_kl: float = field(
+        default=MAX_KL,
+        metadata={
+            "help": "stop when the mean per-token KL from the base on held-out prompts (the promotion guard's "
+            "measure) passes this many nats, keeping the best weights within it (0: no bound)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +69,8 @@ class KTOConfig(StageConfig):
         for name in ("desirable_weight", "undesirable_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_kl < 0:
+            raise ValueError(f"max_kl must be 0 or more, got {self.max_kl!r}")
         if self.per_device_batch_size < 2:
             raise ValueError(
                 f"per_device_batch_size must be at least 2 for KTO (its KL estimate pairs rows within a "
@@ -103,7 +115,9 @@ def main(config: KTOConfig, callbacks: list | None = None) -> Path:
             eval_dataset=Dataset.from_list(run.data.eval) if run.data.eval else None,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=stage_callbacks(run, callbacks),
+            callbacks=stage_callbacks(
+                run, callbacks, kl_watch(run, "eval_loss", greater_is_better=False, reference=ref_model)
+            ),
         )
         metrics = run_training(trainer, run)
         return save_result(trainer, run, plan, metrics, task="causal_lm")

@@ -44,7 +44,8 @@ def load_prompts(path: str | Path | None = None, n: int = DEFAULT_PROMPTS) -> li
     return prompts
 
 
-def _answers(model, tokenizer, prompts: list[CheckablePrompt], max_new_tokens: int) -> list[str]:
+def greedy_answers(model, tokenizer, prompts: list[CheckablePrompt], max_new_tokens: int) -> list[str]:
+    """Each prompt's greedy answer, in batches of 32 (``tokenizer`` pads on the left)."""
     import torch
 
     replies = []
@@ -53,7 +54,9 @@ def _answers(model, tokenizer, prompts: list[CheckablePrompt], max_new_tokens: i
         texts = tokenizer.apply_chat_template(
             [p.messages for p in batch], add_generation_prompt=True, tokenize=False
         )
-        inputs = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        inputs = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(
+            model.device
+        )
         with torch.no_grad():
             output = model.generate(
                 **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
@@ -62,8 +65,9 @@ def _answers(model, tokenizer, prompts: list[CheckablePrompt], max_new_tokens: i
     return replies
 
 
-def _kl_from_base(model, tokenizer, prompts: list[CheckablePrompt], replies: list[str]) -> float:
-    """Mean per-token KL(adapter || base) over the answer positions of ``replies``."""
+def mean_kl(model, tokenizer, prompts: list[CheckablePrompt], replies: list[str], reference=None) -> float:
+    """Mean per-token KL(model || reference) over the answer positions of ``replies``; without a
+    ``reference`` model it is the same model with its adapters disabled (the base)."""
     import torch
     import torch.nn.functional as F
 
@@ -74,13 +78,16 @@ def _kl_from_base(model, tokenizer, prompts: list[CheckablePrompt], replies: lis
         answer_ids = tokenizer(reply, add_special_tokens=False, return_tensors="pt")["input_ids"]
         if answer_ids.shape[1] == 0:
             continue
-        ids = torch.cat([prompt_ids, answer_ids], dim=1)
+        ids = torch.cat([prompt_ids, answer_ids], dim=1).to(model.device)
         # logits at position t predict token t+1: the answer's tokens are predicted from prompt_len-1 on
         window = slice(prompt_ids.shape[1] - 1, ids.shape[1] - 1)
         with torch.no_grad():
             adapted = F.log_softmax(model(input_ids=ids).logits[0, window].float(), dim=-1)
-            with model.disable_adapter():
-                base = F.log_softmax(model(input_ids=ids).logits[0, window].float(), dim=-1)
+            if reference is not None:
+                base = F.log_softmax(reference(input_ids=ids).logits[0, window].float(), dim=-1)
+            else:
+                with model.disable_adapter():
+                    base = F.log_softmax(model(input_ids=ids).logits[0, window].float(), dim=-1)
         total += float((adapted.exp() * (adapted - base)).sum())
         tokens += answer_ids.shape[1]
     return total / tokens if tokens else 0.0
@@ -123,16 +130,16 @@ def run_replay(
         model.load_adapter(str(incumbent), adapter_name="incumbent")
 
     model.set_adapter("candidate")
-    candidate_replies = _answers(model, tokenizer, prompts, max_new_tokens)
-    candidate_kl = _kl_from_base(model, tokenizer, prompts, candidate_replies)
+    candidate_replies = greedy_answers(model, tokenizer, prompts, max_new_tokens)
+    candidate_kl = mean_kl(model, tokenizer, prompts, candidate_replies)
     if incumbent is None:
         with model.disable_adapter():
-            incumbent_replies = _answers(model, tokenizer, prompts, max_new_tokens)
+            incumbent_replies = greedy_answers(model, tokenizer, prompts, max_new_tokens)
         incumbent_kl = 0.0
     else:
         model.set_adapter("incumbent")
-        incumbent_replies = _answers(model, tokenizer, prompts, max_new_tokens)
-        incumbent_kl = _kl_from_base(model, tokenizer, prompts, incumbent_replies)
+        incumbent_replies = greedy_answers(model, tokenizer, prompts, max_new_tokens)
+        incumbent_kl = mean_kl(model, tokenizer, prompts, incumbent_replies)
     report: dict[str, Any] = {
         "candidate": _summary(candidate_name, prompts, candidate_replies, candidate_kl),
         "incumbent": _summary(incumbent_name, prompts, incumbent_replies, incumbent_kl),
