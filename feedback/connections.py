@@ -18,11 +18,12 @@ from urllib.parse import quote
 
 from sqlite_utils import Database
 
-from feedback.errors import CorruptStore, DiskFull
+from feedback.errors import CorruptStore, DiskFull, WriterBusy
 from feedback.schema.migrations import applied_migrations, apply_migrations
 
 _CORRUPTION_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _SQLITE_FULL = 13
+_SQLITE_BUSY = 5
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -153,25 +154,49 @@ class StoreConnections:
         return db
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, wait: bool = True) -> Iterator[None]:
         """Group the writes made by this thread inside the block into one transaction and one commit.
 
         Each write still succeeds or fails on its own (a savepoint each): a write that raises leaves the
         others in place. Nothing is durable, or visible to readers, before the block ends. Used to write
         votes that arrive together at the cost of one commit (hub/write_batcher.py).
+
+        With ``wait=False`` the block does not wait for the writer: if another thread holds it, or another
+        process (a training job, a CLI command) holds the database's write lock, it raises
+        :class:`WriterBusy` before anything is written. An event loop can write in place when the writer is
+        free and hand the batch to a thread only when it is not.
         """
-        with self._write_lock, _disk_full_as_error(self.path):
-            db = self._writer
+        if not self._write_lock.acquire(blocking=wait):
+            raise WriterBusy(self.path)
+        try:
+            with _disk_full_as_error(self.path):
+                db = self._writer
+                self._begin_immediate(db, wait)
+                self._batch_thread = threading.get_ident()
+                try:
+                    yield
+                except BaseException:
+                    db.rollback()
+                    raise
+                finally:
+                    self._batch_thread = None
+                _commit(db)
+        finally:
+            self._write_lock.release()
+
+    def _begin_immediate(self, db: Database, wait: bool) -> None:
+        if wait:
             db.conn.execute("BEGIN IMMEDIATE")
-            self._batch_thread = threading.get_ident()
-            try:
-                yield
-            except BaseException:
-                db.rollback()
-                raise
-            finally:
-                self._batch_thread = None
-            _commit(db)
+            return
+        db.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                raise WriterBusy(self.path) from exc
+            raise
+        finally:
+            db.conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
 
     @contextmanager
     def _write(self) -> Iterator[Database]:

@@ -73,3 +73,14 @@ class DiskFull(StoreError):
             "before is kept. Free space on that disk (or move the data directory to a larger one) and retry"
         )
         self.path = path
+
+
+class WriterBusy(StoreError):
+    """A write asked not to wait found the store's writer in use (by another thread of this process, or by
+    another process's transaction). Nothing was written; the caller may retry with a write that waits."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            f"the feedback database {path} is being written by someone else; nothing was written"
+        )
+        self.path = path

@@ -26,7 +26,7 @@ from .feedback_service import FeedbackService
 from .jobs_api import build_jobs_router, start_runner
 from .jobs_service import JobsService
 from .limits import BodyLimit, GenerationGate, RateLimiter
-from .metrics import Metrics
+from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
 from .promotion import PromotionService, run_auto_promotion
 from .promotion_api import build_promotion_router
 from .recording import store_recorder
@@ -137,7 +137,13 @@ def build_app(
             await engine.close()
             store.close()
 
-    app = FastAPI(title="tunehub", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="tunehub",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     app.state.service = service
     app.state.store = store
     app.state.settings = settings

@@ -26,7 +26,7 @@ from . import protocol as p
 from .api import build_router
 from .auth import Auth
 from .errors import install_error_handlers
-from .metrics import Metrics
+from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
 from .service import ChatService
 
 
@@ -83,7 +83,13 @@ def build_engine_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         finally:
             await engine.close()
 
-    app = FastAPI(title="tunehub engine", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="tunehub engine",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,
+    )
     app.state.service = service
     install_error_handlers(app)
     vllm_routes = APIRouter()

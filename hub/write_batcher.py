@@ -1,11 +1,13 @@
-"""Group commit for the API's hot write path: votes that arrive together share one thread hop and one commit.
+"""Group commit for the API's hot write path: votes that arrive together share one transaction and one commit.
 
-A vote is a few small SQLite statements; what costs is the commit and, in an async server, handing each
-write to a worker thread and back. `WriteBatcher.run(fn)` queues the blocking call `fn`; one flush at a time
-runs every queued call in a worker thread inside one `Store.batch()` transaction, then answers each caller
-with its own result or exception. While a flush writes, the next votes queue up, so batches grow with the
-load and a lone vote still goes straight through. A caller is answered only after the commit: an
-acknowledged vote is on disk. Measured by bench/store.py.
+A vote is a few small SQLite statements (microseconds, with WAL and synchronous=NORMAL); what costs is the
+commit and, in an async server, handing each write to a worker thread and back. `WriteBatcher.run(fn)`
+queues the blocking call `fn`; one flush at a time runs every queued call inside one `Store.batch()`
+transaction, then answers each caller with its own result or exception. The flush writes in place, on the
+event loop, when the store's writer is free; when it is not (another thread is writing, or another process
+such as a training job holds the database's write lock) the batch goes to a worker thread, so the loop never
+waits on a lock. While a flush waits there, the next votes queue up, so batches grow with the load. A caller
+is answered only after the commit: an acknowledged vote is on disk. Measured by bench/store.py.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from feedback.errors import WriterBusy
 from feedback.store import Store
 
 T = TypeVar("T")
+Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 
 
 class WriteBatcher:
@@ -40,7 +44,7 @@ class WriteBatcher:
             while self._queue:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 try:
-                    outcomes = await asyncio.to_thread(self._write, [fn for fn, _ in batch])
+                    outcomes = await self._commit([fn for fn, _ in batch])
                 except BaseException as exc:  # the commit failed: none of this batch is stored
                     outcomes = [(False, exc)] * len(batch)
                 for (_, future), (ok, value) in zip(batch, outcomes):
@@ -50,12 +54,19 @@ class WriteBatcher:
                         future.set_result(value)
                     else:
                         future.set_exception(value)
+                await asyncio.sleep(0)  # a long queue is written in turns with the rest of the loop's work
         finally:
             self._flushing = False
 
-    def _write(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
-        with self.store.batch():
+    async def _commit(self, calls: list[Callable[[], Any]]) -> list[Outcome]:
+        try:
+            return self._write(calls, wait=False)  # the writer is free: no thread hop
+        except WriterBusy:
+            return await asyncio.to_thread(self._write, calls, wait=True)
+
+    def _write(self, calls: list[Callable[[], Any]], *, wait: bool) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        with self.store.batch(wait=wait):
             for fn in calls:
                 try:
                     outcomes.append((True, fn()))

@@ -1,13 +1,16 @@
-"""Group commit: votes that arrive together share one transaction, yet each succeeds or fails on its own."""
+"""Group commit: votes that arrive together share one transaction, yet each succeeds or fails on its own; the
+batch is written in place on the event loop when the writer is free, and in a thread when it is not."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
-from feedback.errors import NotFound
+from feedback.errors import NotFound, WriterBusy
 from feedback.store import Store
 from hub.write_batcher import WriteBatcher
 
@@ -31,9 +34,9 @@ def test_concurrent_votes_share_commits_and_fail_alone(store: Store, monkeypatch
     batches = []
     real_batch = store.batch
 
-    def counting_batch():
+    def counting_batch(**kwargs):
         batches.append(1)
-        return real_batch()
+        return real_batch(**kwargs)
 
     monkeypatch.setattr(store, "batch", counting_batch)
     batcher = WriteBatcher(store)
@@ -79,3 +82,75 @@ def test_a_failed_commit_fails_every_vote_of_its_batch_and_stores_none(store: St
     assert [v.rater for v in store.list_votes("earlier")] == ["earlier"]
     # and the store still writes afterwards
     assert store.add_thumbs(ids[2], "up", rater="b", source="api").value == "up"
+
+
+def test_a_free_writer_is_used_in_place_without_a_thread_hop(store: Store):
+    ids = _answers(store, 2)
+    batcher = WriteBatcher(store)
+
+    async def vote():
+        loop_thread = threading.get_ident()
+        writers = []
+
+        def write():
+            writers.append(threading.get_ident())
+            return store.add_thumbs(ids[0], "up", rater="a", source="api")
+
+        vote = await batcher.run(write)
+        return vote, writers == [loop_thread]
+
+    vote, in_place = asyncio.run(vote())
+    assert in_place and store.list_votes("a")[0].id == vote.id
+
+
+def test_a_busy_database_is_waited_for_in_a_thread_while_the_loop_runs_on(store: Store):
+    """Another process's transaction (here a second connection) holds the write lock: the vote waits for it
+    in a worker thread, the event loop keeps serving, and the vote is stored once the lock is released."""
+    ids = _answers(store, 1)
+    other = sqlite3.connect(store.path, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(WriterBusy), store.batch(wait=False):
+        pytest.fail("the block must not run while another connection writes")
+    batcher = WriteBatcher(store)
+
+    async def scenario():
+        ticks = 0
+        writers = []
+
+        def write():
+            writers.append(threading.get_ident())
+            return store.add_thumbs(ids[0], "up", rater="a", source="api")
+
+        pending = asyncio.create_task(batcher.run(write))
+        for _ in range(20):  # the loop is free while the write waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not pending.done() and store.list_votes("a") == []
+        other.rollback()
+        vote = await asyncio.wait_for(pending, 10)
+        return vote, ticks, writers[0] != threading.get_ident()
+
+    vote, ticks, in_a_thread = asyncio.run(scenario())
+    other.close()
+    assert ticks == 20 and in_a_thread and store.list_votes("a")[0].id == vote.id
+
+
+def test_a_writer_held_by_another_thread_is_not_waited_for_in_place(store: Store):
+    ids = _answers(store, 1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_writer():
+        with store.batch():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_writer)
+    holder.start()
+    held.wait(10)
+    try:
+        with pytest.raises(WriterBusy), store.batch(wait=False):
+            pytest.fail("the block must not run while another thread writes")
+    finally:
+        release.set()
+        holder.join()
+    assert store.add_thumbs(ids[0], "up", rater="a", source="api").value == "up"
