@@ -81,9 +81,14 @@ class Auth:
     def identify(self, request: Request) -> Principal:
         """The caller of an API request; 401 for a wrong key, 429 over the caller's rate limit."""
         principal = self._identify(request)
+        self.count(principal)
+        return principal
+
+    def count(self, principal: Principal) -> None:
+        """Count one request against the caller's rate limit: a 429 ApiError over it. The API counts every
+        request here; the UI counts generations and votes, so a rater's key and login share one bucket."""
         if self._limiter is not None:
             self._limiter.check(principal.role, principal.name)
-        return principal
 
     def _identify(self, request: Request) -> Principal:
         token = _bearer(request)

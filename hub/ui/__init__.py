@@ -32,6 +32,22 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class UiLimits:
+    """Bounds on the UI's Gradio queue, from the settings that bound the API: at most `concurrent`
+    generating events at once (chat, arena and rank share one group; the generation gate behind them counts
+    choices) and as many of any other one event; at most `queued` events waiting, beyond which Gradio refuses
+    to queue at once (503 "Queue is full") rather than letting the wait grow."""
+
+    concurrent: int = 64
+    queued: int = 256
+
+    @property
+    def generation(self) -> dict:
+        """The keyword arguments of an event listener that generates text."""
+        return {"concurrency_id": "generation", "concurrency_limit": self.concurrent}
+
+
+@dataclass(frozen=True)
 class UiServices:
     """The services the UI calls; the same objects the API routes use."""
 
@@ -44,6 +60,7 @@ class UiServices:
     jobs: JobsService
     adapters: AdapterService
     promotion: PromotionService | None = None  # replays and decisions in the Adapters tab
+    limits: UiLimits = UiLimits()
 
 
 def build_ui(services: UiServices) -> gr.Blocks:
@@ -82,4 +99,10 @@ def build_ui(services: UiServices) -> gr.Blocks:
         for tab in (chat, arena, rank, leaderboard, data, adapters):
             tab.select(lambda: gr.Timer(active=False), outputs=poll, queue=False)
         blocks.load(on_page_load(services.auth, len(admin_tabs)), outputs=[whoami, *admin_tabs])
+    # api_open=False: a queued event cannot be posted to /gradio_api/run/... around the queue and its limits
+    blocks.queue(
+        max_size=services.limits.queued,
+        default_concurrency_limit=services.limits.concurrent,
+        api_open=False,
+    )
     return blocks

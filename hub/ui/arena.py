@@ -16,7 +16,7 @@ from serving.engine import SamplingParams
 
 from ..arena import Contestant
 from . import UiServices
-from .login import shown_to_user, user_of
+from .login import admit, shown_to_user
 
 OUTCOMES = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}
 
@@ -54,12 +54,13 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
     state = gr.State(new_arena())
     buttons_off = [gr.update(interactive=False)] * len(vote_buttons)
 
-    async def ask(text: str, current: dict, temp: float, limit: int, request: gr.Request):
+    async def ask(text: str | None, current: dict, temp: float, limit: int, request: gr.Request):
         if current["battle"] is not None:
             raise gr.Error("vote on these two answers first, or start a new battle")
+        text = text or ""
         if not text.strip():
             raise gr.Error("type a prompt for both models")
-        user = user_of(auth, request)
+        user = admit(auth, request)
         current = {**current}
         if current["conversation_id"] is None:
             current["conversation_id"] = await asyncio.to_thread(
@@ -101,10 +102,9 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         if battle is None:
             raise gr.Error("ask both models something first")
         a, b = Contestant(*battle["a"]), Contestant(*battle["b"])
+        user = admit(auth, request)
         with shown_to_user():
-            recorded = feedback.pairwise(
-                user_of(auth, request).name, a.generation_id, b.generation_id, outcome, source="ui"
-            )
+            recorded = feedback.pairwise(user.name, a.generation_id, b.generation_id, outcome, source="ui")
         kept = current["answers"][1 if outcome == "b" else 0]
         current = {
             **current,
@@ -143,7 +143,7 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
 
     turn_outputs = [prompt, chat_a, chat_b, state, *vote_buttons, result]
     for trigger in (prompt.submit, send.click):
-        trigger(ask, [prompt, state, temperature, max_tokens], turn_outputs)
+        trigger(ask, [prompt, state, temperature, max_tokens], turn_outputs, **services.limits.generation)
     for button, outcome in zip(vote_buttons, ("a", "tie", "both_bad", "b")):
         button.click(voter(outcome), [state], [state, chat_a, chat_b, *vote_buttons, result])
     new_battle.click(reset, outputs=[state, chat_a, chat_b, *vote_buttons, result])

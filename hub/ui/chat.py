@@ -17,7 +17,7 @@ from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
 from ..protocol import new_id
 from ..service import DEFAULT_MODEL
 from . import UiServices
-from .login import shown_to_user, user_of
+from .login import admit, shown_to_user, user_of
 
 
 def message_text(content) -> str:
@@ -94,8 +94,8 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         user = user_of(auth, request)
         return gr.update(choices=conversation_choices(services, user.name))
 
-    def add_user(text: str, history: list[dict]):
-        if not text.strip():
+    def add_user(text: str | None, history: list[dict]):
+        if not (text or "").strip():
             return gr.update(), history
         return "", [*history, {"role": "user", "content": text}]
 
@@ -112,7 +112,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         if not history or history[-1]["role"] != "user":
             yield history, state, gr.update(), gr.update(), gr.update()
             return
-        user = user_of(auth, request)
+        user = admit(auth, request)
         state = {**state, "generation_ids": dict(state["generation_ids"])}
         listed = gr.update()
         if state["conversation_id"] is None:
@@ -153,8 +153,9 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         if like.liked not in (True, False):
             return state, gr.update(), gr.update(), gr.update(), gr.update()
         value = "up" if like.liked else "down"
+        user = admit(auth, request)
         with shown_to_user():
-            vote = feedback.thumbs(user_of(auth, request).name, generation, value, source="ui")
+            vote = feedback.thumbs(user.name, generation, value, source="ui")
         choices = THUMBS_UP_REASONS if value == "up" else THUMBS_DOWN_REASONS
         return (
             {**state, "pending": {"generation_id": generation, "value": value}},
@@ -172,9 +173,10 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         pending = state.get("pending")
         if pending is None:
             raise gr.Error("rate an answer with a thumb first")
+        user = admit(auth, request)
         with shown_to_user():
             vote = feedback.thumbs(
-                user_of(auth, request).name,
+                user.name,
                 pending["generation_id"],
                 pending["value"],
                 reasons=chosen,
@@ -200,8 +202,9 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         generation = state["generation_ids"].get(len(history) - 1)
         if generation is None:
             raise gr.Error("the last answer is not stored, so it cannot be corrected")
+        user = admit(auth, request)
         with shown_to_user():
-            vote = feedback.edit(user_of(auth, request).name, generation, text, source="ui")
+            vote = feedback.edit(user.name, generation, text, source="ui")
         history = plain_history(history)
         history[-1] = {"role": "assistant", "content": text}  # the conversation goes on from the correction
         return history, f"Correction saved (vote {vote.id}); the conversation continues from it."
@@ -222,9 +225,11 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     inputs = [chatbot, session, model, system, temperature, top_p, max_tokens]
     outputs = [chatbot, session, edit_text, conversations, status]
     for trigger in (prompt.submit, send.click):
-        trigger(add_user, [prompt, chatbot], [prompt, chatbot], queue=False).then(answer, inputs, outputs)
+        trigger(add_user, [prompt, chatbot], [prompt, chatbot], queue=False).then(
+            answer, inputs, outputs, **services.limits.generation
+        )
     regenerate.click(drop_last_answer, [chatbot, session], [chatbot, session], queue=False).then(
-        answer, inputs, outputs
+        answer, inputs, outputs, **services.limits.generation
     )
     chatbot.like(on_like, [session], [session, panel, reasons, comment, status])
     send_reasons.click(on_reasons, [session, reasons, comment], [session, panel, status])

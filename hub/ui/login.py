@@ -1,5 +1,6 @@
 """Who is using the UI: the login Gradio asks for when an admin password is set, the user behind each event,
-and the guard on admin-only actions. Hiding a tab is only cosmetic; every admin handler checks again."""
+the rate limit on generations and votes, and the guard on admin-only actions. Hiding a tab is only
+cosmetic; every admin handler checks again (tests/test_ui_access.py calls each event as each role)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from feedback.errors import StoreError
 from serving.errors import EngineError
 
 from ..auth import Auth, Principal
+from ..errors import ApiError
 
 
 def gradio_login(auth: Auth) -> Callable[[str, str], Awaitable[bool]]:
@@ -29,6 +31,17 @@ def gradio_login(auth: Auth) -> Callable[[str, str], Awaitable[bool]]:
 def user_of(auth: Auth, request: gr.Request | None) -> Principal:
     """The user an event comes from (`request.username` after a login; the local admin without one)."""
     return auth.ui_principal(getattr(request, "username", None) if request is not None else None)
+
+
+def admit(auth: Auth, request: gr.Request | None) -> Principal:
+    """The user behind a generation or a vote, counted against their rate limit (the bucket their API key
+    uses too); over it, an error saying when to retry. The admin is never limited."""
+    user = user_of(auth, request)
+    try:
+        auth.count(user)
+    except ApiError as exc:
+        raise gr.Error(exc.message) from None
+    return user
 
 
 def require_admin(auth: Auth, request: gr.Request | None) -> Principal:

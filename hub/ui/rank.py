@@ -11,7 +11,7 @@ from feedback.validation import MAX_RANKED, MIN_RANKED
 from serving.engine import SamplingParams
 
 from . import UiServices
-from .login import shown_to_user, user_of
+from .login import admit, shown_to_user
 
 
 def tiers_from_places(generation_ids: list[str], places: list[str | None]) -> list[list[str]]:
@@ -52,10 +52,13 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
     status = gr.Markdown(elem_id="rank-status")
     state = gr.State({"generation_ids": []})
 
-    async def on_sample(text: str, model_name: str, n: float, temp: float, limit: int, request: gr.Request):
+    async def on_sample(
+        text: str | None, model_name: str, n: float, temp: float, limit: int, request: gr.Request
+    ):
+        text = text or ""
         if not text.strip():
             raise gr.Error("type a prompt first")
-        user = user_of(auth, request)
+        user = admit(auth, request)
         n = int(n)
         conversation = await asyncio.to_thread(services.conversations.start, user.name, text, kind="rank")
         sampling = SamplingParams(max_tokens=int(limit), temperature=float(temp))
@@ -84,8 +87,9 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
         if not generation_ids:
             raise gr.Error("sample some answers first")
         tiers = tiers_from_places(generation_ids, list(chosen[: len(generation_ids)]))
+        user = admit(auth, request)
         with shown_to_user():
-            vote = feedback.ranking(user_of(auth, request).name, tiers, source="ui")
+            vote = feedback.ranking(user.name, tiers, source="ui")
         order = " > ".join(" = ".join(str(generation_ids.index(g) + 1) for g in tier) for tier in tiers)
         return (
             {"generation_ids": []},
@@ -93,15 +97,12 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
             f"Ranking saved (vote {vote.id}): {order}.",
         )
 
-    sample.click(
-        on_sample,
-        [prompt, model, count, temperature, max_tokens],
-        [state, *rows, *answers, *places, submit, status],
-    )
-    prompt.submit(
-        on_sample,
-        [prompt, model, count, temperature, max_tokens],
-        [state, *rows, *answers, *places, submit, status],
-    )
+    for trigger in (sample.click, prompt.submit):
+        trigger(
+            on_sample,
+            [prompt, model, count, temperature, max_tokens],
+            [state, *rows, *answers, *places, submit, status],
+            **services.limits.generation,
+        )
     submit.click(on_submit, [state, *places], [state, submit, status])
     blocks.load(lambda: gr.update(choices=arena.models()), outputs=model)
