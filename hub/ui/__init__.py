@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 class UiLimits:
     """Bounds on the UI's Gradio queue, from the settings that bound the API: at most `concurrent`
     generating events at once (chat, arena and rank share one group; the generation gate behind them counts
-    choices) and as many of any other one event; at most `queued` events waiting, beyond which Gradio refuses
-    to queue at once (503 "Queue is full") rather than letting the wait grow."""
+    choices); at most `queued` events waiting, beyond which Gradio refuses to queue at once (503 "Queue is
+    full") rather than letting the wait grow. Every other event runs one at a time, Gradio's default: votes
+    and reads take milliseconds, and admin work such as a merge or a replay should not run twice at once."""
 
     concurrent: int = 64
     queued: int = 256
@@ -100,9 +101,5 @@ def build_ui(services: UiServices) -> gr.Blocks:
             tab.select(lambda: gr.Timer(active=False), outputs=poll, queue=False)
         blocks.load(on_page_load(services.auth, len(admin_tabs)), outputs=[whoami, *admin_tabs])
     # api_open=False: a queued event cannot be posted to /gradio_api/run/... around the queue and its limits
-    blocks.queue(
-        max_size=services.limits.queued,
-        default_concurrency_limit=services.limits.concurrent,
-        api_open=False,
-    )
+    blocks.queue(max_size=services.limits.queued, default_concurrency_limit=1, api_open=False)
     return blocks
