@@ -210,7 +210,7 @@ def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weig
     assert first_kl <= 1.0 < stop_kl and metrics["stopped_on_kl"] == stop_step
     assert metrics["stopped_early"] and metrics["steps"] == stop_step < 30
     # The weights kept are the best evaluated within the bound; the final evaluation measures them again.
-    assert metrics["best_step"] < stop_step and metrics["eval_kl"] <= 1.0
+    assert metrics["best_step"] < stop_step and metrics["eval_base_kl"] <= 1.0
     assert metrics["max_kl"] == 1.0
 
 

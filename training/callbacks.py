@@ -130,9 +130,9 @@ class KLWatch(TrainerCallback):
         if model is None or metrics is None or not self.prompts:
             return
         kl = self.measure(model)
-        metrics["eval_kl"] = kl
+        metrics["eval_base_kl"] = kl  # not "eval_kl": KTO logs its own batch KL estimate under that name
         if state.log_history and any(key.startswith("eval_") for key in state.log_history[-1]):
-            state.log_history[-1]["eval_kl"] = kl  # the evaluation was logged before this callback ran
+            state.log_history[-1]["eval_base_kl"] = kl  # the evaluation was logged before this callback ran
         self.kls.append((state.global_step, kl))
         if self.training and kl > self.max_kl:
             self.exceeded_at = state.global_step

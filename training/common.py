@@ -234,7 +234,7 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
     if kl is not None:
         metrics.update(kl.summary())
     if trainer.eval_dataset is not None:
-        # with a KL watch this adds eval_kl: the KL of the weights kept (the best ones within the bound)
+        # with a KL watch this adds eval_base_kl: the KL of the weights kept (the best ones within the bound)
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     return metrics
 
