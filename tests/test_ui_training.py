@@ -1,7 +1,9 @@
 """The Train and Adapters tabs in headless Chromium against a real `tunehub serve` with an admin password:
-the admin starts a tiny SFT job from the Train tab, watches its progress and loss, sees it succeed, finds
-the adapter in the Adapters tab (and promotes it) and among the Chat tab's models; a rater sees neither
-admin tab.
+votes are collected through the API, then the admin starts a DPO job and a KTO job on those votes from the
+Train tab, watches each train and replay, compares the candidate with the base in the Adapters tab, promotes
+it and chats with the other candidate; the admin also trains a tiny SFT job from a file, watches its progress
+and loss, finds the adapter in the Adapters tab (and promotes it) and among the Chat tab's models; a rater
+sees neither admin tab. The steps are saved as the README's guided-tour screenshots (test-artifacts/tour/).
 
 Run: .venv/bin/python -m pytest tests/test_ui_training.py -q     (screenshots of failures: test-artifacts/)
 """
@@ -14,13 +16,14 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from feedback.store import Store
 from hub.cli import main as tunehub
 from tests.support.server import HubProcess
 from tests.test_training_jobs import sft_rows
-from tests.test_ui_feedback import sign_in
+from tests.test_ui_feedback import chat, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -28,6 +31,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ADMIN = ("admin", "train-admin-pw")
 RATER = ("rita", "rita-pw")
 TINY = {"max_steps": 6, "logging_steps": 1, "eval_fraction": 0, "loss_check_steps": 0, "checkpoint_steps": 0}
+ON_VOTES = {**TINY, "max_steps": 4}  # a few DPO/KTO steps at the preset's lr 1e-4: barely moves, never breaks
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,126 @@ def wait_text(page, selector: str, text: str, timeout: float = 15_000) -> None:
     )
 
 
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick `option` in the dropdown `elem_id` as a person does (its .input/.change events fire)."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def watch_job(page, name: str, timeout: float = 300) -> list[str]:
+    """The Train tab's status line of the job training adapter `name`, each time it changed, until it ended."""
+    status = page.locator("#train-job-status")
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = status.inner_text()
+        if f"→ {name})" not in text:  # still the job shown before this one was queued
+            page.wait_for_timeout(300)
+            continue
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        if "succeeded" in text or "failed" in text or "cancelled" in text:
+            break
+        page.wait_for_timeout(300)
+    return seen
+
+
+def collect_votes(hub, prompts: int = 10) -> list[int]:
+    """Pairwise votes through the API on two sampled answers to each prompt, preferring the shorter one
+    (a rater's taste); returns the vote ids."""
+    headers = {"Authorization": f"Bearer {ADMIN[1]}"}
+    models = httpx.get(f"{hub.url}/v1/models", headers=headers, timeout=30).json()["data"]
+    base = next(m["id"] for m in models if m.get("parent") is None and m["id"] != "tunehub-default")
+    votes = []
+    for i in range(prompts):
+        completion = httpx.post(
+            f"{hub.url}/v1/chat/completions",
+            json={
+                "model": base,
+                "messages": [{"role": "user", "content": f"Convert {i % 9 + 1} km to m, please ({i})."}],
+                "n": 2,
+                "temperature": 1.0,
+                "max_tokens": 16,
+            },
+            headers=headers,
+            timeout=60,
+        ).json()
+        a, b = (c["message"]["content"] for c in completion["choices"])
+        ref = {"generation_id": completion["id"]}
+        vote = httpx.post(
+            f"{hub.url}/v1/feedback",
+            json={
+                "type": "pairwise",
+                "a": {**ref, "choice": 0},
+                "b": {**ref, "choice": 1},
+                "winner": "a" if len(a) <= len(b) else "b",
+            },
+            headers=headers,
+            timeout=30,
+        )
+        assert vote.status_code == 200, vote.text
+        votes.append(vote.json()["id"])
+    return votes
+
+
+def test_an_admin_trains_dpo_and_kto_on_the_votes_and_chats_with_the_result(train_hub):
+    """Issue 4's "done when" in the browser: each stage started on the votes collected, watched, chatted with."""
+    from tests.support.browser import browser_page, tour_shot
+
+    vote_ids = collect_votes(train_hub)
+    with browser_page(ARTIFACTS, "ui-train-votes") as page:
+        sign_in(page, train_hub, ADMIN)
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-estimate").get_by_text("lora").first.wait_for(timeout=15_000)
+        for stage in ("dpo", "kto"):
+            choose(page, "train-stage", stage)
+            page.locator("#train-name textarea").fill(f"ui-{stage}")
+            page.locator("#train-source").get_by_label("feedback: everything").check()
+            set_code(page, "train-params", json.dumps(ON_VOTES))
+            page.locator("#train-start").click()
+            page.locator("#train-message").get_by_text(f"{stage} lora → ui-{stage}").wait_for(timeout=30_000)
+            seen = watch_job(page, f"ui-{stage}")
+            final = seen[-1]
+            assert "succeeded" in final, "\n".join(seen)
+            assert f"served as ui-{stage}" in final and "step 4/4" in final, final
+            assert f"Replay: ui-{stage}@1 accuracy" in final and "base accuracy" in final, final  # last step
+            assert any("loss" in s and "succeeded" not in s for s in seen), seen
+            if stage == "dpo":
+                tour_shot(page, "3-retrain", "#train-jobs")
+
+        page.get_by_role("tab", name="Adapters").click()
+        wait_text(page, "#adapters-table", "ui-kto@1")
+        choose(page, "adapters-select", "ui-dpo@1")  # its replay is ready: nobody pressed Replay now
+        wait_text(page, "#adapters-replay-summary", "ui-dpo@1")
+        assert "base" in page.locator("#adapters-replay-summary").inner_text()
+        wait_text(page, "#adapters-replay-table", "✗")  # the prompts answered side by side, checked
+        tour_shot(page, "4-compare", "#adapters-replay-summary")
+        page.locator("#adapters-promote").click()
+        page.locator("#adapters-message").get_by_text("ui-dpo@1 promoted").wait_for(timeout=60_000)
+        wait_text(page, "#adapters-table", "promoted")
+        tour_shot(page, "5-promote", "#adapters-table")
+
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_role("button", name="Refresh models").click()
+        page.get_by_label("Model").click()
+        page.get_by_role("option", name="ui-kto", exact=True).click()
+        assert chat(page, "Convert 7 km to m.")  # the new candidate answers, no restart
+        tour_shot(page, "6-chat-candidate")
+
+    headers = {"Authorization": f"Bearer {ADMIN[1]}"}
+    with Store(train_hub.data_dir / "feedback.db") as store:
+        for stage in ("dpo", "kto"):
+            adapter = store.get_adapter(f"ui-{stage}")
+            job = store.get_job(adapter.job_id)
+            snapshot = store.get_dataset(job.dataset_id)
+            assert job.stage == stage and snapshot.source == "export"
+            assert set(vote_ids) <= set(snapshot.vote_ids)  # trained on the votes collected
+            replay = job.metrics["replay"]
+            assert replay["against"] == "base" and replay["candidate"]["name"] == f"ui-{stage}@1"
+            stored = httpx.get(f"{train_hub.url}/v1/adapters/ui-{stage}/replay", headers=headers, timeout=30)
+            assert stored.status_code == 200 and stored.json()["rows"], stored.text
+        assert store.get_adapter("ui-dpo").status == "promoted"
+
+
 def test_an_admin_trains_from_the_train_tab_and_finds_the_adapter(train_hub, sft_file):
     from tests.support.browser import browser_page
 
@@ -84,15 +208,7 @@ def test_an_admin_trains_from_the_train_tab_and_finds_the_adapter(train_hub, sft
         page.locator("#train-start").click()
         page.locator("#train-message").get_by_text("Queued").wait_for(timeout=30_000)
 
-        status = page.locator("#train-job-status")
-        seen, deadline = [], time.monotonic() + 300
-        while time.monotonic() < deadline:
-            text = status.inner_text()
-            if not seen or seen[-1] != text:
-                seen.append(text)
-            if "succeeded" in text or "failed" in text or "cancelled" in text:
-                break
-            page.wait_for_timeout(300)
+        seen = watch_job(page, "ui-km")
         final = seen[-1]
         assert "succeeded" in final, "\n".join(seen)
         assert "served as ui-km" in final and "step 6/6" in final, final

@@ -161,6 +161,9 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="train-loss")
     log = gr.Code(label="Log (last lines)", language=None, elem_id="train-log")
     poll = gr.Timer(POLL_S, active=False)
+    # The job this user follows, kept on the server: a poll fired before a submit (it sent the old dropdown
+    # value) would otherwise switch the view back to the previous job once the submit had moved it on.
+    following = gr.State(None)
 
     def apply_preset(preset_: str, stage_: str, request: gr.Request):
         require_admin(auth, request)
@@ -224,6 +227,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             f"`{jobs.command(created)}`",
             gr.update(choices=choices, value=created.id),
             gr.Timer(active=True),
+            created.id,
         )
 
     def refresh(job_id: str | None, request: gr.Request):
@@ -237,7 +241,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         if job_id not in choices:
             job_id = choices[0] if choices else None
         if job_id is None:
-            return rows, gr.update(choices=choices, value=None), "No jobs yet.", None, ""
+            return rows, gr.update(choices=choices, value=None), "No jobs yet.", None, "", None
         view = jobs.live(job_id)
         j = view.job
         total = f"/{view.total}" if view.total else ""
@@ -258,7 +262,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         if j.error:
             text += f"\n\nError: {j.error.splitlines()[0][:500]}"
         curve = pd.DataFrame(view.loss_curve, columns=["step", "loss"]) if view.loss_curve else None
-        return rows, gr.update(choices=choices, value=job_id), text, curve, view.log
+        return rows, gr.update(choices=choices, value=job_id), text, curve, view.log, job_id
 
     def cancel_job(job_id: str | None, request: gr.Request):
         require_admin(auth, request)
@@ -278,12 +282,12 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         trigger(show_estimate, estimate_inputs, estimate)
     tab.select(parents, outputs=parent)
     tab.select(lambda: gr.Timer(active=True), outputs=poll, queue=False)
-    followed = [job_table, job, job_status, loss_plot, log]
+    followed = [job_table, job, job_status, loss_plot, log, following]
     for trigger in (gpus.change, strategy.change):
         trigger(show_command, [gpus, strategy], command)
     inputs = [stage, method, source, data_path, name, parent, *numbers, max_length, advanced, gpus, strategy]
-    start.click(submit, inputs, [message, job, poll]).then(refresh, [job], followed)
-    poll.tick(refresh, [job], followed, show_progress="hidden")
+    start.click(submit, inputs, [message, job, poll, following]).then(refresh, [following], followed)
+    poll.tick(refresh, [following], followed, show_progress="hidden")
     job.input(refresh, [job], followed)
-    cancel.click(cancel_job, [job], message).then(refresh, [job], followed)
+    cancel.click(cancel_job, [job], message).then(refresh, [following], followed)
     return poll
