@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM=false
 # torch threads sleep instead of spinning between ops: tests run a server, clients and jobs side by side
 export OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: serve test test-fast test-rest setup setup-test chromium lint bench clean
+.PHONY: serve test test-fast test-rest setup setup-test chromium lint bench tour clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ test-fast:
 
 test-rest:
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "(slow or browser or gpu)" $(XDIST) --durations=15 $(ARGS)
+
+# README's guided tour: the browser tests save each step to test-artifacts/tour/, copied small to docs/tour/
+tour: setup-test
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest tests/test_ui_feedback.py tests/test_ui_training.py $(XDIST) $(ARGS)
+	$(BIN)/python -m tests.support.tour
 
 lint: setup-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,4 +1,5 @@
-"""The README stays true: two quick-start commands, CI runs the README's test command, every module listed."""
+"""The README stays true: two quick-start commands, CI runs the README's test command, every module listed,
+the guided tour's pictures present and small (and `tests/support/tour.py` makes them so)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,34 @@ def test_the_layout_lists_every_module():
     modules = [Path(p) for p in tracked if p.endswith(".py") and not p.endswith("__init__.py")]
     missing = [str(p) for p in modules if not re.search(rf"(?<![\w.]){re.escape(p.name)}\b", layout)]
     assert not missing, f"README's Layout does not mention: {', '.join(missing)}"
+
+
+def test_the_guided_tour_shows_every_step_from_docs_tour():
+    from tests.support.tour import DOCS_TOUR, STEPS
+
+    shown = re.findall(r"!\[[^\]]+\]\((docs/tour/[\w.-]+)\)", section("Guided tour"))
+    assert shown == [f"docs/tour/{step}.png" for step in STEPS]  # every step, in order
+    sizes = [(DOCS_TOUR / f"{step}.png").stat().st_size for step in STEPS]
+    assert sum(sizes) < 600_000, (
+        sizes
+    )  # a few hundred KB in all: `python -m tests.support.tour` keeps them so
+
+
+def test_the_tour_refresh_copies_each_step_as_a_small_palette_png(tmp_path):
+    from PIL import Image
+
+    from tests.support.tour import refresh
+
+    source, target = tmp_path / "artifacts", tmp_path / "docs"
+    source.mkdir()
+    noisy = Image.effect_noise((1100, 750), 64).convert("RGB")  # many colours: a worst case
+    noisy.save(source / "1-chat.png")
+    try:
+        refresh(source, target, ("1-chat", "2-rate"))
+    except FileNotFoundError as e:
+        assert "2-rate" in str(e) and "tests/test_ui_feedback.py" in str(e) and "1-chat," not in str(e)
+    else:
+        raise AssertionError("a missing step was not reported")
+    [path] = refresh(source, target, ("1-chat",))
+    with Image.open(path) as copy:
+        assert copy.mode == "P" and copy.size == (1100, 750) and len(copy.getcolors()) <= 64

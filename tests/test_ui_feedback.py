@@ -77,7 +77,7 @@ def chat(page, question: str) -> str:
 
 
 def test_chat_streams_and_a_thumbs_down_carries_its_reason(ui_hub):
-    from tests.support.browser import browser_page
+    from tests.support.browser import browser_page, tour_shot
 
     with browser_page(ARTIFACTS, "ui-thumbs") as page:
         sign_in(page, ui_hub, RATER)
@@ -88,6 +88,7 @@ def test_chat_streams_and_a_thumbs_down_carries_its_reason(ui_hub):
         page.locator("#chat-status").get_by_text("stored").wait_for(timeout=60_000)
         answer = bot.inner_text().strip()
         assert answer
+        tour_shot(page, "1-chat")
 
         page.locator("#chatbot button[aria-label='Dislike']").last.click()
         page.locator("#chat-status").get_by_text("Thumbs down recorded").wait_for(timeout=15_000)
@@ -96,6 +97,7 @@ def test_chat_streams_and_a_thumbs_down_carries_its_reason(ui_hub):
         page.locator("#send-reasons").click()
         page.locator("#chat-status").get_by_text("because: wrong").wait_for(timeout=15_000)
         page.screenshot(path=str(ARTIFACTS / "ui-thumbs.png"))
+        tour_shot(page, "2-rate", "#chatbot")
 
     [down] = votes_of(ui_hub, RATER[0], "thumbs")  # the reasons replaced the bare thumbs down
     assert (down["value"], down["reasons"], down["comment"]) == ("down", ["wrong"], "Paris is the capital")
@@ -147,7 +149,7 @@ def test_regenerate_correct_and_reopen_a_conversation(ui_hub):
 
 
 def test_arena_vote_reveals_the_names_and_moves_the_leaderboard(ui_hub):
-    from tests.support.browser import browser_page
+    from tests.support.browser import browser_page, tour_shot
 
     with browser_page(ARTIFACTS, "ui-arena") as page:
         sign_in(page, ui_hub, ADMIN)
@@ -169,6 +171,7 @@ def test_arena_vote_reveals_the_names_and_moves_the_leaderboard(ui_hub):
         revealed = result.inner_text()
         assert "lora-a" in revealed, revealed
         page.screenshot(path=str(ARTIFACTS / "ui-arena.png"))
+        tour_shot(page, "2-arena")
 
         page.get_by_role("tab", name="Leaderboard").click()
         page.wait_for_function(

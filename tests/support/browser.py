@@ -1,4 +1,6 @@
-"""Headless Chromium for UI tests: Debian's chromium driven by Playwright (no browser download)."""
+"""Headless Chromium for UI tests: Debian's chromium driven by Playwright (no browser download), and the
+guided tour's screenshots (`tour_shot`), which the browser tests save to test-artifacts/tour/ as they go
+(README's "Guided tour" shows copies from docs/tour/: `make tour` refreshes them)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+TOUR_DIR = Path(__file__).resolve().parents[2] / "test-artifacts" / "tour"
+TOUR_VIEWPORT = {"width": 1100, "height": 750}  # small enough that the README's copies stay small
 
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -43,3 +48,26 @@ def browser_page(artifacts: Path, name: str) -> Iterator:
             raise
         finally:
             browser.close()
+
+
+def tour_shot(page, name: str, focus: str | None = None) -> Path:
+    """Save one step of the guided tour as `test-artifacts/tour/<name>.png`: the viewport at 1100x750,
+    scrolled so that the element `focus` (a selector) is near the top, or to the page's top without one; the
+    page's size is put back after."""
+    size = page.viewport_size
+    page.set_viewport_size(TOUR_VIEWPORT)
+    try:
+        if focus is None:
+            page.evaluate("scrollTo(0, 0)")
+        else:
+            page.locator(focus).first.evaluate(
+                "e => { e.scrollIntoView({block: 'start'}); scrollBy(0, -12); }"
+            )
+        page.wait_for_timeout(300)  # let the relayout settle
+        TOUR_DIR.mkdir(parents=True, exist_ok=True)
+        path = TOUR_DIR / f"{name}.png"
+        page.screenshot(path=str(path))
+        return path
+    finally:
+        if size:
+            page.set_viewport_size(size)
