@@ -430,6 +430,13 @@ def test_a_live_chat_adapter_is_replayed_as_the_jobs_last_step(tmp_path, sft_fil
         assert job.status == "succeeded" and job.adapter == "fast"
         assert job.metrics["replay"] == {"error": "RuntimeError: no memory left for the replay"}
 
+        # The hub stopped during a replay: at the next start the job is done (not trained again).
+        job = JobQueue(store).submit(spec)
+        store.update_job(job.id, status="running", adapter="fast@v3")
+        assert runner.recover() == []
+        job = store.get_job(job.id)
+        assert job.status == "succeeded" and "hub stopped during the replay" in job.metrics["replay"]["error"]
+
 
 def test_progress_is_read_incrementally_and_the_same_after_a_restart(tmp_path):
     path = tmp_path / "progress.jsonl"

@@ -194,7 +194,8 @@ class JobRunner:
 
     def recover(self) -> list[str]:
         """Jobs left "running" by a process that is gone: stop any worker still alive, then queue them
-        to resume from their last checkpoint (a `tunehub train` job fails: its terminal is gone)."""
+        to resume from their last checkpoint (a `tunehub train` job fails: its terminal is gone; a job whose
+        adapter was already served, stopped during its replay, succeeds without it)."""
         recovered = []
         for job in self.store.list_jobs(status="running", limit=10_000):
             if job.id in self._running:
@@ -206,6 +207,12 @@ class JobRunner:
                 continue  # another process (a `tunehub train`, another hub) is running it
             if state.get("pid"):
                 _stop_group(state["pid"], self.grace_s, only_if=job.id)
+            if job.adapter:  # trained, registered and served: the hub stopped during its replay
+                replay = {"error": "the hub stopped during the replay; replay it from the Adapters tab"}
+                self._update(
+                    job.id, status="succeeded", progress=1.0, metrics={**job.metrics, "replay": replay}
+                )
+                continue
             if job_spec(job).foreground:
                 self._update(
                     job.id,
