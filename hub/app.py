@@ -188,5 +188,7 @@ def build_app(
             auth_message="Sign in as admin with the admin password, or as a rater with your own password.",
             allowed_paths=[str(exports_dir)],  # the Data tab's downloads
             run_history=False,  # answers and votes stay out of the browser's storage
+            # the UI takes no uploads, but Gradio's /gradio_api/upload is open to anyone signed in: bound it
+            max_file_size=settings.max_body_bytes,
         )
     return app

@@ -29,6 +29,7 @@ LIMITS = [
     "--max-queued-generations", "1",
     "--rate-limit-rater", "1",  # per minute: in a test, the burst is all a rater has
     "--rate-limit-burst", "2",
+    "--max-body-bytes", "65536",
 ]  # fmt: skip
 
 
@@ -115,3 +116,16 @@ def test_a_rater_over_the_rate_limit_gets_a_clear_error_in_the_ui(limited_hub):
     # one bucket per rater: their API key is over the limit too
     api = httpx.get(f"{limited_hub.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert api.status_code == 429 and api.headers["retry-after"], api.text
+
+
+def test_uploads_to_the_ui_are_bounded_by_the_body_limit(limited_hub):
+    """The UI has no upload field, but Gradio's upload route takes files from anyone signed in: at most
+    --max-body-bytes each (413 beyond), so a rater cannot fill the server's disk through it."""
+    ui = admin_session(limited_hub)
+    try:
+        small = ui.client.post("/gradio_api/upload", files={"files": ("small.txt", b"x" * 1024)})
+        assert small.status_code == 200, small.text
+        large = ui.client.post("/gradio_api/upload", files={"files": ("large.bin", b"x" * 200_000)})
+        assert large.status_code == 413, large.text
+    finally:
+        ui.close()

@@ -9,7 +9,8 @@ leaderboard.py  Bradley-Terry ratings with intervals, and the win-rate matrix
 data.py         counts by kind and rater, export previews and downloads (admins only)
 train.py        start a training job with presets and an estimate, follow its loss and log (admins only)
 adapters.py     registered adapters: status, lineage, load/unload, promote, rollback, replay (admins only)
-login.py        the login, the user behind each event, the admin guard
+login.py        the login, the user behind each event, the rate limit on generations and votes, the admin
+                guard
 """
 
 from __future__ import annotations
