@@ -23,7 +23,7 @@ from typing import Any
 from feedback.errors import Conflict, NotFound
 from feedback.promotion_rule import Decision, PromotionRule, decide, guard_reasons
 from feedback.records import Adapter
-from training.jobs.trigger import newest_reward_model
+from training.jobs.publish import newest_reward_model
 
 from .adapters_service import AdapterService
 from .feedback_service import FeedbackService

@@ -62,6 +62,26 @@ def test_submit_refuses_naming_the_field_and_queues_nothing(jobs, tmp_path):
         )
 
 
+@pytest.mark.parametrize("stage", ["ppo", "rloo", "grpo"])
+def test_a_prompt_stage_takes_the_newest_reward_model_or_is_refused_naming_it(jobs, tmp_path, stage):
+    """From the Train tab or the API, a prompt stage on the hub's prompts needs no reward-model path typed in."""
+    with pytest.raises(JobError) as refused:
+        jobs.submit(stage=stage, method="lora", data="feedback", name="rl")
+    assert refused.value.param == "params.reward_model" and "stage 'reward'" in refused.value.message
+    assert jobs.list() == []
+
+    store = jobs.queue.store
+    for name in ("rm-old", "rm-new"):
+        (tmp_path / name).mkdir()
+        store.add_adapter(
+            name, base="b", method="lora", path=str(tmp_path / name), metrics={"stage": "reward"}
+        )
+    job = jobs.submit(stage=stage, method="lora", data="feedback", name="rl")
+    assert job.params["params"]["reward_model"] == str(tmp_path / "rm-new")
+    own = jobs.submit(stage=stage, method="lora", data="feedback", name="rl", params={"reward_model": "/rm"})
+    assert own.params["params"]["reward_model"] == "/rm"  # one named in the job wins
+
+
 def test_estimate_and_live_view(jobs):
     table = jobs.estimate_table("qlora", batch_size=4, seq_len=256, lora_rank=8)
     assert table.splitlines()[1].startswith("qlora") and "MiB" in table

@@ -222,8 +222,10 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         except (NoBaseModel, StoreError) as e:
             raise gr.Error(str(e)) from None
         choices = [j.id for j in jobs.list(limit=50)]
+        reward = (created.params.get("params") or {}).get("reward_model")
+        scored = f" (answers scored by the reward model `{reward}`)" if reward else ""
         return (
-            f"Queued **{created.id}**: {stage_} {method_} → {created.params.get('name')}\n\n"
+            f"Queued **{created.id}**: {stage_} {method_} → {created.params.get('name')}{scored}\n\n"
             f"`{jobs.command(created)}`",
             gr.update(choices=choices, value=created.id),
             gr.Timer(active=True),

@@ -47,6 +47,17 @@ def resolve_parent(store, parent: str | None) -> tuple[str | None, str | None]:
     return adapter.ref, adapter.path
 
 
+def newest_reward_model(store) -> Adapter | None:
+    """The newest registered reward model (a `reward` job's adapter) that is not retired and is on disk: what
+    scores a prompt stage's answers when its job names none."""
+    rewards = [
+        a
+        for a in store.list_adapters()
+        if a.metrics.get("stage") == "reward" and a.status != "retired" and Path(a.path).is_dir()
+    ]
+    return max(rewards, key=lambda a: a.id) if rewards else None
+
+
 def register_result(
     store,
     job_id: str,

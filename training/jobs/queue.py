@@ -4,6 +4,9 @@
     job = queue.submit(JobSpec(stage="sft", method="lora", data="feedback", name="helpful", base="./demo"))
     queue.cancel(job.id)          # a running job's worker is stopped by the runner that follows it
 
+A prompt stage (ppo, rloo, grpo) that names no ``params.reward_model`` is scored by the newest registered
+reward model, written into its params; with none registered it is refused, naming that field.
+
 A job row keeps the whole spec in ``params`` (stage and method also have columns). Cancelling only marks
 the job: the runner that runs it sees the mark on its next poll and stops the worker's process group, so
 a cancel works from the API, the UI or `tunehub jobs cancel` in another process alike.
@@ -15,12 +18,27 @@ import dataclasses
 
 from feedback.errors import Conflict
 from feedback.records import JOB_FINISHED, Job
-from training.jobs.publish import resolve_parent
-from training.jobs.spec import JobSpec, check_spec
+from training.jobs.publish import newest_reward_model, resolve_parent
+from training.jobs.spec import STAGES, JobError, JobSpec, check_spec
 
 
 def job_spec(job: Job) -> JobSpec:
     return JobSpec.from_dict(job.params)
+
+
+def with_reward_model(store, spec: JobSpec) -> JobSpec:
+    """`spec` with the newest registered reward model in ``params.reward_model`` when it is a prompt stage
+    that names none; raises `JobError` when there is none to take."""
+    if STAGES[spec.stage][2] != "prompts" or spec.params.get("reward_model"):
+        return spec
+    reward = newest_reward_model(store)
+    if reward is None:
+        raise JobError(
+            f"stage {spec.stage!r} scores its answers with a reward model, and none is registered: train one "
+            "first (stage 'reward', on the votes' pairs) or give params.reward_model (a directory)",
+            "params.reward_model",
+        )
+    return dataclasses.replace(spec, params={**spec.params, "reward_model": reward.path})
 
 
 class JobQueue:
@@ -30,7 +48,7 @@ class JobQueue:
     def submit(self, spec: JobSpec) -> Job:
         """Check the spec (raises `JobError` naming the bad field) and queue it; the parent is pinned to
         the version that exists now."""
-        spec = check_spec(spec)
+        spec = with_reward_model(self.store, check_spec(spec))
         parent_ref, parent_path = resolve_parent(self.store, spec.parent)
         spec = dataclasses.replace(spec, parent=parent_ref or parent_path)
         return self.store.create_job(spec.stage, spec.method, params=spec.to_dict())

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedback.records import Adapter
+from training.jobs.publish import newest_reward_model
 from training.jobs.queue import JobQueue, job_spec
 from training.jobs.spec import EXPORTS, FEEDBACK, NAME, STAGES, JobError, JobSpec, check_params
 from training.methods import METHODS
@@ -143,16 +143,6 @@ def last_prompts_of_stage(store, stage: str) -> str:
             if dataset.source == "export":
                 return dataset.created_at
     return ""
-
-
-def newest_reward_model(store) -> Adapter | None:
-    """The newest registered reward model (a `reward` job's adapter) that is not retired and is on disk."""
-    rewards = [
-        a
-        for a in store.list_adapters()
-        if a.metrics.get("stage") == "reward" and a.status != "retired" and Path(a.path).is_dir()
-    ]
-    return max(rewards, key=lambda a: a.id) if rewards else None
 
 
 class AutoTrigger:
