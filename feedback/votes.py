@@ -233,11 +233,16 @@ class VoteMethods(StoreConnections):
         check_text(rater, "rater", max_chars=200)
         check_choice(source, SOURCES, "source")
         # The hot path of every vote (bench/store.py): plain sqlite3 calls, one statement to retire the
-        # rater's earlier vote on the item (the partial unique index finds it), one to insert.
+        # rater's earlier vote on the item (the partial unique index finds it), one to insert. The kind is
+        # part of the SQL text, not a parameter: a parameter compared with a partial index's WHERE column
+        # (idx_votes_pairwise: kind = 'pairwise') makes SQLite prepare the statement again at every run,
+        # which tripled its cost. `kind` is one of VOTE_KINDS, never caller text.
+        assert kind in VOTE_KINDS, kind
         conn = db.conn
         old = conn.execute(
-            "UPDATE votes SET active = 0 WHERE kind = ? AND rater = ? AND item_key = ? AND active = 1 RETURNING id",
-            [kind, rater, item_key],
+            f"UPDATE votes SET active = 0 WHERE kind = '{kind}' AND rater = ? AND item_key = ? AND active = 1 "
+            "RETURNING id",
+            [rater, item_key],
         ).fetchone()
         replaces = old[0] if old is not None else None
         created_at = utc_now()
