@@ -152,8 +152,9 @@ def build_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # the API's bodies: 413 beyond it
     app.add_middleware(CountRequests, metrics=metrics)
 
-    app.include_router(build_router(service, auth))
+    # votes are the most frequent request (bench/store.py): their router is matched first
     app.include_router(build_feedback_router(feedback, auth))
+    app.include_router(build_router(service, auth))
     app.include_router(build_jobs_router(jobs, auth))
     app.include_router(build_adapters_router(adapters, auth))
     app.include_router(build_promotion_router(promotion, auth))
