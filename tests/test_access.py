@@ -4,7 +4,8 @@ shared API key and the admin password. A route added without a row here fails
 `test_every_route_has_a_row`. Also: secrets never show up in the server log, error bodies, /metrics or the
 database; CORS is closed to foreign origins; the UI asks for a login.
 
-(Binding to a non-loopback address without both secrets is refused: tests/test_cli.py.)
+(Binding to a non-loopback address without both secrets is refused: tests/test_cli.py. Every UI event, called
+through Gradio's API as each role: tests/test_ui_access.py.)
 
 Run: .venv/bin/python -m pytest tests/test_access.py -q
 """
