@@ -18,7 +18,7 @@ from .cli_data import add_data_commands
 from .cli_engine import add_engine_command, add_vllm_arguments, choose_engine, make_vllm_engine
 from .cli_tools import add_tool_commands
 from .cli_train import add_train_commands
-from .settings import Settings, SettingsError, quiet_environment
+from .settings import LIMIT_FLAGS, Settings, SettingsError, quiet_environment
 
 log = logging.getLogger("tunehub")
 
@@ -81,13 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_lora_rank=args.max_lora_rank,
         max_batch_size=args.max_batch_size,
         served_model_name=args.served_model_name,
-        rate_limit_key=args.rate_limit_key,
-        rate_limit_rater=args.rate_limit_rater,
-        rate_limit_burst=args.rate_limit_burst,
-        max_concurrent_generations=args.max_concurrent_generations,
-        max_queued_generations=args.max_queued_generations,
-        generation_timeout_s=args.generation_timeout,
-        max_body_bytes=args.max_body_bytes,
+        **{limit.setting: getattr(args, limit.setting) for limit in LIMIT_FLAGS},
     )
     if args.api_key:
         settings.api_key = args.api_key
@@ -189,45 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--served-model-name", help="name of the base model on the API (default: its directory name)"
     )
-    serve.add_argument(
-        "--rate-limit-key",
-        type=float,
-        default=_default("rate_limit_key"),
-        help="requests per minute for the shared --api-key (0: no limit; 429 with Retry-After beyond it)",
-    )
-    serve.add_argument(
-        "--rate-limit-rater",
-        type=float,
-        default=_default("rate_limit_rater"),
-        help="requests per minute for each rater's API key (0: no limit); admins are never limited",
-    )
-    serve.add_argument(
-        "--rate-limit-burst", type=int, default=_default("rate_limit_burst"), help="requests allowed at once"
-    )
-    serve.add_argument(
-        "--max-concurrent-generations",
-        type=int,
-        default=_default("max_concurrent_generations"),
-        help="choices generating at once; more wait in a queue",
-    )
-    serve.add_argument(
-        "--max-queued-generations",
-        type=int,
-        default=_default("max_queued_generations"),
-        help="choices waiting for room; beyond that requests get 503 at once",
-    )
-    serve.add_argument(
-        "--generation-timeout",
-        type=float,
-        default=_default("generation_timeout_s"),
-        help="seconds a generation may take, queueing included, before it is cancelled",
-    )
-    serve.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=_default("max_body_bytes"),
-        help="largest API request body (413 beyond it)",
-    )
+    for limit in LIMIT_FLAGS:
+        default = _default(limit.setting)
+        serve.add_argument(
+            limit.flag, dest=limit.setting, type=type(default), default=default, help=limit.help
+        )
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )

@@ -37,6 +37,50 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class LimitFlag:
+    """A `tunehub serve` flag for one of the limits of hub/limits.py; the Settings field gives its default."""
+
+    setting: str  # the Settings field it sets
+    flag: str
+    help: str
+    zero_allowed: bool = False  # 0 turns the limit off
+
+
+LIMIT_FLAGS = (
+    LimitFlag(
+        "rate_limit_key",
+        "--rate-limit-key",
+        "requests per minute for the shared --api-key (0: no limit; 429 with Retry-After beyond it)",
+        zero_allowed=True,
+    ),
+    LimitFlag(
+        "rate_limit_rater",
+        "--rate-limit-rater",
+        "requests per minute for each rater's API key (0: no limit); admins are never limited",
+        zero_allowed=True,
+    ),
+    LimitFlag("rate_limit_burst", "--rate-limit-burst", "requests allowed at once"),
+    LimitFlag(
+        "max_concurrent_generations",
+        "--max-concurrent-generations",
+        "choices generating at once; more wait in a queue",
+    ),
+    LimitFlag(
+        "max_queued_generations",
+        "--max-queued-generations",
+        "choices waiting for room; beyond that requests get 503 at once",
+        zero_allowed=True,
+    ),
+    LimitFlag(
+        "generation_timeout_s",
+        "--generation-timeout",
+        "seconds a generation may take, queueing included, before it is cancelled",
+    ),
+    LimitFlag("max_body_bytes", "--max-body-bytes", "largest API request body (413 beyond it)"),
+)
+
+
 @dataclass
 class Settings:
     model: str | None = None  # a local directory or hub id; None: the self-built demo model
@@ -82,21 +126,12 @@ class Settings:
             raise SettingsError(f"--max-lora-rank {self.max_lora_rank} must be at least 1")
         if not self.arena_candidate_boost > 0:
             raise SettingsError(f"TUNEHUB_ARENA_BOOST {self.arena_candidate_boost} must be a number above 0")
-        for flag, value in (
-            ("--rate-limit-key", self.rate_limit_key),
-            ("--rate-limit-rater", self.rate_limit_rater),
-            ("--max-queued-generations", self.max_queued_generations),
-        ):
-            if not value >= 0:
-                raise SettingsError(f"{flag} {value} must be 0 or more")
-        for flag, value in (
-            ("--rate-limit-burst", self.rate_limit_burst),
-            ("--max-concurrent-generations", self.max_concurrent_generations),
-            ("--generation-timeout", self.generation_timeout_s),
-            ("--max-body-bytes", self.max_body_bytes),
-        ):
-            if not value > 0:
-                raise SettingsError(f"{flag} {value} must be above 0")
+        for limit in LIMIT_FLAGS:
+            value = getattr(self, limit.setting)
+            if limit.zero_allowed and not value >= 0:
+                raise SettingsError(f"{limit.flag} {value} must be 0 or more")
+            if not limit.zero_allowed and not value > 0:
+                raise SettingsError(f"{limit.flag} {value} must be above 0")
         if self.max_batch_size < 1:
             raise SettingsError(f"--max-batch-size {self.max_batch_size} must be at least 1")
 
