@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,34 +97,56 @@ def base_model_matches(declared: str, served_names: set[str]) -> bool:
     return bool(candidates & known)
 
 
+@dataclass(frozen=True)
+class LoraSupport:
+    """What an engine can hot-load, and the advice its refusals give (each engine has its own way out)."""
+
+    engine: str  # how a refusal names the engine: "this server runs", "vLLM serves"
+    other_types: str  # what to do with an adapter that is not LoRA
+    dora: str  # why DoRA is refused and what to do instead
+    rank_advice: Callable[[AdapterSpec, int], str]  # the refusal of a rank outside 1..max_rank
+    modules_to_save: str | None = None  # the refusal of whole saved modules; None when they load
+
+
+LOCAL_LORA = LoraSupport(
+    engine="this server runs",
+    other_types="this engine serves LoRA adapters (merge other adapter types into full weights to serve them)",
+    dora="which cannot share a batch with other adapters; merge it into full weights to serve it",
+    rank_advice=lambda spec, max_rank: (
+        f"has rank {spec.rank}; the allowed range is 1 to {max_rank} (raise --max-lora-rank to serve it)"
+    ),
+)
+
+
+def check_lora_support(
+    spec: AdapterSpec, *, served_names: set[str], max_rank: int, support: LoraSupport
+) -> None:
+    """Raise InvalidAdapter, naming the adapter and what to do, unless `support`'s engine can load it on a
+    base served under one of `served_names`."""
+    where = repr(str(spec.path))
+
+    def refuse(reason: str) -> InvalidAdapter:
+        return InvalidAdapter(f"adapter {where} {reason}", param="lora_path")
+
+    if spec.peft_type != "LORA":
+        raise refuse(f"is a {spec.peft_type or 'unknown'} adapter; {support.other_types}")
+    if spec.use_dora:
+        raise refuse(f"uses DoRA, {support.dora}")
+    if spec.modules_to_save and support.modules_to_save:
+        raise refuse(f"saves whole modules ({', '.join(spec.modules_to_save)}), {support.modules_to_save}")
+    if not base_model_matches(spec.base_model, served_names):
+        raise refuse(
+            f"was trained on base model {spec.base_model!r}, but {support.engine} {sorted(served_names)[0]!r}"
+        )
+    if not 1 <= spec.rank <= max_rank:
+        raise refuse(support.rank_advice(spec, max_rank))
+
+
 def check_adapter_for_model(
     spec: AdapterSpec, *, module_names: list[str], served_names: set[str], max_rank: int
 ) -> None:
     """Raise InvalidAdapter unless the adapter fits the model it is about to be loaded on."""
-    if spec.peft_type != "LORA":
-        raise InvalidAdapter(
-            f"adapter {str(spec.path)!r} is a {spec.peft_type or 'unknown'} adapter; this engine serves LoRA "
-            "adapters (merge other adapter types into full weights to serve them)",
-            param="lora_path",
-        )
-    if spec.use_dora:
-        raise InvalidAdapter(
-            f"adapter {str(spec.path)!r} uses DoRA, which cannot share a batch with other adapters; "
-            "merge it into full weights to serve it",
-            param="lora_path",
-        )
-    if not base_model_matches(spec.base_model, served_names):
-        raise InvalidAdapter(
-            f"adapter {str(spec.path)!r} was trained on base model {spec.base_model!r}, "
-            f"but this server runs {sorted(served_names)[0]!r}",
-            param="lora_path",
-        )
-    if spec.rank < 1 or spec.rank > max_rank:
-        raise InvalidAdapter(
-            f"adapter {str(spec.path)!r} has rank {spec.rank}; the allowed range is 1 to {max_rank} "
-            "(raise --max-lora-rank to serve it)",
-            param="lora_path",
-        )
+    check_lora_support(spec, served_names=served_names, max_rank=max_rank, support=LOCAL_LORA)
     if not spec.target_modules:
         raise InvalidAdapter(f"adapter {str(spec.path)!r} names no target_modules", param="lora_path")
     for target in spec.target_modules:

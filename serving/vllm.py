@@ -20,14 +20,13 @@ from pathlib import Path
 
 import httpx
 
-from .adapters import AdapterSpec, base_model_matches, check_adapter_name, inspect_adapter
+from .adapters import AdapterSpec, LoraSupport, check_adapter_name, check_lora_support, inspect_adapter
 from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest
 from .errors import (
     AdapterConflict,
     ContextTooLong,
     EngineError,
     EngineUnavailable,
-    InvalidAdapter,
     InvalidRequest,
     ModelNotFound,
 )
@@ -76,39 +75,22 @@ def vllm_error(status: int, body: bytes | str, *, url: str = "vLLM") -> EngineEr
     return error
 
 
+VLLM_LORA = LoraSupport(
+    engine="vLLM serves",
+    other_types="vLLM serves only LoRA adapters (merge it into full weights, or serve it with --engine local)",
+    dora="which vLLM cannot load; merge it into the base or use --engine local",
+    modules_to_save="which vLLM's LoRA loader rejects; train without modules_to_save or use --engine local",
+    rank_advice=lambda spec, max_rank: (
+        f"has rank {spec.rank}, above vLLM's --max-lora-rank {max_rank}; restart vLLM with a --max-lora-rank "
+        f"of at least {spec.rank} (vLLM accepts "
+        f"{', '.join(str(r) for r in VLLM_LORA_RANKS if r >= spec.rank) or 'none'})"
+    ),
+)
+
+
 def check_adapter_for_vllm(spec: AdapterSpec, *, served_names: set[str], max_rank: int) -> None:
     """What vLLM can hot-load: plain LoRA (no DoRA, no modules_to_save) on this base, rank <= --max-lora-rank."""
-    where = repr(str(spec.path))
-    if spec.peft_type != "LORA":
-        raise InvalidAdapter(
-            f"adapter {where} is a {spec.peft_type or 'unknown'} adapter; vLLM serves only LoRA adapters "
-            "(merge it into full weights, or serve it with --engine local)",
-            param="lora_path",
-        )
-    if spec.use_dora:
-        raise InvalidAdapter(
-            f"adapter {where} uses DoRA, which vLLM cannot load; merge it into the base or use --engine local",
-            param="lora_path",
-        )
-    if spec.modules_to_save:
-        raise InvalidAdapter(
-            f"adapter {where} saves whole modules ({', '.join(spec.modules_to_save)}), which vLLM's LoRA "
-            "loader rejects; train without modules_to_save or use --engine local",
-            param="lora_path",
-        )
-    if not base_model_matches(spec.base_model, served_names):
-        raise InvalidAdapter(
-            f"adapter {where} was trained on base model {spec.base_model!r}, but vLLM serves "
-            f"{sorted(served_names)[0]!r}",
-            param="lora_path",
-        )
-    if not 1 <= spec.rank <= max_rank:
-        allowed = ", ".join(str(r) for r in VLLM_LORA_RANKS if r >= spec.rank) or "none"
-        raise InvalidAdapter(
-            f"adapter {where} has rank {spec.rank}, above vLLM's --max-lora-rank {max_rank}; restart vLLM "
-            f"with a --max-lora-rank of at least {spec.rank} (vLLM accepts {allowed})",
-            param="lora_path",
-        )
+    check_lora_support(spec, served_names=served_names, max_rank=max_rank, support=VLLM_LORA)
 
 
 class VLLMEngine:
