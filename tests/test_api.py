@@ -322,7 +322,7 @@ def test_metrics_after_traffic(hub, client, base_id):
 
 @pytest.fixture
 def talkative_adapter(hub, adapters_dir):
-    """Adapter `c` on the quick demo model rambles to any length when greedy: a stream that would go on."""
+    """Adapter `c` on the quick demo model; asked with ignore_eos, its stream would go on to max_tokens."""
     name = "talkative"
     response = httpx.post(
         f"{hub.url}/v1/load_lora_adapter",
@@ -340,8 +340,12 @@ def test_client_disconnect_mid_stream(hub, client, base_id, talkative_adapter):
         "messages": [{"role": "user", "content": "Tell me a long story"}],
         "max_tokens": 400,
         "temperature": 0,
+        "ignore_eos": True,  # a stream that would certainly run to the 400 tokens
         "stream": True,
     }
+    # what the adapter answers before any client went away, to find it unharmed afterwards
+    short = {"model": talkative_adapter, "messages": body["messages"], "max_tokens": 20, "temperature": 0}
+    before = client.chat.completions.create(**short, extra_body={"ignore_eos": True})
     steps_before = sample_value(metric_samples(hub), "tunehub_batch_size_count")
     received = 0
     with httpx.stream("POST", f"{hub.url}/v1/chat/completions", json=body, timeout=60) as response:
@@ -365,8 +369,7 @@ def test_client_disconnect_mid_stream(hub, client, base_id, talkative_adapter):
     assert httpx.get(f"{hub.url}/health").json()["status"] == "ok"
     answer = client.chat.completions.create(model=base_id, messages=QUESTION, max_tokens=4, temperature=0)
     assert answer.choices[0].message.content
-    # the adapter itself is unharmed too: greedy, it rambles on to max_tokens
-    rambling = client.chat.completions.create(
-        model=talkative_adapter, messages=body["messages"], max_tokens=20, temperature=0
-    )
-    assert rambling.choices[0].finish_reason == "length"
+    # the adapter itself is unharmed too: greedy, the same answer as before, to max_tokens
+    after = client.chat.completions.create(**short, extra_body={"ignore_eos": True})
+    assert after.choices[0].finish_reason == "length"
+    assert after.choices[0].message.content == before.choices[0].message.content
