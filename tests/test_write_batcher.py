@@ -58,6 +58,27 @@ def test_concurrent_votes_share_commits_and_fail_alone(store: Store, monkeypatch
     assert all(stored[f"r{i}"].id == outcomes[i].id for i in range(40) if i not in failed)
 
 
+def test_votes_that_reach_the_batcher_a_few_loop_turns_apart_share_one_commit(store: Store, monkeypatch):
+    """Requests read together reach `run` a turn or two apart (body, auth and validation each await): the
+    flush waits those turns out, so they share the commit (bench/store.py: ~600 -> ~1,600 votes/s)."""
+    ids = _answers(store, 8)
+    batches = []
+    real_batch = store.batch
+    monkeypatch.setattr(store, "batch", lambda **kw: batches.append(1) or real_batch(**kw))
+    batcher = WriteBatcher(store)
+
+    async def vote(i: int):
+        for _ in range(i % 3):  # the handler's own awaits before it votes
+            await asyncio.sleep(0)
+        return await batcher.run(lambda: store.add_thumbs(ids[i], "up", rater=f"r{i}", source="api"))
+
+    async def storm():
+        return await asyncio.gather(*(vote(i) for i in range(8)))
+
+    assert len(asyncio.run(storm())) == 8
+    assert len(batches) == 1
+
+
 def test_a_failed_commit_fails_every_vote_of_its_batch_and_stores_none(store: Store):
     ids = _answers(store, 3)
     store.add_thumbs(ids[0], "down", rater="earlier", source="api")
