@@ -13,8 +13,8 @@ demo model) is driven only through its HTTP API:
    tell them apart), the sft stage a thumbs vote on the best answer (up when it is correct: best-of-n
    rejection sampling, down otherwise).
 2. training: ``POST /v1/jobs`` with ``data: "feedback"``: DPO on the pairs; SFT on the thumbs-up answers;
-   a reward model on the pairs, then PPO on the voted prompts against it (its directory read from
-   ``GET /v1/adapters``). The job goes live as a candidate adapter by itself.
+   a reward model on the pairs, then PPO on the voted prompts against it (the hub scores a ppo job that names
+   no reward model with the newest registered one). The job goes live as a candidate adapter by itself.
 3. judging: the base and the candidate answer `--judge` held-out prompts greedily; the rater compares each
    pair without knowing which is which (the order is shuffled; ties count half).
 
@@ -168,18 +168,19 @@ def vote_on(
     completion = ask(http, BASE, prompt, samples, temperature=1.0)
     answers = texts(completion)
     order = sorted(range(len(answers)), key=lambda i: taste.score(prompt, answers[i]), reverse=True)
-    best, worst = order[0], order[-1]
+    best = order[0]
     ref = lambda i: {"generation_id": completion["id"], "choice": i}  # noqa: E731
     if recipe.vote == "thumbs":
         good = is_correct(prompt, answers[best])
         body = {"type": "thumbs", "generation": ref(best), "value": "up" if good else "down"}
         usable = good
     else:
+        rejected = order[-1]
         if negative == "nearest":  # the best answer the rater still ranks below the best: a near miss
             scores = [taste.score(prompt, answers[i]) for i in order]
-            worst = next((i for i, score in zip(order, scores) if score < scores[0]), worst)
-        winner = taste.judge(prompt, answers[best], answers[worst])
-        a, b = (best, worst) if winner != "tie" else (0, 1)
+            rejected = next((i for i, score in zip(order, scores) if score < scores[0]), rejected)
+        winner = taste.judge(prompt, answers[best], answers[rejected])
+        a, b = (best, rejected) if winner != "tie" else (0, 1)
         body = {"type": "pairwise", "a": ref(a), "b": ref(b), "winner": "a" if winner == "a" else "tie"}
         usable = winner != "tie"
     http.post("/v1/feedback", json=body).raise_for_status()
@@ -224,11 +225,6 @@ def wait_answering(http: httpx.Client, model: str, prompt: CheckablePrompt, time
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def reward_model_path(http: httpx.Client, job_id: str) -> str:
-    adapters = http.get("/v1/adapters").json()["data"]
-    return next(a["path"] for a in adapters if a["job_id"] == job_id)
 
 
 # -- one stage ------------------------------------------------------------------------------------------
@@ -304,11 +300,9 @@ def run_stage(
                     {"stage": "reward", "name": f"rm-{taste.name}", "params": recipe.reward_params},
                     args.job_timeout,
                 )
-                params = {**recipe.params, "reward_model": reward_model_path(http, reward["id"])}
                 result.train_seconds = (reward["metrics"] or {}).get("train_seconds") or 0.0
-            else:
-                params = recipe.params
-            body = {"stage": recipe.stage, "name": f"{recipe.stage}-{taste.name}", "params": params}
+            # a ppo job that names no reward model is scored by the newest registered one: the one just trained
+            body = {"stage": recipe.stage, "name": f"{recipe.stage}-{taste.name}", "params": recipe.params}
             job, live_at = run_job(http, body, args.job_timeout, probe=judge_prompts[0])
             result.latency_s = live_at - last_vote
             metrics = job["metrics"] or {}

@@ -23,22 +23,28 @@ def store(tmp_path: Path):
         yield store
 
 
+@pytest.fixture
+def commits(store: Store, monkeypatch) -> list[int]:
+    """One entry per transaction the store opens through `Store.batch()`."""
+    opened: list[int] = []
+    real_batch = store.batch
+
+    def counting_batch(**kwargs):
+        opened.append(1)
+        return real_batch(**kwargs)
+
+    monkeypatch.setattr(store, "batch", counting_batch)
+    return opened
+
+
 def _answers(store: Store, n: int) -> list[str]:
     return [
         store.add_generation(prompt=PROMPT, model=f"m{i}", text=f"{i}", source="api").id for i in range(n)
     ]
 
 
-def test_concurrent_votes_share_commits_and_fail_alone(store: Store, monkeypatch):
+def test_concurrent_votes_share_commits_and_fail_alone(store: Store, commits: list[int]):
     ids = _answers(store, 40)
-    batches = []
-    real_batch = store.batch
-
-    def counting_batch(**kwargs):
-        batches.append(1)
-        return real_batch(**kwargs)
-
-    monkeypatch.setattr(store, "batch", counting_batch)
     batcher = WriteBatcher(store)
 
     async def vote(i: int):
@@ -52,19 +58,18 @@ def test_concurrent_votes_share_commits_and_fail_alone(store: Store, monkeypatch
     failed = [i for i, o in enumerate(outcomes) if isinstance(o, Exception)]
     assert failed == [3, 13, 23, 33]
     assert all(isinstance(outcomes[i], NotFound) for i in failed)
-    assert 1 <= len(batches) < 40  # grouped: fewer commits than votes
+    assert 1 <= len(commits) < 40  # grouped: fewer commits than votes
     stored = {v.rater: v for r in range(40) for v in store.list_votes(f"r{r}")}
     assert sorted(stored) == sorted(f"r{i}" for i in range(40) if i not in failed)
     assert all(stored[f"r{i}"].id == outcomes[i].id for i in range(40) if i not in failed)
 
 
-def test_votes_that_reach_the_batcher_a_few_loop_turns_apart_share_one_commit(store: Store, monkeypatch):
+def test_votes_that_reach_the_batcher_a_few_loop_turns_apart_share_one_commit(
+    store: Store, commits: list[int]
+):
     """Requests read together reach `run` a turn or two apart (body, auth and validation each await): the
     flush waits those turns out, so they share the commit (bench/store.py: ~600 -> ~1,600 votes/s)."""
     ids = _answers(store, 8)
-    batches = []
-    real_batch = store.batch
-    monkeypatch.setattr(store, "batch", lambda **kw: batches.append(1) or real_batch(**kw))
     batcher = WriteBatcher(store)
 
     async def vote(i: int):
@@ -76,7 +81,7 @@ def test_votes_that_reach_the_batcher_a_few_loop_turns_apart_share_one_commit(st
         return await asyncio.gather(*(vote(i) for i in range(8)))
 
     assert len(asyncio.run(storm())) == 8
-    assert len(batches) == 1
+    assert len(commits) == 1
 
 
 def test_a_failed_commit_fails_every_vote_of_its_batch_and_stores_none(store: Store):
