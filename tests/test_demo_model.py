@@ -13,7 +13,18 @@ import pytest
 
 from training.demo import build as demo_build
 from training.demo.build import DEMO_MODEL_VERSION, build_demo_model, ensure_demo_model, evaluate_checkable
-from training.demo.corpus import FAMILIES, CheckablePrompt, checkable_prompts, conversations, is_correct
+from training.demo.corpus import (
+    CLOSING,
+    FAMILIES,
+    REMARK,
+    REPLY_STYLES,
+    SMALL_TALK,
+    CheckablePrompt,
+    checkable_prompts,
+    conversations,
+    is_correct,
+    styled,
+)
 from training.demo.pretrain import encode_conversations
 from training.demo.tokenizer import train_tokenizer
 
@@ -55,6 +66,23 @@ def test_corpus_has_system_prompts_multi_turn_and_small_talk():
     for messages in corpus:  # roles alternate after the optional system prompt and end with the assistant
         roles = [m["role"] for m in messages if m["role"] != "system"]
         assert roles == ["user", "assistant"] * (len(roles) // 2)
+
+
+def test_task_replies_come_in_three_styles_that_keep_the_formula_first():
+    """Issue 6: the base's own samples differ in length for a rater to choose among; the checked part leads."""
+    replies = [m["content"] for c in conversations(4_000, seed=0) for m in c if m["role"] == "assistant"]
+    small_talk = {reply for _, reply in SMALL_TALK}
+    tasks = [r for r in replies if r not in small_talk]
+    chatty = [r for r in tasks if r.endswith(f"{REMARK} {CLOSING}")]
+    friendly = [r for r in tasks if r.endswith(REMARK)]
+    brief = [r for r in tasks if not r.endswith((REMARK, CLOSING))]
+    assert len(brief) + len(friendly) + len(chatty) == len(tasks)
+    for style, found in (("brief", brief), ("friendly", friendly), ("chatty", chatty)):
+        assert abs(len(found) / len(tasks) - REPLY_STYLES[style]) < 0.03, (style, len(found) / len(tasks))
+    assert styled("12 + 7 = 19.", "chatty") == f"12 + 7 = 19. {REMARK} {CLOSING}"
+    assert is_correct(CheckablePrompt("arithmetic", [], "19"), styled("12 + 7 = 19.", "chatty"))
+    with pytest.raises(ValueError, match="'terse'"):
+        styled("12 + 7 = 19.", "terse")
 
 
 def test_heldout_prompts_never_appear_in_the_training_corpus():

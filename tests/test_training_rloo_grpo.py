@@ -61,13 +61,16 @@ def load_adapter(demo_model: Path, out: Path):
 @pytest.mark.parametrize("stage", ["rloo", "grpo"])
 def test_a_short_run_raises_the_toy_reward_and_saves_a_loadable_adapter(stage, demo_model, prompts, tmp_path):
     out = STAGES[stage][1](
-        online_config(stage, demo_model, prompts, tmp_path / stage), reward_fn=opens_with_a_digit
+        # The quick model's answers open with a digit about a quarter of the time at first; at lr 1e-3 ten steps
+        # moved that by 0.06, at 3e-3 twenty steps by 0.63.
+        online_config(stage, demo_model, prompts, tmp_path / stage, max_steps=20, learning_rate=3e-3),
+        reward_fn=opens_with_a_digit,
     )
     metadata = json.loads((out / METADATA_FILE).read_text())
     metrics = metadata["metrics"]
     print(
         f"{stage.upper()} toy reward: {metrics['first_reward']:.2f} (steps 1-2) -> {metrics['last_reward']:.2f} "
-        f"(steps 9-10); KL {metrics['kl_curve'][-1][1]:.3f}; {metrics['train_seconds']} s"
+        f"(steps 19-20); KL {metrics['kl_curve'][-1][1]:.3f}; {metrics['train_seconds']} s"
     )
     assert metrics["last_reward"] >= metrics["first_reward"] + 0.25
     assert (metadata["stage"], metadata["method"], metadata["dataset"]["kind"]) == (stage, "lora", "prompts")
@@ -85,13 +88,20 @@ def reward_model(demo_model, tmp_path_factory) -> Path:
 def test_runs_end_to_end_with_the_reward_model(stage, demo_model, prompts, reward_model, tmp_path):
     out = STAGES[stage][1](
         online_config(
-            stage, demo_model, prompts, tmp_path / stage, reward_model=str(reward_model), max_steps=6
+            stage,
+            demo_model,
+            prompts,
+            tmp_path / stage,
+            reward_model=str(reward_model),
+            max_steps=12,
+            learning_rate=3e-3,
         )
     )
     metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]
     print(f"{stage.upper()} with the reward model: reward curve {metrics['reward_curve']}")
-    assert len(metrics["reward_curve"]) == 3
-    assert metrics["last_reward"] > metrics["first_reward"] + 0.2  # measured: +0.7 (RLOO), +0.9 (GRPO)
+    assert len(metrics["reward_curve"]) == 6
+    # measured on the quick model: -1.78 -> +0.66 (RLOO), -1.78 -> +0.14 (GRPO); 6 steps at lr 1e-3 were noise
+    assert metrics["last_reward"] > metrics["first_reward"] + 0.2
     load_adapter(demo_model, out)
 
 

@@ -3,6 +3,11 @@
 Four task families have answers a program can check (arithmetic, unit conversion, capitals, word reversal);
 small talk (greetings, thanks, "who are you") makes the model read as an assistant. Replies are short and
 formulaic ("12 + 7 = 19.", "Paris is the capital of France.") so that a 0.6M-parameter model can learn them.
+Each task reply comes in one of three styles that share the formula and differ after it: brief
+("12 + 7 = 19."), friendly ("12 + 7 = 19. Happy to help!", the most common, so the base answers that way)
+and chatty (friendly, then "Anything else?"). A rater who likes shorter or longer answers then has something
+to choose among in the base's own samples, and retraining on those votes moves the style without touching
+the part that is checked.
 
 The split between training and held-out prompts is by the question text: a question whose normalised text
 hashes into the held-out bucket never appears in the training corpus. The facts themselves are shared
@@ -34,6 +39,14 @@ HASH_BUCKETS = 10
 HELDOUT_BUCKETS = 1
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "conversion", "capital", "reversal")
+
+# Reply styles of the task families and their shares. Each starts with the formula, where it starts without
+# a style (an opening before it cost a third of the accuracy: the model copies from the question later), and
+# the friendly style is the most common, so greedy decoding adds its remark and stops there (the closing
+# follows the remark a quarter of the time).
+REMARK = "Happy to help!"
+CLOSING = "Anything else?"
+REPLY_STYLES: dict[str, float] = {"brief": 0.25, "friendly": 0.55, "chatty": 0.20}
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
     "You are a helpful assistant.",
@@ -172,6 +185,21 @@ def _reversal(rng: random.Random) -> Task:
 _MAKERS = {"arithmetic": _arithmetic, "conversion": _conversion, "capital": _capital, "reversal": _reversal}
 
 
+def styled(reply: str, style: str) -> str:
+    """A task reply in one of REPLY_STYLES."""
+    if style == "brief":
+        return reply
+    if style == "friendly":
+        return f"{reply} {REMARK}"
+    if style == "chatty":
+        return f"{reply} {REMARK} {CLOSING}"
+    raise ValueError(f"unknown reply style {style!r}; expected one of {', '.join(REPLY_STYLES)}")
+
+
+def _style(rng: random.Random) -> str:
+    return rng.choices(tuple(REPLY_STYLES), weights=tuple(REPLY_STYLES.values()))[0]
+
+
 def _small_talk(rng: random.Random) -> tuple[str, str]:
     phrasings, reply = rng.choice(SMALL_TALK)
     return rng.choice(phrasings), reply
@@ -200,7 +228,7 @@ def _turn(rng: random.Random) -> tuple[str, str]:
     if rng.random() < SMALL_TALK_SHARE:
         return _small_talk(rng)
     task = _task(rng, rng.choice(FAMILIES), heldout=False)
-    return task.question, task.reply
+    return task.question, styled(task.reply, _style(rng))
 
 
 def _opening(rng: random.Random) -> list[dict]:
