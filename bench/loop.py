@@ -131,10 +131,11 @@ def recipes(quick: bool) -> dict[str, Recipe]:
             "pairwise",
             {
                 "max_steps": steps(15, 2),
-                "learning_rate": 1e-4,
+                # 1e-4 barely moved the policy; 3e-4 and 1e-3 won the votes but lost 5-21 points of accuracy
+                "learning_rate": 2e-4,
                 "rollout_batch_size": 16,
                 "response_length": MAX_TOKENS,
-                "kl_coef": 0.05,
+                "kl_coef": 0.1,
             },
             {"max_steps": steps(40, 6), "learning_rate": 5e-4, "per_device_batch_size": 8},
         ),
