@@ -40,10 +40,10 @@ HELDOUT_BUCKETS = 1
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "conversion", "capital", "reversal")
 
-# Reply styles of the task families and their shares. Each starts with the formula, where it starts without
-# a style (an opening before it cost a third of the accuracy: the model copies from the question later), and
-# the friendly style is the most common, so greedy decoding adds its remark and stops there (the closing
-# follows the remark a quarter of the time).
+# Reply styles of the task families and their shares. Every style opens with the formula, at the same place
+# as a reply without styles: an opening before it ("Sure! 12 + 7 = 19.") took macro accuracy from 0.61 to 0.51
+# at 700 steps, as the model has to copy from the question later. The friendly style is the most common, so
+# greedy decoding adds its remark and stops there (the closing follows the remark a quarter of the time).
 REMARK = "Happy to help!"
 CLOSING = "Anything else?"
 REPLY_STYLES: dict[str, float] = {"brief": 0.25, "friendly": 0.55, "chatty": 0.20}
