@@ -1,15 +1,18 @@
-"""Loads a base model and tokenizer for the LocalEngine: device, dtype and optional bitsandbytes quantization."""
+"""Loads a base model and tokenizer for the LocalEngine: device, compute dtype, chat template and optional
+bitsandbytes quantization."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from .chat_templates import apply_chat_template_option
 from .local import LocalEngine
 
 log = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("none", "8bit", "4bit")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -20,25 +23,54 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_bf16() -> bool:
+    """The CPU computes bfloat16 natively (AVX512_BF16 or AMX): bfloat16 matmuls beat float32 there."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def pick_dtype(requested: str, device: str):
+    """(torch dtype, why) for `requested` on `device`; auto: bfloat16 where the hardware has it, else
+    float16 on older GPUs and float32 on other CPUs."""
+    import torch
+
+    if requested not in DTYPE_CHOICES:
+        raise ValueError(f"dtype={requested!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    if requested != "auto":
+        return getattr(torch, requested), "asked for"
+    if device.startswith("cuda"):
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: the GPU supports bfloat16"
+        return torch.float16, "auto: the GPU has no bfloat16"
+    if cpu_has_bf16():
+        return torch.bfloat16, "auto: the CPU has AVX512_BF16/AMX"
+    return torch.float32, "auto: the CPU has no bfloat16 instructions"
+
+
 def load_local_engine(
     model: str | Path,
     *,
     model_name: str | None = None,
     quantize: str = "none",
     device: str = "auto",
+    dtype: str = "auto",
+    chat_template: str | None = None,
     **engine_options,
 ) -> LocalEngine:
     """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .model_source import strip_gguf_quantization
 
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
     device = pick_device(device)
-    dtype = torch.float32
-    if device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    kwargs: dict = {"dtype": dtype}
+    torch_dtype, why = pick_dtype(dtype, device)
+    config = AutoConfig.from_pretrained(str(model))
+    strip_gguf_quantization(config)
+    kwargs: dict = {"dtype": torch_dtype, "config": config}
     if quantize != "none":
         from transformers import BitsAndBytesConfig
 
@@ -46,16 +78,19 @@ def load_local_engine(
             BitsAndBytesConfig(load_in_8bit=True)
             if quantize == "8bit"
             else BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
             )
         )
         kwargs["device_map"] = {"": device}
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    turn_end = apply_chat_template_option(tokenizer, chat_template, model=str(model))
     base = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
     if quantize == "none":
         base = base.to(device)
     name = model_name or Path(str(model)).name
-    log.info("loaded %s on %s (%s, quantize=%s)", model, device, dtype, quantize)
-    return LocalEngine(base, tokenizer, model_name=name, model_path=str(model), **engine_options)
+    log.info("loaded %s on %s in %s (%s), quantize=%s", model, device, torch_dtype, why, quantize)
+    return LocalEngine(
+        base, tokenizer, model_name=name, model_path=str(model), turn_end=turn_end, **engine_options
+    )

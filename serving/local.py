@@ -94,6 +94,7 @@ class LocalEngine:
         max_lora_rank: int = 64,
         batch_wait_s: float = 0.004,
         on_step: Callable[[int], None] | None = None,
+        turn_end: str | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_path = model_path
@@ -111,6 +112,12 @@ class LocalEngine:
         eos_ids |= set(
             config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else []
         )
+        # a --chat-template's turn end: one token of the model's stops like EOS, anything else as a stop string
+        self._turn_stops: list[str] = []
+        if turn_end and turn_end in tokenizer.get_vocab():
+            eos_ids.add(tokenizer.convert_tokens_to_ids(turn_end))
+        elif turn_end:
+            self._turn_stops.append(turn_end)
         self._eos_ids = eos_ids
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
         self._adapters: dict[str, _Adapter] = {}
@@ -364,7 +371,7 @@ class LocalEngine:
             return
         for job in jobs:
             params = job.request.sampling
-            job.stream = TextStream(self._decode, params.stop)
+            job.stream = TextStream(self._decode, [*params.stop, *self._turn_stops])
             job.generator = make_generator(params.seed)
         names = [self._adapter_key(job) for job in jobs]
         try:
