@@ -12,13 +12,23 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cli_adapters import add_adapter_commands
 from .cli_data import add_data_commands
-from .cli_engine import add_engine_command, add_vllm_arguments, choose_engine, make_vllm_engine
+from .cli_engine import (
+    add_engine_command,
+    add_model_options,
+    add_vllm_arguments,
+    choose_engine,
+    make_vllm_engine,
+)
 from .cli_tools import add_tool_commands
 from .cli_train import add_train_commands
 from .settings import LIMIT_FLAGS, Settings, SettingsError, quiet_environment
+
+if TYPE_CHECKING:
+    from serving.model_source import ModelSource
 
 log = logging.getLogger("tunehub")
 
@@ -42,17 +52,38 @@ def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callabl
     return update, close
 
 
-def resolve_model(settings: Settings) -> str:
-    """The model to serve: the given one, or the demo model (built on first run, then cached)."""
+def resolve_model(settings: Settings) -> ModelSource:
+    """The model to serve: the given hub id, directory or GGUF file (converted once into the data dir's
+    models/), or the demo model (built on first run, then cached). Raises ModelSourceError."""
+    from serving.model_source import ModelSource, resolve_model_source
+
     if settings.model:
-        return settings.model
+        return resolve_model_source(settings.model, settings.models_dir)
     from training.demo.build import ensure_demo_model
 
     update, close = _progress_bar("building the demo model (first run only)")
     try:
-        return str(ensure_demo_model(settings.data_dir, progress=update))
+        path = str(ensure_demo_model(settings.data_dir, progress=update))
     finally:
         close()
+    return ModelSource(given="", path=path, name="tunehub-demo")
+
+
+def load_engine_for(settings: Settings):
+    """The LocalEngine for `settings` (model, dtype, chat template, quantization, limits), not yet started.
+    Raises ValueError (ModelSourceError, ChatTemplateError) with a message for the user."""
+    from serving.loader import load_local_engine
+
+    source = resolve_model(settings)
+    return load_local_engine(
+        source.path,
+        model_name=settings.served_model_name or source.name,
+        quantize=settings.quantize,
+        dtype=settings.dtype,
+        chat_template=settings.chat_template,
+        max_lora_rank=settings.max_lora_rank,
+        max_batch_size=settings.max_batch_size,
+    )
 
 
 def _store_is_sound(path: Path) -> bool:
@@ -78,6 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=Path(args.data_dir),
         quantize=args.quantize,
+        dtype=args.dtype,
+        chat_template=args.chat_template,
         max_lora_rank=args.max_lora_rank,
         max_batch_size=args.max_batch_size,
         served_model_name=args.served_model_name,
@@ -94,29 +127,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    from serving.loader import load_local_engine
-
     from .app import build_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not _store_is_sound(settings.data_dir / "feedback.db"):
         return 2
-    if choose_engine(settings, args) == "vllm":
-        try:
+    try:
+        if choose_engine(settings, args) == "vllm":
             engine = make_vllm_engine(settings, args, resolve_model)
-        except ValueError as exc:
-            print(f"tunehub: {exc}", file=sys.stderr)
-            return 2
-    else:
-        model = resolve_model(settings)
-        name = settings.served_model_name or (None if settings.model else "tunehub-demo")
-        engine = load_local_engine(
-            model,
-            model_name=name,
-            quantize=settings.quantize,
-            max_lora_rank=settings.max_lora_rank,
-            max_batch_size=settings.max_batch_size,
-        )
+        else:
+            engine = load_engine_for(settings)
+    except ValueError as exc:
+        print(f"tunehub: {exc}", file=sys.stderr)
+        return 2
     app = build_app(settings, engine)
     print(
         f"tunehub: serving {engine.model_name or args.vllm_url} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
@@ -154,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the UI and the OpenAI-compatible API")
-    serve.add_argument("--model", help="local model directory or hub id (default: the self-built demo model)")
+    serve.add_argument(
+        "--model",
+        help="hub id, local model directory or .gguf file (default: the self-built demo model)",
+    )
     serve.add_argument(
         "--engine",
         choices=["auto", "local", "vllm"],
@@ -178,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="load the base through bitsandbytes",
     )
+    add_model_options(serve)
     serve.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted")
     serve.add_argument("--max-batch-size", type=int, default=32, help="rows decoded together")
     serve.add_argument(

@@ -45,6 +45,22 @@ def add_vllm_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --chat-template, shared by `tunehub serve` and `tunehub engine`."""
+    from serving.loader import DTYPE_CHOICES
+
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="compute dtype (auto: bfloat16 on GPUs and CPUs that have it, else float16 on GPU, float32)",
+    )
+    parser.add_argument(
+        "--chat-template",
+        help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for models without one",
+    )
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -88,10 +104,10 @@ def make_vllm_engine(settings: Settings, args: argparse.Namespace, resolve_model
             model_path=settings.model or "",
             max_lora_rank=settings.max_lora_rank,
         )
-    model = resolve_model(settings)
-    name = settings.served_model_name or ("tunehub-demo" if not settings.model else Path(model).name)
+    source = resolve_model(settings)
+    name = settings.served_model_name or source.name
     options = VLLMOptions(
-        model=model,
+        model=source.path,
         port=args.vllm_port or _free_port(),
         log_path=settings.data_dir / "vllm.log",
         executable=args.vllm_bin,
@@ -114,21 +130,24 @@ def make_vllm_engine(settings: Settings, args: argparse.Namespace, resolve_model
 def cmd_engine(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from serving.loader import load_local_engine
-
-    from .cli import resolve_model
+    from .cli import load_engine_for
     from .engine_server import build_engine_app
 
-    settings = Settings(model=args.model, data_dir=Path(args.data_dir))
-    model = resolve_model(settings)
-    name = args.served_model_name or (None if args.model else "tunehub-demo")
-    engine = load_local_engine(
-        model,
-        model_name=name,
+    settings = Settings(
+        model=args.model,
+        data_dir=Path(args.data_dir),
         quantize=args.quantize,
+        dtype=args.dtype,
+        chat_template=args.chat_template,
         max_lora_rank=args.max_lora_rank,
         max_batch_size=args.max_batch_size,
+        served_model_name=args.served_model_name,
     )
+    try:
+        engine = load_engine_for(settings)
+    except ValueError as exc:
+        print(f"tunehub engine: {exc}", file=sys.stderr)
+        return 2
     app = build_engine_app(engine, api_key=args.api_key)
     print(f"tunehub engine: serving {engine.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
@@ -139,7 +158,9 @@ def add_engine_command(sub) -> None:
     engine = sub.add_parser(
         "engine", help="serve the embedded engine alone, speaking vLLM's HTTP protocol (no UI, no store)"
     )
-    engine.add_argument("--model", help="local model directory or hub id (default: the demo model)")
+    engine.add_argument(
+        "--model", help="hub id, local model directory or .gguf file (default: the demo model)"
+    )
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, default=8000)
     engine.add_argument(
@@ -149,6 +170,7 @@ def add_engine_command(sub) -> None:
     engine.add_argument("--max-lora-rank", type=int, default=64)
     engine.add_argument("--max-batch-size", type=int, default=32)
     engine.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none")
+    add_model_options(engine)
     engine.add_argument("--data-dir", default="./tunehub-data", help="where the demo model is cached")
     engine.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

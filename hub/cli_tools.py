@@ -34,9 +34,16 @@ def _model_shape(args: argparse.Namespace):
 
     if args.params:
         return ModelShape.from_size(args.params), f"a {args.params} reference shape"
+    from serving.model_source import find_gguf, read_gguf_config
+
+    gguf = find_gguf(args.model)
+    if gguf is not None:  # its header holds the config: nothing is dequantised for an estimate
+        return ModelShape.from_config(read_gguf_config(gguf)), str(args.model)
     path = Path(args.model) / "config.json"
     if not path.is_file():
-        raise ValueError(f"--model {args.model!r} has no config.json; pass a model directory or --params 7B")
+        raise ValueError(
+            f"--model {args.model!r} has no config.json; pass a model directory, a .gguf file or --params 7B"
+        )
     return ModelShape.from_config(json.loads(path.read_text())), str(args.model)
 
 
@@ -110,7 +117,7 @@ def _positive_int(text: str) -> int:
 def add_tool_commands(sub) -> None:
     est = sub.add_parser("estimate", help="memory per training method, time and cost of a run")
     source = est.add_mutually_exclusive_group()
-    source.add_argument("--model", help="a model directory with a config.json (Llama-like decoders)")
+    source.add_argument("--model", help="a model directory with a config.json, or a .gguf file")
     source.add_argument("--params", help="a model size such as 0.5B, 7B or 70B (a reference shape)")
     est.add_argument("--seq-len", type=_positive_int, default=2048, help="tokens per sequence")
     est.add_argument("--batch-size", type=_positive_int, default=4, help="sequences per device per step")

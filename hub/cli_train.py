@@ -58,12 +58,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    if args.base:
-        base = args.base
-    else:
-        from .cli import resolve_model
+    from .cli import resolve_model
 
-        base = resolve_model(Settings(data_dir=data_dir))
+    try:  # a hub id, directory or GGUF file (converted once), or the demo model
+        base = resolve_model(Settings(model=args.base, data_dir=data_dir)).path
+    except ValueError as exc:
+        print(f"tunehub: --base: {exc}", file=sys.stderr)
+        return 2
     with Store(data_dir / "feedback.db") as store:
         spec = JobSpec(
             stage=args.stage,
@@ -192,7 +193,7 @@ def add_train_commands(sub) -> None:
     train.add_argument(
         "--name", required=True, help="the adapter's name (a later version is served as NAME@vN)"
     )
-    train.add_argument("--base", help="base model directory or hub id (default: the demo model)")
+    train.add_argument("--base", help="base model: hub id, directory or .gguf file (default: the demo model)")
     train.add_argument("--data-dir", default="./tunehub-data", help=DATA_DIR_HELP)
     train.add_argument(
         "--parent", help="adapter to start from: a registered name (name, name@N) or a directory"

@@ -83,7 +83,7 @@ LIMIT_FLAGS = (
 
 @dataclass
 class Settings:
-    model: str | None = None  # a local directory or hub id; None: the self-built demo model
+    model: str | None = None  # a hub id, local directory or GGUF file; None: the self-built demo model
     engine: str = "auto"
     host: str = "127.0.0.1"
     port: int = 7860
@@ -93,6 +93,8 @@ class Settings:
         default_factory=lambda: os.environ.get("TUNEHUB_ADMIN_PASSWORD") or None
     )
     quantize: str = "none"
+    dtype: str = "auto"  # compute dtype of the local engine (serving/loader.pick_dtype)
+    chat_template: str | None = None  # a .jinja file or a shipped name, for models without a template
     max_lora_rank: int = 64
     max_batch_size: int = 32
     served_model_name: str | None = None

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .chat_templates import apply_chat_template_option
-from .local import LocalEngine
+
+if TYPE_CHECKING:
+    from .local import LocalEngine
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,7 @@ def load_local_engine(
     """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .local import LocalEngine
     from .model_source import strip_gguf_quantization
 
     if quantize not in QUANTIZE_CHOICES:

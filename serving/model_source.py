@@ -108,6 +108,20 @@ def gguf_architecture(path: Path) -> str:
     return bytes(field.parts[field.data[0]]).decode()
 
 
+def read_gguf_config(path: Path) -> dict:
+    """The transformers config a GGUF file's header describes, as a dict (no tensor is read)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ValueError as exc:
+        raise ModelSourceError(
+            f"{str(path)!r} holds a {gguf_architecture(path)!r} model, which transformers cannot read from "
+            f"GGUF; it reads {', '.join(readable_architectures())}"
+        ) from exc
+    return config.to_dict()
+
+
 def readable_architectures() -> list[str]:
     """Architectures transformers can load from GGUF (its own list, less the non-model sections)."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
