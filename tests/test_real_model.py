@@ -185,3 +185,25 @@ def test_a_lora_sft_job_on_the_real_model_goes_live_and_is_replayed(real_hub, tm
     assert chat(real_hub, "sums", "What is 4 plus 4?", max_tokens=8)
     config = json.loads((Path(models["sums"]["root"]) / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]).name.startswith(f"{SERVED}-")  # the hash-named copy
+
+
+@pytest.mark.browser
+def test_the_chat_tab_answers_with_the_real_model(real_hub):
+    from tests.support.browser import browser_page
+
+    with browser_page(ARTIFACTS, "real-model-chat") as page:
+        page.goto(real_hub.url + "/", wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Chat").wait_for()
+        page.locator("#prompt textarea").fill("What is the capital of France?")
+        page.locator("#send").click()
+        bot = page.locator("#chatbot [data-testid='bot']").last
+        bot.wait_for(timeout=120_000)
+        answer, stable = "", 0
+        for _ in range(600):  # the Chat tab samples (its default temperature): wait until the text settles
+            page.wait_for_timeout(200)
+            now = bot.inner_text().strip()
+            stable, answer = (stable + 1 if now and now == answer else 0), now
+            if stable >= 10:
+                break
+        page.screenshot(path=str(ARTIFACTS / "real-model-chat.png"))
+    assert len(answer.split()) >= 3, answer  # a sentence from the real model, not the demo's formula
