@@ -91,7 +91,7 @@ def test_chat_streams_and_a_thumbs_down_carries_its_reason(ui_hub):
         tour_shot(page, "1-chat")
 
         page.locator("#chatbot button[aria-label='Dislike']").last.click()
-        page.locator("#chat-status").get_by_text("Thumbs down recorded").wait_for(timeout=15_000)
+        page.locator("#chat-status").get_by_text("Thumbs down on answer 1 recorded").wait_for(timeout=15_000)
         page.locator("#reasons").get_by_label("wrong").check()
         page.locator("#feedback-comment textarea").fill("Paris is the capital")
         page.locator("#send-reasons").click()
