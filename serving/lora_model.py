@@ -39,6 +39,7 @@ class _Rows:
 
     slots: frozenset[int]
     index: torch.Tensor | None  # [rows] slot of each row; None when every row uses the same slot
+    tokens: int = 1  # positions per row in this forward pass
 
 
 class _LoraLayer:
@@ -97,12 +98,16 @@ class _LoraLayer:
             delta = x @ self.a[slot] @ self.b[slot]
         else:
             index = rows.index.to(self.a.device)
-            if x.shape[0] != index.shape[0]:
+            batch = index.shape[0]
+            # [rows, ...] as most layers see it, or [rows * tokens, in]: every position flattened row by row
+            # (OPT's fc1/fc2, MoE routers and shared experts); a subset of positions (an MoE expert) has no rows
+            flattened = x.dim() == 2 and x.shape[0] == batch * rows.tokens
+            if x.shape[0] != batch and not flattened:
                 raise RuntimeError(
-                    f"a LoRA layer got input of shape {list(x.shape)} for a batch of {index.shape[0]} rows; "
-                    "mixed adapters need the batch as the first dimension"
+                    f"a LoRA layer got input of shape {list(x.shape)} for a batch of {batch} rows of "
+                    f"{rows.tokens} positions; mixed adapters need the rows as the first dimension"
                 )
-            flat = x.reshape(index.shape[0], -1, x.shape[-1])
+            flat = x.reshape(batch, -1, x.shape[-1])
             delta = torch.bmm(torch.bmm(flat, self.a[index]), self.b[index]).view(output.shape)
         return output + delta.to(output.dtype)
 
@@ -127,7 +132,7 @@ class MultiLoraModel:
         slots = [0 if name == BASE_ADAPTER else self.slots[name] for name in adapter_names]
         unique = frozenset(slots)
         index = torch.tensor(slots, device=self.device) if len(unique) > 1 else None
-        self.rows = _Rows(unique, index)
+        self.rows = _Rows(unique, index, tokens=ids.shape[1])
         try:
             out = self.base(
                 input_ids=ids,
