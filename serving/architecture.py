@@ -4,11 +4,13 @@ The engine batches decoder-only transformers whose forward pass keeps keys and v
 is given, takes per-row positions and a left-padded attention mask. Encoder-decoders, recurrent and state-space
 models (mamba, rwkv, ...) and hybrids with linear-attention layers do not, and some fail only by answering
 differently in a batch than alone. So besides reading the config, the check runs the engine's own batching
-(kvbatch: a left-padded prefill, steps, a row joining, a row leaving) on a few token ids and compares every
-logit with a plain forward pass over each row alone: five forward passes over a dozen tokens.
+(kvbatch: a left-padded prefill, rows merged as when they join, steps, a row leaving) on a few token ids and
+compares every logit with a plain forward pass over each row alone: four forward passes over a dozen tokens.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -21,10 +23,10 @@ SUPPORTED = (
     "gpt_neox and gpt2"
 )
 # max |batched - alone| over max |alone| logit; wrong positions, masks or caches give errors near 1
-TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+TOLERANCE = {torch.float32: 1e-2, torch.float64: 1e-6}  # float32 leaves room for TF32 matmuls on GPUs
 LOW_PRECISION_TOLERANCE = 0.1  # bfloat16, float16 and quantized bases: padding changes the rounding
 
-# rows 0 and 1 are prefilled together, row 2 joins them; each row's tokens past its prompt are fed one a step
+# prompt lengths of the three rows; each row's tokens past its prompt are fed one a step
 PROMPT_LENGTHS = (7, 3, 10)
 LENGTH = 12
 
@@ -97,25 +99,23 @@ def _batched_error(base: torch.nn.Module, pad_id: int) -> float:
             reference = alone[row, position]
             errors.append(float((out - reference).abs().max() / reference.abs().max().clamp(min=1e-6)))
 
-    # rows 0 and 1 arrive together: one left-padded prefill
+    # the three rows arrive together: one left-padded prefill
     logits, batch = kvbatch.prefill(
-        model.forward, [rows[0][: prompt[0]], rows[1][: prompt[1]]], [BASE_ADAPTER] * 2, pad_id, device
+        model.forward, [row[:length] for row, length in zip(rows, prompt)], [BASE_ADAPTER] * 3, pad_id, device
     )
-    compare(logits, [(0, prompt[0] - 1), (1, prompt[1] - 1)])
+    compare(logits, [(r, prompt[r] - 1) for r in range(3)])
     _check_cache(base, batch)
-    # row 2 joins; it is longer than the running rows, which get padded further
-    logits, joining = kvbatch.prefill(model.forward, [rows[2][: prompt[2]]], [BASE_ADAPTER], pad_id, device)
-    compare(logits, [(2, prompt[2] - 1)])
-    batch = kvbatch.merge(batch, joining)
-    fed = [rows[r][prompt[r]] for r in range(3)]
-    logits = kvbatch.step(model.forward, batch, fed, [BASE_ADAPTER] * 3)
-    compare(logits, [(r, prompt[r]) for r in range(3)])
+    # split, then merge back in another order as rows that join a running batch are (no forward pass)
+    order = [2, 0, 1]
+    batch = kvbatch.merge(kvbatch.keep_rows(copy.deepcopy(batch), [2]), kvbatch.keep_rows(batch, [0, 1]))
+    logits = kvbatch.step(model.forward, batch, [rows[r][prompt[r]] for r in order], [BASE_ADAPTER] * 3)
+    compare(logits, [(r, prompt[r]) for r in order])
     _check_cache(base, batch)
-    # row 2 leaves, and with it the padding columns only it needed
-    batch = kvbatch.keep_rows(batch, [0, 1])
-    fed = [rows[r][prompt[r] + 1] for r in range(2)]
-    logits = kvbatch.step(model.forward, batch, fed, [BASE_ADAPTER] * 2)
-    compare(logits, [(r, prompt[r] + 1) for r in range(2)])
+    # the longest row leaves, and with it the padding columns only it needed
+    batch = kvbatch.keep_rows(batch, [1, 2])
+    order = [0, 1]
+    logits = kvbatch.step(model.forward, batch, [rows[r][prompt[r] + 1] for r in order], [BASE_ADAPTER] * 2)
+    compare(logits, [(r, prompt[r] + 1) for r in order])
     _check_cache(base, batch)
     return max(errors)
 
