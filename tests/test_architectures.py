@@ -297,6 +297,27 @@ def test_an_architecture_the_engine_cannot_batch_is_refused_at_load(model_type, 
     assert "--engine vllm" in message
 
 
+def test_an_adapter_on_fused_expert_weights_is_refused_with_what_to_train_instead(demo_model, tmp_path):
+    """PEFT turns target_modules="all-linear" (the training default) on Mixtral's fused experts into
+    target_parameters, which no forward hook can apply per row."""
+    from serving.errors import InvalidAdapter
+
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    model = save_model(tmp_path, demo_model, "mixtral", num_key_value_heads=1, num_local_experts=2, **sizes)
+    adapter = make_lora_adapter(model, tmp_path / "moe", targets="all-linear")
+    assert json.loads((adapter / "adapter_config.json").read_text())["target_parameters"]
+
+    async def scenario():
+        async with running_engine(model) as engine:
+            with pytest.raises(
+                InvalidAdapter, match="target_parameters=.*--target-modules naming linear layers"
+            ):
+                await engine.load_adapter("moe", adapter)
+            return engine.adapters()
+
+    assert asyncio.run(scenario()) == []
+
+
 @architectures
 def test_the_load_check_passes_every_supported_architecture_in_bfloat16(architecture, tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
