@@ -297,6 +297,27 @@ def test_an_architecture_the_engine_cannot_batch_is_refused_at_load(model_type, 
     assert "--engine vllm" in message
 
 
+def test_the_load_check_refuses_wrong_batching_whatever_its_cause(tiny_model, monkeypatch):
+    """A decode step whose positions are one ahead of the prefill's (a kvbatch bug, not the model's) would
+    serve wrong tokens; the check compares logits, so it refuses instead."""
+    from transformers import AutoModelForCausalLM
+
+    from serving import kvbatch
+
+    step = kvbatch.step
+
+    def step_one_position_ahead(forward, batch, tokens, adapter_names):
+        def shifted(ids, mask, positions, cache, names):
+            return forward(ids, mask, positions + 1, cache, names)
+
+        return step(shifted, batch, tokens, adapter_names)
+
+    monkeypatch.setattr(kvbatch, "step", step_one_position_ahead)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model("llama")), dtype=torch.float32).eval()
+    with pytest.raises(UnsupportedArchitecture, match="differ from the same rows run alone"):
+        check_batching(model, pad_id=0)
+
+
 def test_an_adapter_on_fused_expert_weights_is_refused_with_what_to_train_instead(demo_model, tmp_path):
     """PEFT turns target_modules="all-linear" (the training default) on Mixtral's fused experts into
     target_parameters, which no forward hook can apply per row."""
