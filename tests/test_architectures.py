@@ -6,7 +6,8 @@ gpt2 (Conv1D layers, fan_in_fan_out adapters) and opt (fc1/fc2 see every positio
 each prompt alone; a batch mixing the base and three adapters gives each row what PEFT's PeftModel gives for
 that adapter alone; a LoRA SFT job with the default targets trains and its adapter hot-loads and answers as
 PEFT does. Encoder-decoders, recurrent models and a decoder that ignores per-row positions are refused at load,
-naming the architecture.
+naming the architecture; so is any batching bug the load check sees, and an adapter on Mixtral's fused experts
+is refused with what to train instead.
 
 Run: python -m pytest tests/test_architectures.py -q      (float32 throughout: equality with `generate`)
 """
