@@ -248,7 +248,8 @@ def test_a_lora_sft_job_with_the_default_targets_trains_and_hot_loads(architectu
 
 def save_model(
     tmp_path: Path, demo_model: Path, model_type: str, auto_class: str = "AutoModelForCausalLM", **sizes
-):
+) -> Path:
+    """Save a random `model_type` model of config `sizes` with the demo model's tokenizer."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
