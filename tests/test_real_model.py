@@ -34,8 +34,11 @@ def real_hub(tmp_path_factory, smollm2_gguf, smollm2_dir):
     env_threads = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "2"
     try:
-        with HubProcess(model=smollm2_gguf, data_dir=data_dir).start(timeout=300) as process:
+        process = HubProcess(model=smollm2_gguf, data_dir=data_dir).start(timeout=300)
+        try:
             yield process
+        finally:
+            process.stop()
     finally:
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
@@ -207,3 +210,41 @@ def test_the_chat_tab_answers_with_the_real_model(real_hub):
                 break
         page.screenshot(path=str(ARTIFACTS / "real-model-chat.png"))
     assert len(answer.split()) >= 3, answer  # a sentence from the real model, not the demo's formula
+
+
+@pytest.mark.browser
+def test_stop_ends_a_streaming_answer_and_stores_what_was_shown(real_hub):
+    """Issue 14, finding 2: sending while an answer streamed split what was shown from what was stored.
+    Now Send is locked while an answer streams, and Stop ends it upstream, keeping what the rater saw."""
+    from feedback.store import Store
+    from hub.feedback_service import GenerationRef
+    from tests.support.browser import browser_page
+
+    with browser_page(ARTIFACTS, "real-model-stop") as page:
+        page.goto(real_hub.url + "/", wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Chat").wait_for()
+        page.locator("#prompt textarea").fill("Write a long story about a dragon who learns to bake bread.")
+        page.locator("#send").click()
+        bot = page.locator("#chatbot [data-testid='bot']").last
+        page.wait_for_function(
+            "() => { const m = document.querySelectorAll('#chatbot [data-testid=\"bot\"]');"
+            " return m.length && m[m.length - 1].innerText.trim().length > 40; }",
+            timeout=120_000,
+        )
+        assert page.locator("#send").is_hidden() and page.locator("#stop").is_visible()
+        assert page.locator("#prompt textarea").is_disabled()  # no second question mid-answer
+        page.locator("#stop").click()
+        page.locator("#chat-status").get_by_text("Stopped.").wait_for(timeout=30_000)
+        response_id = page.locator("#chat-status code").inner_text().strip()
+        shown = bot.inner_text().strip()
+        page.wait_for_timeout(1500)
+        assert bot.inner_text().strip() == shown, "the answer went on after Stop"
+        page.locator("#send").wait_for(state="visible", timeout=10_000)
+        assert page.locator("#stop").is_hidden()
+        page.locator("#chatbot button[aria-label='Like']").last.click()
+        page.locator("#chat-status").get_by_text("Thumbs up on answer 1 recorded").wait_for(timeout=15_000)
+
+    with Store(real_hub.data_dir / "feedback.db") as store:
+        stored = store.get_generation(GenerationRef(response_id).store_id)
+    assert stored.finish_reason == "abort"
+    assert " ".join(stored.text.split()) == " ".join(shown.split())

@@ -47,8 +47,15 @@ THUMB_MARKS = {"up": "Like", "down": "Dislike"}  # a stored thumb -> the Chatbot
 
 def new_session() -> dict:
     # generation_ids: chatbot message index -> stored generation id; ratings: index -> "up"/"down";
-    # pending: the thumb awaiting reasons; streaming: the answer being generated (for Stop)
-    return {"conversation_id": None, "generation_ids": {}, "ratings": {}, "pending": None, "streaming": None}
+    # pending: the thumb awaiting reasons; streaming: the answer being generated, stopped: the one Stop ended
+    return {
+        "conversation_id": None,
+        "generation_ids": {},
+        "ratings": {},
+        "pending": None,
+        "streaming": None,
+        "stopped": None,
+    }
 
 
 def shown(history: list[dict], state: dict):
@@ -252,20 +259,24 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         state = {**state, "generation_ids": keep, "ratings": ratings, "pending": pending}
         return plain_history(history[:-1]), state, gr.update(visible=pending is not None), ""
 
-    async def on_stop(state: dict, history: list[dict]):
-        """Stop cancelled the answer's generator; the partial answer it showed is stored under its id."""
-        streaming = state.get("streaming")
-        state = {**state, "streaming": None, "generation_ids": dict(state["generation_ids"])}
-        if streaming is None:
-            return gr.update(), state, *unlocked(), ""
-        response_id = streaming["response_id"]
-        for _ in range(50):  # the cancelled stream writes what it had as it closes
+    def on_stop(state: dict):
+        """Stop cancels the answer's generator (`cancels=`); the controls come back at once."""
+        return {**state, "stopped": state.get("streaming"), "streaming": None}, *unlocked(), "Stopping…"
+
+    async def after_stop(state: dict, history: list[dict]):
+        """The cancelled stream writes what it had shown as it closes: find it, so it can be rated."""
+        stopped = state.get("stopped")
+        if stopped is None:
+            return gr.update(), state, ""
+        response_id = stopped["response_id"]
+        for _ in range(100):
             if await asyncio.to_thread(feedback.missing, [GenerationRef(response_id)]) is None:
-                state["generation_ids"][streaming["index"]] = response_id
+                ids = {**state["generation_ids"], stopped["index"]: response_id}
+                state = {**state, "generation_ids": ids, "stopped": None}
                 said = f"Stopped. What was shown is stored as answer `{response_id}`: rate or regenerate it."
-                return shown(history, state), state, *unlocked(), said
+                return shown(history, state), state, said
             await asyncio.sleep(0.1)
-        return gr.update(), state, *unlocked(), "Stopped before the first word: nothing was stored."
+        return gr.update(), {**state, "stopped": None}, "Stopped before the first word: nothing was stored."
 
     def on_edit(history: list[dict], state: dict, text: str, request: gr.Request):
         if not history or history[-1]["role"] != "assistant":
@@ -331,7 +342,9 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     )
     regenerating.then(unlocked, outputs=controls, queue=False)
     answers.append(regenerating)
-    stop.click(on_stop, [session, chatbot], [chatbot, session, *controls, status], cancels=answers)
+    stop.click(on_stop, [session], [session, *controls, status], cancels=answers, queue=False).then(
+        after_stop, [session, chatbot], [chatbot, session, status]
+    )
     chatbot.like(on_like, [session, chatbot], [session, panel, reasons, comment, status])
     send_reasons.click(on_reasons, [session, reasons, comment], [session, panel, status])
     save_edit.click(on_edit, [chatbot, session, edit_text], [chatbot, status])
