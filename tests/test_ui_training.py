@@ -30,7 +30,9 @@ pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ADMIN = ("admin", "train-admin-pw")
 RATER = ("rita", "rita-pw")
-TINY = {"max_steps": 6, "logging_steps": 1, "eval_fraction": 0, "loss_check_steps": 0, "checkpoint_steps": 0}
+# no logging_steps: a short run logs its loss at every step by default (issue 14, finding 3: a quick DPO run's
+# plot stayed empty and its metrics held train_loss null while it logged every 10 steps)
+TINY = {"max_steps": 6, "eval_fraction": 0, "loss_check_steps": 0, "checkpoint_steps": 0}
 ON_VOTES = {**TINY, "max_steps": 4}  # a few DPO/KTO steps at the preset's lr 1e-4: barely moves, never breaks
 
 
@@ -183,6 +185,8 @@ def test_an_admin_trains_dpo_and_kto_on_the_votes_and_chats_with_the_result(trai
             job = store.get_job(adapter.job_id)
             snapshot = store.get_dataset(job.dataset_id)
             assert job.stage == stage and snapshot.source == "export"
+            assert job.metrics["train_loss"] is not None and job.metrics["first_loss"] is not None
+            assert [step for step, _ in job.metrics["loss_curve"]] == [1, 2, 3, 4]
             assert set(vote_ids) <= set(snapshot.vote_ids)  # trained on the votes collected
             replay = job.metrics["replay"]
             assert replay["against"] == "base" and replay["candidate"]["name"] == f"ui-{stage}@1"
