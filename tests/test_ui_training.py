@@ -143,17 +143,26 @@ def test_an_admin_trains_dpo_and_kto_on_the_votes_and_chats_with_the_result(trai
         sign_in(page, train_hub, ADMIN)
         page.get_by_role("tab", name="Train").click()
         page.locator("#train-estimate").get_by_text("lora").first.wait_for(timeout=15_000)
-        for stage in ("dpo", "kto"):
+        # KTO with a KL bound it passes at its first evaluation: the status says it stopped early, and why
+        # (issue 14, finding 8: that was visible only in the lineage JSON)
+        bounded = {**ON_VOTES, "eval_fraction": 0.3, "eval_steps": 1, "max_kl": 1e-4, "learning_rate": 5e-3}
+        for stage, params in (("dpo", ON_VOTES), ("kto", bounded)):
             choose(page, "train-stage", stage)
             page.locator("#train-name textarea").fill(f"ui-{stage}")
             page.locator("#train-source").get_by_label("feedback: everything").check()
-            set_code(page, "train-params", json.dumps(ON_VOTES))
+            set_code(page, "train-params", json.dumps(params))
             page.locator("#train-start").click()
             page.locator("#train-message").get_by_text(f"{stage} lora → ui-{stage}").wait_for(timeout=30_000)
             seen = watch_job(page, f"ui-{stage}")
             final = seen[-1]
             assert "succeeded" in final, "\n".join(seen)
-            assert f"served as ui-{stage}" in final and "step 4/4" in final, final
+            assert f"served as ui-{stage}" in final, final
+            if stage == "dpo":
+                assert "step 4/4" in final and "Stopped early" not in final, final
+            else:
+                assert "Stopped early at step" in final and "the KL from the base passed 0.0001" in final, (
+                    final
+                )
             assert f"Replay: ui-{stage}@1 accuracy" in final and "base accuracy" in final, final  # last step
             assert any("loss" in s and "succeeded" not in s for s in seen), seen
             if stage == "dpo":
@@ -186,7 +195,7 @@ def test_an_admin_trains_dpo_and_kto_on_the_votes_and_chats_with_the_result(trai
             snapshot = store.get_dataset(job.dataset_id)
             assert job.stage == stage and snapshot.source == "export"
             assert job.metrics["train_loss"] is not None and job.metrics["first_loss"] is not None
-            assert [step for step, _ in job.metrics["loss_curve"]] == [1, 2, 3, 4]
+            assert [step for step, _ in job.metrics["loss_curve"]][:1] == [1]  # every step, from the first
             assert set(vote_ids) <= set(snapshot.vote_ids)  # trained on the votes collected
             replay = job.metrics["replay"]
             assert replay["against"] == "base" and replay["candidate"]["name"] == f"ui-{stage}@1"
