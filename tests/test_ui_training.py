@@ -170,13 +170,25 @@ def test_an_admin_trains_dpo_and_kto_on_the_votes_and_chats_with_the_result(trai
 
         page.get_by_role("tab", name="Adapters").click()
         wait_text(page, "#adapters-table", "ui-kto@1")
+        # the pre-selected adapter's replay is shown as the tab opens (issue 14, finding 4)
+        selected = page.locator("#adapters-select input").input_value()
+        assert selected in ("ui-dpo@1", "ui-kto@1"), selected
+        wait_text(page, "#adapters-replay-summary", selected)
         choose(page, "adapters-select", "ui-dpo@1")  # its replay is ready: nobody pressed Replay now
         wait_text(page, "#adapters-replay-summary", "ui-dpo@1")
         assert "base" in page.locator("#adapters-replay-summary").inner_text()
         wait_text(page, "#adapters-replay-table", "✗")  # the prompts answered side by side, checked
         tour_shot(page, "4-compare", "#adapters-replay-summary")
+        # no votes on it yet: the rule is not met, said in words, and Promote asks to be pressed again
+        # (issue 14, finding 7: it answered `not_yet` and promoted at once)
+        wait_text(page, "#adapters-verdict", "ui-dpo does not meet the promotion rule yet")
         page.locator("#adapters-promote").click()
-        page.locator("#adapters-message").get_by_text("ui-dpo@1 promoted").wait_for(timeout=60_000)
+        page.locator("#adapters-message").get_by_text("Press Promote again").wait_for(timeout=60_000)
+        assert "candidate" in page.locator("#adapters-table").inner_text()
+        page.locator("#adapters-promote").click()
+        page.locator("#adapters-message").get_by_text(
+            "ui-dpo@1 promoted (against the rule, confirmed)"
+        ).wait_for(timeout=60_000)
         wait_text(page, "#adapters-table", "promoted")
         tour_shot(page, "5-promote", "#adapters-table")
 
@@ -236,7 +248,9 @@ def test_an_admin_trains_from_the_train_tab_and_finds_the_adapter(train_hub, sft
         assert "candidate" in table.inner_text()
         page.locator("#adapters-lineage").get_by_text('"dataset"').wait_for(timeout=15_000)
         page.locator("#adapters-promote").click()
-        page.locator("#adapters-message").get_by_text("ui-km@1 promoted").wait_for(timeout=15_000)
+        page.locator("#adapters-message").get_by_text("Press Promote again").wait_for(timeout=60_000)
+        page.locator("#adapters-promote").click()
+        page.locator("#adapters-message").get_by_text("ui-km@1 promoted").wait_for(timeout=60_000)
         wait_text(page, "#adapters-table", "promoted")
         page.screenshot(path=str(ARTIFACTS / "ui-adapters.png"), full_page=True)
 
