@@ -176,6 +176,7 @@ def leaderboard_body(board: Leaderboard) -> dict:
         "object": "leaderboard",
         "anchor": board.anchor,
         "n_votes": board.n_votes,
+        "uncounted_votes": board.n_uncounted,  # between two answers of one model: they rate nothing
         "rounds": board.rounds,
         "data": [
             {

@@ -59,6 +59,7 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "handler_2": (RATERS, "Arena: vote both bad"),
     "handler_3": (RATERS, "Arena: vote B"),
     "reset": (RATERS, "Arena: new battle"),
+    "availability": (RATERS, "Arena: why there is nothing to compare with one model (page load)"),
     # Rank
     "on_sample": (RATERS, "Rank: sample N answers (button)"),
     "on_sample_1": (RATERS, "Rank: sample N answers (Enter)"),

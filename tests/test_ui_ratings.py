@@ -133,3 +133,44 @@ def test_the_reasons_panel_names_its_answer_and_goes_with_it(page):
     page.locator("#feedback-panel").wait_for(state="hidden", timeout=15_000)
     page.locator("#chat-status").get_by_text("stored").wait_for(timeout=60_000)
     assert marks(page) == ["Disliked Like", "Dislike Like"]
+
+
+@pytest.fixture(scope="module")
+def solo_hub(tmp_path_factory, demo_model):
+    """A hub serving one model and no adapter: nothing for the arena to compare."""
+    from tests.support.server import HubProcess
+
+    with HubProcess(model=demo_model, data_dir=tmp_path_factory.mktemp("solo-hub")) as process:
+        yield process
+
+
+def test_with_one_model_the_arena_says_why_and_the_leaderboard_says_what_it_skips(solo_hub):
+    """Finding 6: every battle was the model against itself, said only after the vote, and the Leaderboard
+    said "6 pairwise votes over 1 models" beside a row with 0 votes."""
+    from tests.support.browser import browser_page
+
+    base = httpx.get(f"{solo_hub.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    completion = httpx.post(  # votes between two answers of one model, as an API client may still cast
+        f"{solo_hub.url}/v1/chat/completions",
+        json={"model": base, "messages": [{"role": "user", "content": "Hi"}], "n": 2, "max_tokens": 8},
+        timeout=60,
+    ).json()
+    ref = {"generation_id": completion["id"]}
+    vote = {"type": "pairwise", "a": {**ref, "choice": 0}, "b": {**ref, "choice": 1}, "winner": "a"}
+    assert httpx.post(f"{solo_hub.url}/v1/feedback", json=vote, timeout=30).status_code == 200
+    board = httpx.get(f"{solo_hub.url}/v1/leaderboard", timeout=30).json()
+    assert (board["n_votes"], board["uncounted_votes"], board["data"]) == (0, 1, [])
+
+    with browser_page(ARTIFACTS, "ui-arena-solo") as page:
+        page.goto(solo_hub.url + "/", wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Arena").click()
+        notice = page.locator("#arena-notice")
+        notice.get_by_text("The arena compares two different models").wait_for(timeout=15_000)
+        assert f"only '{base}' is served" in notice.inner_text() and "Load an adapter" in notice.inner_text()
+        assert page.locator("#arena-prompt textarea").is_disabled()
+        assert page.locator("#arena-send").is_disabled()
+
+        page.get_by_role("tab", name="Leaderboard").click()
+        summary = page.locator("#lb-summary")
+        summary.get_by_text("No arena votes between two different models yet").wait_for(timeout=15_000)
+        assert "1 more vote compares two answers of the same model" in summary.inner_text()

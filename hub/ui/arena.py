@@ -14,7 +14,7 @@ import gradio as gr
 
 from serving.engine import SamplingParams
 
-from ..arena import Contestant
+from ..arena import Contestant, NoPair, pair_missing
 from . import UiServices
 from .login import admit, shown_to_user
 
@@ -33,6 +33,7 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         "Two anonymous models answer the same prompt. Vote for the better answer; "
         "the names are shown after your vote."
     )
+    notice = gr.Markdown(elem_id="arena-notice")
     with gr.Row():
         chat_a = gr.Chatbot(label="Model A", height=360, elem_id="arena-a")
         chat_b = gr.Chatbot(label="Model B", height=360, elem_id="arena-b")
@@ -61,13 +62,16 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         if not text.strip():
             raise gr.Error("type a prompt for both models")
         user = admit(auth, request)
+        try:
+            a, b = arena.new_battle()
+        except NoPair as exc:
+            raise gr.Error(str(exc)) from None
         current = {**current}
         if current["conversation_id"] is None:
             current["conversation_id"] = await asyncio.to_thread(
                 services.conversations.start, user.name, text, kind="arena"
             )
         context = [*current["context"], {"role": "user", "content": text}]
-        a, b = arena.new_battle()
         sampling = SamplingParams(max_tokens=int(limit), temperature=float(temp))
         shown = ("", "")
         with shown_to_user():
@@ -111,12 +115,9 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
             "battle": None,
             "context": [*current["context"], {"role": "assistant", "content": kept}],
         }
-        same = (
-            " (the same model twice: this vote does not move the leaderboard)" if a.model == b.model else ""
-        )
         message = (
             f"You voted **{OUTCOMES[outcome]}** (vote {recorded.id}). "
-            f"Model A was **{a.model}**, model B was **{b.model}**{same}. Ask a follow-up for a new pair."
+            f"Model A was **{a.model}**, model B was **{b.model}**. Ask a follow-up for a new pair."
         )
         return (
             current,
@@ -147,3 +148,12 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
     for button, outcome in zip(vote_buttons, ("a", "tie", "both_bad", "b")):
         button.click(voter(outcome), [state], [state, chat_a, chat_b, *vote_buttons, result])
     new_battle.click(reset, outputs=[state, chat_a, chat_b, *vote_buttons, result])
+
+    def availability():
+        """With fewer than two models there is nothing to compare: say why and what to do, lock the input."""
+        models = arena.models()
+        if len(models) >= 2:
+            return "", gr.update(interactive=True), gr.update(interactive=True)
+        return f"**{pair_missing(models)}**", gr.update(interactive=False), gr.update(interactive=False)
+
+    blocks.load(availability, outputs=[notice, prompt, send])
