@@ -75,6 +75,7 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "show_preview_1": (ADMIN, "Data: export preview (format changed)"),
     "show_preview_2": (ADMIN, "Data: export preview (tab selected)"),
     "download": (ADMIN, "Data: export and download"),
+    "formats_for": (ADMIN, "Data: the formats the chosen dataset can be written in (kind changed)"),
     # Train (admin)
     "apply_preset": (ADMIN, "Train: preset changed"),
     "apply_preset_1": (ADMIN, "Train: stage changed"),

@@ -22,8 +22,9 @@ OUTCOMES = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": 
 
 
 def new_arena() -> dict:
-    # battle: the current turn's contestants until its vote; context: the shared conversation so far
-    return {"conversation_id": None, "context": [], "battle": None, "answers": ("", "")}
+    # battle: the current turn's contestants until its vote; context: the shared conversation so far;
+    # shown: the same turns as the panels show them, each kept answer titled with the side it came from
+    return {"conversation_id": None, "context": [], "shown": [], "battle": None, "answers": ("", "")}
 
 
 def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
@@ -78,17 +79,20 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
             battle = arena.battle(
                 context, (a, b), sampling, rater=user.name, conversation_id=current["conversation_id"]
             )
+            earlier = [*current["shown"], {"role": "user", "content": text}]
             async for shown in battle:
+                # the labels go back to "Model A/B" at once: the last pair's names belong to the last turn
                 yield (
                     "",
-                    [*context, {"role": "assistant", "content": shown[0]}],
-                    [*context, {"role": "assistant", "content": shown[1]}],
+                    gr.update(value=[*earlier, {"role": "assistant", "content": shown[0]}], label="Model A"),
+                    gr.update(value=[*earlier, {"role": "assistant", "content": shown[1]}], label="Model B"),
                     current,
                     *buttons_off,
                     "",
                 )
         current.update(
             context=context,
+            shown=earlier,
             battle={"a": [a.model, a.generation_id], "b": [b.model, b.generation_id]},
             answers=shown,
         )
@@ -109,11 +113,18 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         user = admit(auth, request)
         with shown_to_user():
             recorded = feedback.pairwise(user.name, a.generation_id, b.generation_id, outcome, source="ui")
+        side = "B" if outcome == "b" else "A"
         kept = current["answers"][1 if outcome == "b" else 0]
+        model = b.model if side == "B" else a.model
+        title = f"Kept from model {side} ({model}): both models go on from this answer"
         current = {
             **current,
             "battle": None,
             "context": [*current["context"], {"role": "assistant", "content": kept}],
+            "shown": [
+                *current["shown"],
+                {"role": "assistant", "content": kept, "metadata": {"title": title}},
+            ],
         }
         message = (
             f"You voted **{OUTCOMES[outcome]}** (vote {recorded.id}). "
