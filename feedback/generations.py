@@ -95,10 +95,15 @@ class GenerationMethods(StoreConnections):
         return conversation_from_row(rows[0])
 
     def list_conversations(
-        self, *, rater: str | None = None, limit: int = 50, offset: int = 0
+        self, *, rater: str | None = None, source: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[Conversation]:
-        """Conversations newest first; only ``rater``'s if given."""
-        where, params = ("WHERE rater = ?", [rater]) if rater is not None else ("", [])
+        """Conversations newest first; only ``rater``'s and only those from ``source`` (ui, api) if given."""
+        clauses, params = [], []
+        for column, value in (("rater", rater), ("source", source)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM conversations {where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         return [conversation_from_row(r) for r in self._read().query(sql, [*params, limit, offset])]
 

@@ -46,9 +46,10 @@ class Conversations:
             title = title[: TITLE_CHARS - 1] + "…"
         return self.store.add_conversation(title=title or None, rater=owner, source="ui").id
 
-    def owned(self, owner: str, limit: int = 50) -> list[Conversation]:
-        """``owner``'s conversations, newest first."""
-        return self.store.list_conversations(rater=owner, limit=limit)
+    def owned(self, owner: str, limit: int = 200) -> list[Conversation]:
+        """``owner``'s conversations in the UI (titled after their first prompt), newest first; the API's
+        answers have conversations too, untitled, which the Chat tab cannot continue."""
+        return self.store.list_conversations(rater=owner, source="ui", limit=limit)
 
     def open(self, conversation_id: str, viewer: Principal) -> ChatHistory:
         """The conversation as chat history; NotFound unless ``viewer`` owns it or is an admin."""

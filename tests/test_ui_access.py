@@ -28,7 +28,8 @@ REFUSED_FOR_RATER = "this needs an admin"
 # and what it is. Nobody signed out may run anything: Gradio's login check refuses every event with 401.
 UI_EVENTS: dict[str, tuple[str, str]] = {
     # Chat
-    "lambda": (RATERS, "Chat: refresh the model list"),
+    "follow_models": (RATERS, "Chat: refresh the model list (button)"),
+    "follow_models_1": (RATERS, "Chat: the model list follows the engine (picker focused)"),
     "add_user": (RATERS, "Chat: the prompt enters the conversation (Enter)"),
     "locked": (RATERS, "Chat: Send hidden and Stop shown while answering (Enter; no data)"),
     "answer": (RATERS, "Chat: generate the answer (after Enter)"),
@@ -48,9 +49,9 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "on_reasons": (RATERS, "Chat: reasons for the thumb"),
     "on_edit": (RATERS, "Chat: correct the last answer"),
     "on_open": (RATERS, "Chat: reopen one of one's own conversations"),
-    "lambda_1": (RATERS, "Chat: new conversation"),
+    "lambda": (RATERS, "Chat: new conversation"),
     "list_conversations": (RATERS, "Chat: one's own conversations (page load)"),
-    "lambda_2": (RATERS, "Chat: the model list (page load)"),
+    "follow_models_2": (RATERS, "Chat: the model list (page load)"),
     # Arena
     "ask": (RATERS, "Arena: both models answer (Enter)"),
     "ask_1": (RATERS, "Arena: both models answer (Send)"),
@@ -64,7 +65,8 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "on_sample": (RATERS, "Rank: sample N answers (button)"),
     "on_sample_1": (RATERS, "Rank: sample N answers (Enter)"),
     "on_submit": (RATERS, "Rank: submit the ranking"),
-    "lambda_3": (RATERS, "Rank: the model list (page load)"),
+    "follow_rank_models": (RATERS, "Rank: the model list (page load)"),
+    "follow_rank_models_1": (RATERS, "Rank: the model list follows the engine (picker focused)"),
     # Leaderboard
     "show": (RATERS, "Leaderboard: refresh"),
     "show_1": (RATERS, "Leaderboard: tab selected"),
@@ -85,7 +87,7 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "show_estimate_3": (ADMIN, "Train: memory estimate (rank)"),
     "show_estimate_4": (ADMIN, "Train: memory estimate (tab selected)"),
     "parents": (ADMIN, "Train: adapters to start from"),
-    "lambda_4": (RATERS, "Train: start the poll timer (no data: a fixed UI update)"),
+    "lambda_1": (RATERS, "Train: start the poll timer (no data: a fixed UI update)"),
     "show_command": (ADMIN, "Train: the job's command (GPUs)"),
     "show_command_1": (ADMIN, "Train: the job's command (strategy)"),
     "submit": (ADMIN, "Train: start a training job"),
@@ -113,12 +115,12 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "on_rollback": (ADMIN, "Adapters: roll back the promotion"),
     "listing_5": (ADMIN, "Adapters: the table (after rollback)"),
     # the page
-    "lambda_5": (RATERS, "stop the Train poll timer (Chat tab)"),
-    "lambda_6": (RATERS, "stop the Train poll timer (Arena tab)"),
-    "lambda_7": (RATERS, "stop the Train poll timer (Rank tab)"),
-    "lambda_8": (RATERS, "stop the Train poll timer (Leaderboard tab)"),
-    "lambda_9": (RATERS, "stop the Train poll timer (Data tab)"),
-    "lambda_10": (RATERS, "stop the Train poll timer (Adapters tab)"),
+    "lambda_2": (RATERS, "stop the Train poll timer (Chat tab)"),
+    "lambda_3": (RATERS, "stop the Train poll timer (Arena tab)"),
+    "lambda_4": (RATERS, "stop the Train poll timer (Rank tab)"),
+    "lambda_5": (RATERS, "stop the Train poll timer (Leaderboard tab)"),
+    "lambda_6": (RATERS, "stop the Train poll timer (Data tab)"),
+    "lambda_7": (RATERS, "stop the Train poll timer (Adapters tab)"),
     "load": (RATERS, "who is signed in; the admin tabs shown to admins"),
 }
 

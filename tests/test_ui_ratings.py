@@ -130,7 +130,10 @@ def test_the_reasons_panel_names_its_answer_and_goes_with_it(page):
     status(page, "Thumbs down on answer 2 recorded")
     assert "Thumbs down on answer 2" in page.locator("#reasons").inner_text()
     page.locator("#regenerate").click()  # answer 2 goes, and its panel with it
-    page.locator("#feedback-panel").wait_for(state="hidden", timeout=15_000)
+    page.wait_for_function(  # Gradio may keep a second, hidden copy of the group while it re-renders
+        "() => [...document.querySelectorAll('#feedback-panel')].every(e => e.offsetParent === null)",
+        timeout=15_000,
+    )
     page.locator("#chat-status").get_by_text("stored").wait_for(timeout=60_000)
     assert marks(page) == ["Disliked Like", "Dislike Like"]
 
@@ -174,3 +177,69 @@ def test_with_one_model_the_arena_says_why_and_the_leaderboard_says_what_it_skip
         summary = page.locator("#lb-summary")
         summary.get_by_text("No arena votes between two different models yet").wait_for(timeout=15_000)
         assert "1 more vote compares two answers of the same model" in summary.inner_text()
+
+
+def test_the_model_picker_follows_the_engine_and_says_what_tunehub_default_serves(
+    hub, page, demo_model, tmp_path
+):
+    """Finding 9: a new or promoted adapter appeared only after "Refresh models", and nothing showed what
+    tunehub-default serves."""
+    from tests.support.adapters import make_lora_adapter
+
+    base = httpx.get(f"{hub.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    picker = page.locator("#chat-model input")
+    picker.click()
+    page.get_by_role("option", name=f"tunehub-default (now {base})").wait_for(timeout=15_000)
+    page.keyboard.press("Escape")
+
+    adapter = make_lora_adapter(demo_model, tmp_path / "follow-me", rank=4, seed=5)
+    loaded = httpx.post(
+        f"{hub.url}/v1/load_lora_adapter",
+        json={"lora_name": "follow-me", "lora_path": str(adapter)},
+        timeout=60,
+    )
+    assert loaded.status_code == 200, loaded.text
+    try:
+        page.locator("#prompt textarea").click()  # focus leaves the picker, as a person's would
+        picker.click()
+        page.get_by_role("option", name="follow-me", exact=True).wait_for(timeout=15_000)
+    finally:
+        unloaded = httpx.post(
+            f"{hub.url}/v1/unload_lora_adapter", json={"lora_name": "follow-me"}, timeout=60
+        )
+    assert unloaded.status_code == 200, unloaded.text
+    assert "follow-me" not in [m["id"] for m in httpx.get(f"{hub.url}/v1/models", timeout=30).json()["data"]]
+    page.keyboard.press("Escape")
+    page.locator("#prompt textarea").click()
+    picker.click()  # focus: the list is asked for again; an open list shows removals when next opened
+    page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")
+    picker.click()
+    page.get_by_role("option", name="follow-me", exact=True).wait_for(state="detached", timeout=15_000)
+
+
+def test_conversations_are_listed_by_title_and_found_by_typing(hub, page):
+    """Finding 9: the conversation list was a dropdown of 50 mostly "untitled" entries (the API's answers
+    have untitled conversations of their own, which the Chat tab cannot continue)."""
+    base = httpx.get(f"{hub.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    for _ in range(3):
+        httpx.post(
+            f"{hub.url}/v1/chat/completions",
+            json={"model": base, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "n": 2},
+            timeout=60,
+        )
+    ask(page, "Reverse the word lantern.")
+    page.locator("#new-conversation").click()
+    page.locator("#conversations input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for(timeout=15_000)
+    assert not [t for t in options.all_inner_texts() if t.startswith("untitled")]
+    listed: list[str] = []
+    for _ in range(20):  # typing narrows the list to the matching titles (retyped if an update cleared it)
+        page.locator("#conversations input").fill("")
+        page.locator("#conversations input").press_sequentially("lantern", delay=30)
+        page.wait_for_timeout(500)
+        listed = page.get_by_role("option").all_inner_texts()
+        if listed and all("lantern" in title for title in listed):
+            break
+    assert listed and all("lantern" in title for title in listed), listed

@@ -83,11 +83,28 @@ def conversation_choices(services: UiServices, owner: str) -> list[tuple[str, st
 def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     service, feedback, auth = services.chat, services.feedback, services.auth
 
-    def model_choices() -> list[str]:
-        return [m.id for m in service.models()]
+    def model_choices() -> list[tuple[str, str]]:
+        """The served models as (label, name); tunehub-default says which model it serves now."""
+        choices = []
+        for entry in service.models():
+            label = entry.id
+            if entry.id == DEFAULT_MODEL:
+                label = (
+                    f"{DEFAULT_MODEL} (now {service.adapter_for(DEFAULT_MODEL) or service.engine.model_name})"
+                )
+            choices.append((label, entry.id))
+        return choices
+
+    def follow_models(current: str | None):
+        """The picker follows adapters loaded, unloaded and promoted since the page was drawn."""
+        choices = model_choices()
+        names = [name for _, name in choices]
+        return gr.update(choices=choices, value=current if current in names else DEFAULT_MODEL)
 
     with gr.Row():
-        model = gr.Dropdown(choices=model_choices(), value=DEFAULT_MODEL, label="Model", scale=3)
+        model = gr.Dropdown(
+            choices=model_choices(), value=DEFAULT_MODEL, label="Model", scale=3, elem_id="chat-model"
+        )
         refresh = gr.Button("Refresh models", scale=1)
     system = gr.Textbox(label="System prompt", placeholder="optional", lines=1)
     with gr.Accordion("Sampling", open=False):
@@ -96,7 +113,11 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         max_tokens = gr.Slider(1, 512, value=128, step=1, label="Max new tokens")
     with gr.Row():
         conversations = gr.Dropdown(
-            choices=[], label="Your conversations", scale=4, elem_id="conversations", interactive=True
+            choices=[],
+            label="Your conversations (type to search their titles)",
+            scale=4,
+            elem_id="conversations",
+            interactive=True,
         )
         open_button = gr.Button("Open", scale=1, elem_id="open-conversation")
         clear = gr.Button("New conversation", scale=1, elem_id="new-conversation")
@@ -323,7 +344,8 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         )
 
     controls = [prompt, send, stop, regenerate]
-    refresh.click(lambda: gr.update(choices=model_choices()), outputs=model)
+    refresh.click(follow_models, model, model)
+    model.focus(follow_models, model, model, queue=False)
     inputs = [chatbot, session, model, system, temperature, top_p, max_tokens]
     outputs = [chatbot, session, edit_text, conversations, status]
     answers = []
@@ -355,4 +377,4 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         queue=False,
     )
     blocks.load(list_conversations, outputs=conversations)
-    blocks.load(lambda: gr.update(choices=model_choices()), outputs=model)
+    blocks.load(follow_models, model, model)

@@ -105,4 +105,11 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
             **services.limits.generation,
         )
     submit.click(on_submit, [state, *places], [state, submit, status])
-    blocks.load(lambda: gr.update(choices=arena.models()), outputs=model)
+
+    def follow_rank_models(current: str | None):
+        """The picker follows adapters loaded and unloaded since the page was drawn."""
+        names = arena.models()
+        return gr.update(choices=names, value=current if current in names else base)
+
+    blocks.load(follow_rank_models, model, model)
+    model.focus(follow_rank_models, model, model, queue=False)
