@@ -71,9 +71,16 @@ def check_torch() -> list[Check]:
                     "https://download.pytorch.org/whl/cu128",
                 )
             ]
+        from training.methods import cpu_has_bf16
+
+        bf16 = (
+            Check("bf16", "ok", "the CPU has AVX512_BF16/AMX: --dtype auto trains and serves in bfloat16")
+            if cpu_has_bf16()
+            else Check("bf16", "ok", "the CPU has no bfloat16 instructions: --dtype auto uses float32 here")
+        )
         return [
             Check("gpu", "ok", f"no CUDA GPU: the local engine and training run on the CPU ({threads})"),
-            Check("bf16", "ok", "not used on the CPU: training runs in fp32 there"),
+            bf16,
         ]
     names = [
         f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 1024**3:.0f} GiB)"

@@ -1,7 +1,8 @@
 """Supervised fine-tuning (trl.SFTTrainer) on chat conversations, the loss on the assistant replies only.
 
 Rows are conversations (``{"messages"}``: system prompts and several turns welcome) in any format the hub
-imports. The assistant-only loss relies on the chat template's ``{% generation %}`` markers; packing puts
+imports, or plain ``{"prompt", "completion"}`` strings (the loss on the completion; no chat template needed,
+so a base model without one trains on them). The assistant-only loss relies on the chat template's ``{% generation %}`` markers; packing puts
 several short conversations in one row (padding-free, so they do not attend to each other).
 
     python -m training.sft --model ./demo --data exports/sft --output-dir adapters/sft-1 --method lora
@@ -62,19 +63,25 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
     plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
     model, peft_config = load_model(
-        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+        config.model,
+        plan,
+        task="causal_lm",
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=config.seed,
+        precision=run.precision,
     )
     run_dir = run_dir_for(run)
     try:
         arguments = trainer_arguments(run, run_dir, metric="eval_loss", greater_is_better=False)
         if config.packing:
             arguments.update(packed_batches(config, model))
-        args = TRLSFTConfig(
-            **arguments, assistant_only_loss=config.assistant_only_loss, packing=config.packing
-        )
+        # Plain prompt/completion strings have no assistant turns: TRL masks the prompt instead.
+        assistant_only = config.assistant_only_loss and run.data.conversational
+        args = TRLSFTConfig(**arguments, assistant_only_loss=assistant_only, packing=config.packing)
         trainer = SFTTrainer(
             model=model,
             args=args,
