@@ -139,6 +139,18 @@ def test_sft_on_conversations_refuses_a_base_without_a_template_before_training(
     assert not (tmp_path / "out").exists()
 
 
+def test_conversations_train_on_their_last_reply_where_the_template_cannot_mark_replies(demo_model):
+    from tests.support.real_model import smollm2_directory
+    from training.models import load_tokenizer
+    from training.sft import last_replies, markable
+
+    assert markable(load_tokenizer(str(demo_model)))  # {% generation %} markers
+    assert not markable(load_tokenizer(str(smollm2_directory())))  # none, and TRL cannot patch them in
+    messages = conversations(1, seed=5)[0]
+    (row,) = last_replies([{"messages": messages}])
+    assert row == {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
 # -- the template a job trains with ---------------------------------------------------------------------
 
 
@@ -272,6 +284,9 @@ def test_a_lora_sft_job_on_smollm2_trains_and_its_result_loads_back(tmp_path):
     adapter = Path(job.metrics["adapter_path"])
     metadata = json.loads((adapter / "tunehub_training.json").read_text())
     assert metadata["metrics"]["steps"] == 2 and metadata["metrics"]["precision"] in ("bf16", "fp32")
+    log = Path(job.log_path).read_text()
+    assert f"sft: training in {metadata['metrics']['precision']} on cpu (auto: " in log  # says which and why
+    assert "training on the last assistant reply" in log  # SmolLM2's template has no generation markers
 
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).eval()
