@@ -88,6 +88,9 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
+    from training.trl_patches import score_only_labelled_positions
+
+    score_only_labelled_positions()  # every trainer scores through this model: no softmax over prompt tokens
     set_seed(seed)  # new weights (a reward head, adapter matrices) start the same for the same seed
     kwargs = dict(plan.model_kwargs)
     if "quantization_config" not in kwargs:
