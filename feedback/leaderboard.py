@@ -62,6 +62,7 @@ class Leaderboard:
     anchor: str | None
     n_votes: int
     rounds: int
+    n_uncounted: int = 0  # votes between two answers of the same model: no information about ratings
 
 
 def fit_bradley_terry(
@@ -112,9 +113,15 @@ def fit_leaderboard(
     marked ``provisional``.
     """
     names_a, names_b, outcomes = _columns(comparisons)
+    counted = [i for i, (a, b) in enumerate(zip(names_a, names_b)) if a != b]
+    uncounted = len(outcomes) - len(counted)
+    if uncounted:  # a model only ever voted against itself gets no row (it would show 0 votes)
+        names_a = [names_a[i] for i in counted]
+        names_b = [names_b[i] for i in counted]
+        outcomes = [outcomes[i] for i in counted]
     models = sorted(set(names_a) | set(names_b))
     if not models:
-        return Leaderboard([], [], [], [], None, 0, rounds)
+        return Leaderboard([], [], [], [], None, 0, rounds, uncounted)
     index = {model: i for i, model in enumerate(models)}
     k, n = len(models), len(outcomes)
     ia = np.fromiter((index[m] for m in names_a), dtype=np.int64, count=n)
@@ -190,6 +197,7 @@ def fit_leaderboard(
         anchor=anchor if anchor in index else None,
         n_votes=n,
         rounds=rounds,
+        n_uncounted=uncounted,
     )
 
 

@@ -90,7 +90,8 @@ class Vote:
     every ranked answer best first for rankings. ``value`` is ``up``/``down`` (thumbs) or
     ``a``/``b``/``tie``/``both_bad`` (pairwise). ``ranking`` holds tiers best first; answers in one tier
     are tied. A revote by the same rater on the same item makes a new vote that ``replaces`` the old one,
-    which stays stored with ``active=False`` so datasets that used it keep their lineage.
+    which stays stored with ``active=False`` so datasets that used it keep their lineage. A withdrawn vote
+    (the rater took it back) is inactive too, with ``withdrawn_at`` set.
     """
 
     id: int
@@ -107,6 +108,7 @@ class Vote:
     created_at: str
     replaces: int | None
     active: bool
+    withdrawn_at: str | None = None
 
 
 class Comparison(NamedTuple):

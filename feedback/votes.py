@@ -2,8 +2,9 @@
 
 A vote is about an item: one generation for thumbs and edits, the set of generations for pairwise votes
 and rankings. When a rater votes again on the same item (same kind), the new vote replaces the old one:
-the old row stays, marked inactive, so a dataset snapshot that used it keeps its lineage. Nothing else is
-ever changed after it is written.
+the old row stays, marked inactive, so a dataset snapshot that used it keeps its lineage. A rater may also
+withdraw an active vote (un-clicking a thumb): it becomes inactive with the time it was withdrawn. Nothing
+else is ever changed after it is written.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from feedback.connections import StoreConnections
-from feedback.errors import Invalid, NotFound
+from feedback.errors import Conflict, Invalid, NotFound
 from feedback.records import (
     PAIRWISE_OUTCOMES,
     SOURCES,
@@ -57,6 +58,7 @@ def vote_from_row(row: dict[str, Any]) -> Vote:
         created_at=row["created_at"],
         replaces=row["replaces"],
         active=bool(row["active"]),
+        withdrawn_at=row.get("withdrawn_at"),
     )
 
 
@@ -284,6 +286,30 @@ class VoteMethods(StoreConnections):
             replaces=replaces,
             active=True,
         )
+
+    def withdraw_vote(self, id: int) -> Vote:
+        """Take back the active vote ``id``: it stops counting (datasets, leaderboard, jobs) and stays stored
+        with ``withdrawn_at``. NotFound for an unknown id, Conflict for a vote no longer active."""
+        with self._write() as db:
+            row = db.conn.execute(
+                "UPDATE votes SET active = 0, withdrawn_at = ? WHERE id = ? AND active = 1 RETURNING id",
+                [utc_now(), id],
+            ).fetchone()
+            if row is None:
+                found = db.conn.execute("SELECT withdrawn_at FROM votes WHERE id = ?", [id]).fetchone()
+                if found is None:
+                    raise NotFound(f"vote {id!r} not found", param="vote_id")
+                how = "withdrawn" if found[0] else "replaced by a later vote"
+                raise Conflict(f"vote {id} is no longer active: it was {how}", param="vote_id")
+        return self.get_vote(id)
+
+    def active_thumbs(self, generation_id: str, rater: str) -> Vote | None:
+        """``rater``'s active thumbs vote on one generation, if any."""
+        rows = self._read().query(
+            "SELECT * FROM votes WHERE kind = 'thumbs' AND rater = ? AND item_key = ? AND active = 1",
+            [rater, generation_id],
+        )
+        return next((vote_from_row(row) for row in rows), None)
 
     def get_vote(self, id: int) -> Vote:
         """The vote ``id`` (active or replaced); raises ``NotFound`` if there is none."""

@@ -23,17 +23,28 @@ def pick_pair(
     models: Sequence[str], candidates: Collection[str], boost: float, rng: random.Random
 ) -> tuple[str, str]:
     """Two different models, drawn without replacement with weight ``boost`` for candidates and 1 for the
-    rest, in random sides. With one model it faces itself (its votes do not move the leaderboard)."""
-    if not models:
-        raise ValueError("no model is being served")
-    if len(models) == 1:
-        return models[0], models[0]
+    rest, in random sides. Fewer than two: NoPair (a model against itself teaches the leaderboard nothing)."""
+    if len(models) < 2:
+        raise NoPair(pair_missing(models))
     weights = [boost if m in candidates else 1.0 for m in models]
     first = rng.choices(range(len(models)), weights)[0]
     rest = [i for i in range(len(models)) if i != first]
     second = rng.choices(rest, [weights[i] for i in rest])[0]
     pair = (models[first], models[second])
     return pair if rng.random() < 0.5 else (pair[1], pair[0])
+
+
+class NoPair(ValueError):
+    """Fewer than two models are served, so there is nothing to compare."""
+
+
+def pair_missing(models: Sequence[str]) -> str:
+    """Why the arena cannot battle, and what to do about it."""
+    served = f"only {models[0]!r} is served" if models else "no model is served"
+    return (
+        f"The arena compares two different models, and {served}. Load an adapter in the Adapters tab or "
+        "train one in the Train tab, then come back."
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 tunehub estimate (--model DIR | --params 7B) [--seq-len 2048] [--batch-size 4] [--tokens 50M] [--gpu H100]
                  [--gpus 1] [--lora-rank 16] [--no-checkpointing] [--mfu 0.35] [--prices FILE] [--json]
 tunehub estimate --write-prices FILE      (an editable copy of the GPU memory/speed/price table)
-tunehub doctor [--data-dir DIR] [--vllm-url URL] [--vllm-bin PATH]
+tunehub doctor [--data-dir DIR] [--vllm-url URL] [--vllm-bin PATH] [--model PATH_OR_ID]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report, run_checks
 
-    checks = run_checks(Path(args.data_dir), vllm_url=args.vllm_url, vllm_bin=args.vllm_bin)
+    checks = run_checks(Path(args.data_dir), vllm_url=args.vllm_url, vllm_bin=args.vllm_bin, model=args.model)
     print(report(checks))
     return 1 if any(c.status == "fail" for c in checks) else 0
 
@@ -137,5 +137,6 @@ def add_tool_commands(sub) -> None:
     doctor = sub.add_parser("doctor", help="check versions, GPU, bitsandbytes, vLLM and the data dir")
     doctor.add_argument("--data-dir", default="./tunehub-data")
     doctor.add_argument("--vllm-url", help="a remote vLLM server to check")
+    doctor.add_argument("--model", help="a model to check: hub id, directory or .gguf file")
     doctor.add_argument("--vllm-bin", help="the vllm executable to look for (default: vllm on PATH)")
     doctor.set_defaults(func=cmd_doctor)

@@ -25,6 +25,7 @@ class ChatHistory:
     system: str = ""
     messages: list[dict] = field(default_factory=list)  # user/assistant turns, as the chatbot shows them
     generation_ids: dict[int, str] = field(default_factory=dict)  # message index -> stored generation id
+    ratings: dict[int, str] = field(default_factory=dict)  # message index -> "up"/"down": the viewer's thumbs
 
 
 def _turns(prompt: list[dict]) -> tuple[str, list[dict]]:
@@ -70,6 +71,9 @@ class Conversations:
                 found = by_context.get(repr(history.messages[:index]))
                 if found is not None:
                     history.generation_ids[index] = found
+                    thumbs = self.store.active_thumbs(found, viewer.name)
+                    if thumbs is not None:
+                        history.ratings[index] = thumbs.value
         return history
 
     def _edited_text(self, generation: Generation, rater: str) -> str | None:

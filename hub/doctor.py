@@ -2,12 +2,14 @@
 
 Each check returns a `Check`: ok, warn (works, but worse than it could) or fail (something tunehub needs is
 broken), with the fix for anything that is not ok. The checks read versions, the GPU, bf16, bitsandbytes,
-the vLLM server or executable, the data directory and its feedback database; none changes anything.
+the vLLM server or executable, the data directory and its feedback database, and the --model given (hub id,
+directory or GGUF file, its chat template); none changes anything.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import sqlite3
@@ -29,6 +31,7 @@ PACKAGES = (
     "sqlite-utils",
     "fastapi",
     "uvicorn",
+    "gguf",
 )
 
 
@@ -71,12 +74,12 @@ def check_torch() -> list[Check]:
                     "https://download.pytorch.org/whl/cu128",
                 )
             ]
-        from training.methods import cpu_has_bf16
+        from serving.loader import cpu_has_bf16
 
         bf16 = (
-            Check("bf16", "ok", "the CPU has AVX512_BF16/AMX: --dtype auto trains and serves in bfloat16")
+            Check("bf16", "ok", "the CPU has AVX512_BF16/AMX: --dtype auto computes in bfloat16")
             if cpu_has_bf16()
-            else Check("bf16", "ok", "the CPU has no bfloat16 instructions: --dtype auto uses float32 here")
+            else Check("bf16", "ok", "the CPU has no bfloat16 instructions: --dtype auto computes in float32")
         )
         return [
             Check("gpu", "ok", f"no CUDA GPU: the local engine and training run on the CPU ({threads})"),
@@ -211,7 +214,67 @@ def check_data_dir(data_dir: Path) -> list[Check]:
     return checks
 
 
-def run_checks(data_dir: Path, *, vllm_url: str | None = None, vllm_bin: str | None = None) -> list[Check]:
+def check_model(model: str, data_dir: Path) -> list[Check]:
+    """What --model names and whether tunehub can serve it; nothing is downloaded or converted."""
+    from serving.chat_templates import shipped_templates
+    from serving.model_source import ModelSourceError, find_gguf, gguf_architecture, read_gguf_config
+
+    no_template = Check(
+        "chat template",
+        "warn",
+        f"{model} has none: chat and chat training are refused",
+        f"pass --chat-template ({', '.join(shipped_templates())} or a .jinja file)",
+    )
+    try:
+        gguf = find_gguf(model)
+        if gguf is not None:
+            architecture = gguf_architecture(gguf)
+            config = read_gguf_config(gguf)
+            cached = sorted((data_dir / "models").glob(f"{gguf.stem}-*/tunehub-source.json"))
+            detail = f"GGUF file, {architecture} ({config.get('model_type')}), " + (
+                f"converted copy cached at {cached[-1].parent}"
+                if cached
+                else f"converted once on first start into {data_dir / 'models'}"
+            )
+            from gguf import GGUFReader
+
+            has_template = "tokenizer.chat_template" in GGUFReader(str(gguf)).fields
+            return [Check("model", "ok", detail), *([] if has_template else [no_template])]
+    except ModelSourceError as exc:
+        return [
+            Check("model", "fail", str(exc), "convert it with llama.cpp's tools or use a supported model")
+        ]
+    path = Path(model)
+    if not path.exists():
+        return [
+            Check(
+                "model",
+                "ok",
+                f"{model!r} is not a local path: loaded as a hub id (needs the network and no HF_HUB_OFFLINE)",
+            )
+        ]
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return [
+            Check(
+                "model",
+                "fail",
+                f"{model} has no config.json",
+                "pass a transformers directory or a .gguf file",
+            )
+        ]
+    config = json.loads(config_file.read_text())
+    checks = [Check("model", "ok", f"transformers directory, {config.get('model_type')}")]
+    tokenizer_config = path / "tokenizer_config.json"
+    template = (path / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
+    )
+    return checks if template else [*checks, no_template]
+
+
+def run_checks(
+    data_dir: Path, *, vllm_url: str | None = None, vllm_bin: str | None = None, model: str | None = None
+) -> list[Check]:
     return [
         check_python(),
         *check_packages(),
@@ -219,6 +282,7 @@ def run_checks(data_dir: Path, *, vllm_url: str | None = None, vllm_bin: str | N
         check_bitsandbytes(),
         check_vllm(vllm_url, vllm_bin),
         *check_data_dir(data_dir),
+        *(check_model(model, data_dir) if model else []),
     ]
 
 

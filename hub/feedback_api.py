@@ -163,6 +163,7 @@ def vote_body(vote: Vote, refs: dict[str, GenerationRef]) -> dict:
         created_at=vote.created_at,
         active=vote.active,
         replaces=vote.replaces,
+        withdrawn_at=vote.withdrawn_at,
     )
     return body
 
@@ -175,6 +176,7 @@ def leaderboard_body(board: Leaderboard) -> dict:
         "object": "leaderboard",
         "anchor": board.anchor,
         "n_votes": board.n_votes,
+        "uncounted_votes": board.n_uncounted,  # between two answers of one model: they rate nothing
         "rounds": board.rounds,
         "data": [
             {
@@ -272,6 +274,12 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
     @router.get("/v1/feedback/{vote_id}", response_model=None)
     def get_feedback(vote_id: VoteId, principal: Principal = api):
         vote = service.vote(vote_id, principal)
+        return JSONResponse(vote_body(vote, service.refs([vote])))
+
+    @router.delete("/v1/feedback/{vote_id}", response_model=None)
+    def withdraw_feedback(vote_id: VoteId, principal: Principal = api):
+        """Withdraw one's own active vote (an admin: anyone's); it stays stored, inactive, with withdrawn_at."""
+        vote = service.withdraw(vote_id, principal)
         return JSONResponse(vote_body(vote, service.refs([vote])))
 
     @router.get("/v1/feedback/{vote_id}/lineage", response_model=None)

@@ -104,6 +104,16 @@ class FeedbackService:
             generation, text, rater=rater, tags=reasons, comment=comment, source=source
         )
 
+    def withdraw(self, id: int, viewer: Principal) -> Vote:
+        """Take back the active vote ``id``; only its rater or an admin may (others get NotFound)."""
+        self.vote(id, viewer)
+        return self.store.withdraw_vote(id)
+
+    def withdraw_thumbs(self, rater: str, generation: str) -> Vote | None:
+        """Take back ``rater``'s thumb on one answer (a second click on the same thumb); None if there is none."""
+        vote = self.store.active_thumbs(generation, rater)
+        return self.store.withdraw_vote(vote.id) if vote is not None else None
+
     def missing(self, refs: Sequence[GenerationRef]) -> NotFound | None:
         """A NotFound naming the first reference the store does not hold (for a clearer message than the
         store's own), or None when all exist."""

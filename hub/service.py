@@ -136,11 +136,14 @@ class ChatService:
         source: str = "api",
         rater: str | None = None,
         conversation_id: str | None = None,
+        keep_partial: bool = False,
     ) -> AsyncIterator[tuple[int, Delta]]:
         """Yield (choice index, delta) for n choices. Errors about the request raise before the first yield.
 
         With a gate, the n choices wait for room first (503 when the queue is full); with a timeout, the
-        generation is cancelled (the engine drops its rows) and GenerationTimeout raised once it passes."""
+        generation is cancelled (the engine drops its rows) and GenerationTimeout raised once it passes.
+        `keep_partial`: a choice the consumer stops early (the Chat tab's Stop) is stored with the text it
+        got so far and finish_reason "abort", so it can be rated as it was shown."""
         started = time.perf_counter()
         # on the loop's clock (uvloop's is not time.monotonic's)
         deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
@@ -148,7 +151,7 @@ class ChatService:
             await self.gate.acquire(n, self.timeout_s)
         try:
             async for item in self._stream(
-                request, n, started, deadline, response_id, source, rater, conversation_id
+                request, n, started, deadline, response_id, source, rater, conversation_id, keep_partial
             ):
                 yield item
         finally:
@@ -165,6 +168,7 @@ class ChatService:
         source: str,
         rater: str | None,
         conversation_id: str | None,
+        keep_partial: bool = False,
     ) -> AsyncIterator[tuple[int, Delta]]:
         if conversation_id is None and n > 1:
             conversation_id = new_id("conv")  # the n answers to one prompt belong to one conversation
@@ -189,11 +193,19 @@ class ChatService:
                 if record is not None and self.recorder is not None:
                     # stored before the client sees the end, so it can vote at once
                     await self.recorder(record)
+                    trackers[index].stored = True
                 yield index, delta
         finally:
             await deltas.aclose()
             for s in streams:
                 await s.aclose()
+            if keep_partial and self.recorder is not None:
+                for tracker in trackers:
+                    if not tracker.stored and tracker.text:
+                        stopped = Delta(text="", finish_reason="abort", completion_tokens=len(tracker.text))
+                        record = self._track(tracker, stopped, response_id, source, rater, conversation_id)
+                        # the consumer was cancelled: the write must still happen
+                        await asyncio.shield(self.recorder(record))
 
     async def _before(self, deadline: float | None, step: Awaitable, request: GenerationRequest):
         """Await `step`, or cancel it and raise GenerationTimeout when the deadline passes first."""
@@ -253,6 +265,7 @@ class ChatService:
         conversation_id: str | None,
     ) -> GenerationRecord | None:
         tracker.text.append(delta.text)
+        tracker.prompt_tokens = delta.prompt_tokens or tracker.prompt_tokens
         if tracker.ttft is None:
             tracker.ttft = time.perf_counter() - tracker.started
         if delta.finish_reason is None:
@@ -260,7 +273,7 @@ class ChatService:
         label = self._label(tracker.request)
         latency = time.perf_counter() - tracker.started
         self.metrics.latency.labels(label).observe(latency)
-        self.metrics.prompt_tokens.labels(label).inc(delta.prompt_tokens)
+        self.metrics.prompt_tokens.labels(label).inc(tracker.prompt_tokens)
         self.metrics.completion_tokens.labels(label).inc(delta.completion_tokens)
         return GenerationRecord(
             response_id=response_id,
@@ -269,7 +282,7 @@ class ChatService:
             request=tracker.request,
             text="".join(tracker.text),
             finish_reason=delta.finish_reason,
-            prompt_tokens=delta.prompt_tokens,
+            prompt_tokens=tracker.prompt_tokens,
             completion_tokens=delta.completion_tokens,
             latency_s=latency,
             ttft_s=tracker.ttft,
@@ -299,6 +312,8 @@ class _ChoiceTracker:
     started: float
     ttft: float | None = None
     text: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    stored: bool = False
 
 
 async def _single(stream: AsyncIterator[Delta], first: Delta) -> AsyncIterator[tuple[int, Delta]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine import BASE_ADAPTER
@@ -26,6 +26,7 @@ class AdapterSpec:
     target_modules: list[str]
     use_dora: bool
     modules_to_save: list[str]
+    target_parameters: list[str] = field(default_factory=list)  # parameters adapted directly
 
 
 def check_adapter_name(name: str, *, reserved: set[str] = frozenset()) -> None:
@@ -85,6 +86,7 @@ def inspect_adapter(path: Path) -> AdapterSpec:
         target_modules=list(targets),
         use_dora=bool(config.get("use_dora")),
         modules_to_save=list(config.get("modules_to_save") or []),
+        target_parameters=list(config.get("target_parameters") or []),
     )
 
 
@@ -147,6 +149,15 @@ def check_adapter_for_model(
 ) -> None:
     """Raise InvalidAdapter unless the adapter fits the model it is about to be loaded on."""
     check_lora_support(spec, served_names=served_names, max_rank=max_rank, support=LOCAL_LORA)
+    if spec.target_parameters:
+        # PEFT turns target_modules="all-linear" on some fused mixture-of-experts layers (mixtral) into these
+        raise InvalidAdapter(
+            f"adapter {str(spec.path)!r} adapts parameters directly (target_parameters="
+            f"{spec.target_parameters}, such as fused mixture-of-experts weights), which this engine cannot apply "
+            "per row; train it with --target-modules naming linear layers (e.g. q_proj,k_proj,v_proj,o_proj) "
+            "or merge it into full weights to serve it",
+            param="lora_path",
+        )
     if not spec.target_modules:
         raise InvalidAdapter(f"adapter {str(spec.path)!r} names no target_modules", param="lora_path")
     for target in spec.target_modules:

@@ -2,6 +2,13 @@
 
 Rows are left-padded to a common length; the attention mask marks real tokens and positions are counted
 per row from the mask, so rows that joined at different times decode side by side (continuous batching).
+
+The cache is a DynamicCache built without the model's config, so every layer is a plain key/value layer that
+keeps the whole past, also where the model attends through a sliding window (mistral, gemma2's alternate
+layers): the model's own mask applies the window over cache columns, which count tokens exactly because
+padding only ever sits left of a row's first token. Windowed cache layers (DynamicSlidingWindowLayer) would
+drop columns per layer and could not be padded, merged or cut like the others. serving.architecture checks
+at load that a model's batched logits match its logits alone.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Loads a base model and tokenizer for the LocalEngine: device, compute dtype, chat template and optional
-bitsandbytes quantization."""
+bitsandbytes quantization; an architecture the engine cannot batch is refused here (serving.architecture)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .architecture import check_batching, check_config
 from .chat_templates import apply_chat_template_option
 
 if TYPE_CHECKING:
@@ -62,7 +63,9 @@ def load_local_engine(
     chat_template: str | None = None,
     **engine_options,
 ) -> LocalEngine:
-    """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started)."""
+    """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started).
+
+    Raises serving.architecture.UnsupportedArchitecture for a model the engine cannot batch or adapt."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .local import LocalEngine
@@ -74,6 +77,7 @@ def load_local_engine(
     torch_dtype, why = pick_dtype(dtype, device)
     config = AutoConfig.from_pretrained(str(model))
     strip_gguf_quantization(config)
+    check_config(config)
     kwargs: dict = {"dtype": torch_dtype, "config": config}
     if quantize != "none":
         from transformers import BitsAndBytesConfig
@@ -93,6 +97,7 @@ def load_local_engine(
     base = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
     if quantize == "none":
         base = base.to(device)
+    check_batching(base, tokenizer.pad_token_id)
     name = model_name or Path(str(model)).name
     log.info("loaded %s on %s in %s (%s), quantize=%s", model, device, torch_dtype, why, quantize)
     return LocalEngine(

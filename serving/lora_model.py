@@ -1,6 +1,8 @@
 """A base causal LM with any number of LoRA adapters, run with one adapter per batch row (punica / S-LoRA style).
 
-Each loaded adapter owns a slot. Every linear layer that some adapter targets keeps the LoRA weights of all
+Each loaded adapter owns a slot. Every linear layer (nn.Linear, bitsandbytes' quantized linears, and GPT-2's
+Conv1D, whose weight is stored [in, out]: PEFT marks its adapters fan_in_fan_out, but their A and B are the
+same [r, in] and [out, r] and apply the same way) that some adapter targets keeps the LoRA weights of all
 slots stacked, A^T as [slots, in, r_max] and (scaling * B)^T as [slots, r_max, out] (smaller ranks zero-padded,
 slot 0 = the base = zeros), and a forward hook adds `x @ A^T[slot] @ B^T[slot]` to the layer's output row by
 row: two batched matmuls per layer however many adapters the batch mixes, plain matmuls when every row is on
@@ -37,18 +39,25 @@ class _Rows:
 
     slots: frozenset[int]
     index: torch.Tensor | None  # [rows] slot of each row; None when every row uses the same slot
+    tokens: int = 1  # positions per row in this forward pass
 
 
 class _LoraLayer:
     """One linear layer's LoRA weights for every slot, added to the layer's output by a forward hook."""
 
     def __init__(
-        self, module: torch.nn.Module, owner: MultiLoraModel, slots: int, dtype: torch.dtype
+        self,
+        module: torch.nn.Module,
+        shape: tuple[int, int],
+        owner: MultiLoraModel,
+        slots: int,
+        dtype: torch.dtype,
     ) -> None:
         device = next(module.parameters()).device
+        in_features, out_features = shape
         self.owner = owner
-        self.a = torch.zeros(slots, module.in_features, 0, dtype=dtype, device=device)  # A^T per slot
-        self.b = torch.zeros(slots, 0, module.out_features, dtype=dtype, device=device)  # (scaling * B)^T
+        self.a = torch.zeros(slots, in_features, 0, dtype=dtype, device=device)  # A^T per slot
+        self.b = torch.zeros(slots, 0, out_features, dtype=dtype, device=device)  # (scaling * B)^T
         self.filled: set[int] = set()
         self.handle = module.register_forward_hook(self._add_lora)
 
@@ -89,12 +98,16 @@ class _LoraLayer:
             delta = x @ self.a[slot] @ self.b[slot]
         else:
             index = rows.index.to(self.a.device)
-            if x.shape[0] != index.shape[0]:
+            batch = index.shape[0]
+            # [rows, ...] as most layers see it, or [rows * tokens, in]: every position flattened row by row
+            # (OPT's fc1/fc2, MoE routers and shared experts); a subset of positions (an MoE expert) has no rows
+            flattened = x.dim() == 2 and x.shape[0] == batch * rows.tokens
+            if x.shape[0] != batch and not flattened:
                 raise RuntimeError(
-                    f"a LoRA layer got input of shape {list(x.shape)} for a batch of {index.shape[0]} rows; "
-                    "mixed adapters need the batch as the first dimension"
+                    f"a LoRA layer got input of shape {list(x.shape)} for a batch of {batch} rows of "
+                    f"{rows.tokens} positions; mixed adapters need the rows as the first dimension"
                 )
-            flat = x.reshape(index.shape[0], -1, x.shape[-1])
+            flat = x.reshape(batch, -1, x.shape[-1])
             delta = torch.bmm(torch.bmm(flat, self.a[index]), self.b[index]).view(output.shape)
         return output + delta.to(output.dtype)
 
@@ -106,9 +119,7 @@ class MultiLoraModel:
         self.dtype = getattr(base, "dtype", torch.float32)  # quantized bases report their compute dtype
         self.module_names = [name for name, _ in base.named_modules()]
         self.module_shapes = {
-            name: (m.in_features, m.out_features)
-            for name, m in base.named_modules()
-            if hasattr(m, "in_features") and hasattr(m, "out_features")
+            name: shape for name, m in base.named_modules() if (shape := lora_shape(m)) is not None
         }
         self.slots: dict[str, int] = {}  # adapter key -> slot; slot 0 is the base
         self.capacity = FIRST_CAPACITY
@@ -121,7 +132,7 @@ class MultiLoraModel:
         slots = [0 if name == BASE_ADAPTER else self.slots[name] for name in adapter_names]
         unique = frozenset(slots)
         index = torch.tensor(slots, device=self.device) if len(unique) > 1 else None
-        self.rows = _Rows(unique, index)
+        self.rows = _Rows(unique, index, tokens=ids.shape[1])
         try:
             out = self.base(
                 input_ids=ids,
@@ -150,7 +161,11 @@ class MultiLoraModel:
                 layer = self.layers.get(module)
                 if layer is None:
                     layer = self.layers[module] = _LoraLayer(
-                        self.base.get_submodule(module), self, self.capacity, self.dtype
+                        self.base.get_submodule(module),
+                        self.module_shapes[module],
+                        self,
+                        self.capacity,
+                        self.dtype,
                     )
                 layer.write(slot, a, b)
         except Exception as exc:  # out of memory while growing a stack: take back what was written
@@ -219,6 +234,23 @@ class MultiLoraModel:
             scaling = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
             weights[module] = (a.to(self.dtype), (b.float() * scaling).to(self.dtype))
         return weights
+
+
+def lora_shape(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of a layer whose output LoRA adds x @ A^T @ B^T to; None for other layers.
+
+    Linear layers (nn.Linear, bitsandbytes' Linear8bitLt / Linear4bit) say so; GPT-2's Conv1D stores its
+    weight as [in, out] and says nf = out, nx = in.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, Conv1D):
+        return module.nx, module.nf
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(
+        getattr(module, "out_features", None), int
+    ):
+        return module.in_features, module.out_features
+    return None
 
 
 def refuse_unserved_features(config) -> None:

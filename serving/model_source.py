@@ -115,11 +115,18 @@ def read_gguf_config(path: Path) -> dict:
     try:
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     except ValueError as exc:
-        raise ModelSourceError(
-            f"{str(path)!r} holds a {gguf_architecture(path)!r} model, which transformers cannot read from "
-            f"GGUF; it reads {', '.join(readable_architectures())}"
-        ) from exc
+        raise _unreadable(path, gguf_architecture(path), exc) from exc
     return config.to_dict()
+
+
+def _unreadable(path: Path, architecture: str, exc: Exception) -> ModelSourceError:
+    readable = readable_architectures()
+    if architecture.replace("_", "") in {a.replace("_", "") for a in readable}:
+        return ModelSourceError(f"{str(path)!r} could not be read: {exc}")
+    return ModelSourceError(
+        f"{str(path)!r} holds a {architecture!r} model, which transformers cannot read from GGUF; "
+        f"it reads {', '.join(readable)}"
+    )
 
 
 def readable_architectures() -> list[str]:
@@ -141,14 +148,7 @@ def convert_gguf(gguf: Path, out: Path, digest: str) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except ValueError as exc:
-        if "not supported" not in str(exc) and architecture.replace("_", "") in "".join(
-            readable_architectures()
-        ).replace("_", ""):
-            raise ModelSourceError(f"{str(gguf)!r} could not be read: {exc}") from exc
-        raise ModelSourceError(
-            f"{str(gguf)!r} holds a {architecture!r} model, which transformers cannot read from GGUF; "
-            f"it reads {', '.join(readable_architectures())}"
-        ) from exc
+        raise _unreadable(gguf, architecture, exc) from exc
     # A GGUF-loaded model refuses save_pretrained and carries quant_method "gguf", which trainers refuse:
     # an ordinary model built from the same config takes its (already dequantised) weights.
     config = loaded.config

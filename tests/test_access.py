@@ -70,6 +70,7 @@ def matrix(model: str) -> dict[tuple[str, str], tuple[str, dict | None, dict]]:
         ),
         ("GET", "/v1/feedback"): ("/v1/feedback", None, KEYED),
         ("GET", "/v1/feedback/{vote_id}"): ("/v1/feedback/999999999", None, KEYED),
+        ("DELETE", "/v1/feedback/{vote_id}"): ("/v1/feedback/999999999", None, KEYED),
         ("GET", "/v1/leaderboard"): ("/v1/leaderboard?rounds=0", None, KEYED),
         ("POST", "/v1/jobs"): ("/v1/jobs", {"stage": "nonsense", "name": "x"}, ADMIN_ONLY),
         ("GET", "/v1/jobs"): ("/v1/jobs", None, ADMIN_ONLY),

@@ -129,3 +129,31 @@ def test_doctor_names_each_problem_with_its_fix(tmp_path: Path):
     assert (broken / "feedback.db").read_bytes() == b"this is not a database" * 100  # untouched
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(broken / "feedback.db").execute("SELECT 1 FROM sqlite_master").fetchall()
+
+
+def test_doctor_checks_the_model_it_is_given(tmp_path: Path, demo_model: Path):
+    """--model: a directory's chat template, a GGUF file's architecture; nothing is converted."""
+    from tests.test_model_source import copy_model, write_gguf
+
+    result = tunehub("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(demo_model))
+    assert "OK    model           transformers directory, llama" in result.stdout
+    assert "chat template" not in result.stdout
+
+    bare = copy_model(demo_model, tmp_path / "bare", drop_template=True)
+    result = tunehub("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(bare))
+    assert f"WARN  chat template   {bare} has none" in result.stdout
+    assert "fix: pass --chat-template (chatml, llama3, mistral, zephyr or a .jinja file)" in result.stdout
+
+    rwkv = write_gguf(tmp_path / "rwkv.gguf", "rwkv7")
+    result = tunehub("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(rwkv))
+    assert result.returncode == 1
+    assert "FAIL  model" in result.stdout and "'rwkv7' model, which transformers cannot read" in result.stdout
+    assert not (tmp_path / "data" / "models").exists()
+
+
+def test_estimate_names_a_gguf_file_it_cannot_read(tmp_path: Path):
+    """A readable file's shape comes from its header (tests/test_real_model.py, on SmolLM2's file)."""
+    from tests.test_model_source import write_gguf
+
+    result = tunehub("estimate", "--model", str(write_gguf(tmp_path / "x.gguf", "rwkv7")))
+    assert result.returncode == 2 and "'rwkv7' model, which transformers cannot read" in result.stderr

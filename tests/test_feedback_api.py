@@ -137,6 +137,34 @@ def test_a_second_vote_on_the_same_answer_replaces_the_first(hub, client, base_i
     assert get(hub, f"/v1/feedback/{first['id']}")["active"] is False
 
 
+def test_a_withdrawn_vote_stops_counting_and_stays_stored(hub, client, base_id):
+    """Issue 14: un-clicking a thumb took the icon away but kept the vote in exports. DELETE withdraws it."""
+    from feedback.exports import export_dataset
+
+    rid = ask(client, base_id).id
+    up = vote(hub, {"type": "thumbs", "generation": ref(rid), "value": "up"})
+    response = httpx.delete(f"{hub.url}/v1/feedback/{up['id']}", timeout=30)
+    assert response.status_code == 200, response.text
+    withdrawn = response.json()
+    assert withdrawn["id"] == up["id"] and withdrawn["active"] is False and withdrawn["withdrawn_at"]
+    assert up["id"] not in [v["id"] for v in get(hub, "/v1/feedback", type="thumbs", limit=1000)["data"]]
+    assert get(hub, f"/v1/feedback/{up['id']}") == withdrawn
+    with Store(hub.data_dir / "feedback.db") as store:
+        kto = export_dataset(store, "kto", snapshot=False, eval_fraction=0.0)
+    assert up["id"] not in kto.vote_ids, "a withdrawn vote was exported"
+
+    again = httpx.delete(f"{hub.url}/v1/feedback/{up['id']}", timeout=30)
+    assert again.status_code == 409
+    assert f"vote {up['id']} is no longer active: it was withdrawn" in again.text
+    replaced = vote(hub, {"type": "thumbs", "generation": ref(rid), "value": "down"})
+    newer = vote(hub, {"type": "thumbs", "generation": ref(rid), "value": "up"})
+    assert newer["replaces"] == replaced["id"]
+    gone = httpx.delete(f"{hub.url}/v1/feedback/{replaced['id']}", timeout=30)
+    assert gone.status_code == 409 and "replaced by a later vote" in gone.text
+    missing = httpx.delete(f"{hub.url}/v1/feedback/999999999", timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "vote_id"
+
+
 def test_listing_pages_with_limit_and_offset(hub, client, base_id):
     rid = ask(client, base_id, n=3).id
     for choice in range(3):
@@ -305,6 +333,20 @@ def test_votes_are_recorded_under_the_caller_and_read_back_only_by_them(secured_
 
     get(secured_hub, "/v1/feedback", status=401)
     get(secured_hub, "/v1/feedback", status=401, token="th-not-a-key")
+
+
+def test_only_the_rater_or_an_admin_withdraws_a_vote(secured_hub, rater_key):
+    client = openai.OpenAI(base_url=secured_hub.url + "/v1", api_key="test-key", max_retries=0, timeout=60)
+    rid = ask(client, client.models.list().data[0].id).id
+    mine = vote(secured_hub, {"type": "thumbs", "generation": ref(rid), "value": "up"}, token=rater_key)
+
+    def withdraw(token: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.delete(f"{secured_hub.url}/v1/feedback/{mine['id']}", headers=headers, timeout=30)
+
+    assert withdraw("test-key").status_code == 404  # someone else's vote is as good as missing
+    assert get(secured_hub, f"/v1/feedback/{mine['id']}", token=rater_key)["active"] is True
+    assert withdraw("test-admin").status_code == 200
 
 
 def test_a_revoked_key_is_refused(secured_hub):

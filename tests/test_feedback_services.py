@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from feedback.store import Store
-from hub.arena import pick_pair
+from hub.arena import NoPair, pick_pair
 from hub.auth import Principal
 from hub.conversations import Conversations
 
@@ -50,11 +50,16 @@ def test_the_arena_never_pits_tunehub_default_against_what_it_stands_for(demo_mo
     with Store(tmp_path / "feedback.db") as store:
         arena = ArenaService(chat, store, rng=random.Random(0))
         assert arena.models() == ["base"]
-        assert {m for _ in range(50) for m in pick_pair(arena.models(), set(), 3.0, arena.rng)} == {"base"}
+        with pytest.raises(NoPair, match="only 'base' is served"):
+            arena.new_battle()
 
 
-def test_one_model_faces_itself():
-    assert pick_pair(["base"], set(), 3.0, random.Random()) == ("base", "base")
+def test_one_model_never_faces_itself():
+    """Issue 14, finding 6: every battle was the model against itself, said only after the vote."""
+    with pytest.raises(NoPair, match=r"compares two different models, and only 'base' is served. Load an"):
+        pick_pair(["base"], set(), 3.0, random.Random())
+    with pytest.raises(NoPair, match="no model is served"):
+        pick_pair([], set(), 3.0, random.Random())
 
 
 def test_rank_places_become_tiers():

@@ -127,3 +127,12 @@ def test_a_hundred_thousand_votes_with_bootstrap():
     print(f"\nleaderboard over {n:,} votes, {len(models)} models, 200 bootstrap rounds: {elapsed:.3f} s")
     assert board.models == models[::-1]  # strongest last in `models`, first on the board
     assert all(r.lower < r.upper for r in board.ratings if r.model != "base")
+
+
+def test_votes_between_one_models_answers_are_said_not_counted_and_give_no_row():
+    """Issue 14, finding 6: '6 pairwise votes over 1 models' beside a row with 0 votes."""
+    board = fit_leaderboard([("base", "base", "a")] * 6, anchor="base", rounds=0)
+    assert (board.ratings, board.n_votes, board.n_uncounted) == ([], 0, 6)
+    board = fit_leaderboard([("base", "base", "a"), ("base", "x", "b"), ("x", "base", "tie")], rounds=0)
+    assert (board.n_votes, board.n_uncounted, set(board.models)) == (2, 1, {"base", "x"})
+    assert {r.model: r.votes for r in board.ratings} == {"base": 2, "x": 2}

@@ -76,7 +76,8 @@ async def collect(engine, request: GenerationRequest, first_delta: asyncio.Event
 
 @contextlib.asynccontextmanager
 async def running_engine(model: Path, **options):
-    engine = load_local_engine(model, **options)
+    """An engine computing in float32, the dtype of the references these tests compare token for token."""
+    engine = load_local_engine(model, **{"dtype": "float32", **options})
     await engine.start()
     try:
         yield engine

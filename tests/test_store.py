@@ -35,7 +35,13 @@ def _schema(path: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
 
 
-MIGRATIONS = ["0001_initial", "0002_pairwise_models", "0003_job_adapter", "0004_promotions"]
+MIGRATIONS = [
+    "0001_initial",
+    "0002_pairwise_models",
+    "0003_job_adapter",
+    "0004_promotions",
+    "0005_vote_withdrawn_at",
+]
 
 
 def test_migrations_are_idempotent_on_an_existing_file(tmp_path: Path):

@@ -91,7 +91,7 @@ def test_chat_streams_and_a_thumbs_down_carries_its_reason(ui_hub):
         tour_shot(page, "1-chat")
 
         page.locator("#chatbot button[aria-label='Dislike']").last.click()
-        page.locator("#chat-status").get_by_text("Thumbs down recorded").wait_for(timeout=15_000)
+        page.locator("#chat-status").get_by_text("Thumbs down on answer 1 recorded").wait_for(timeout=15_000)
         page.locator("#reasons").get_by_label("wrong").check()
         page.locator("#feedback-comment textarea").fill("Paris is the capital")
         page.locator("#send-reasons").click()
@@ -242,3 +242,46 @@ def test_without_an_admin_password_the_local_user_is_admin(hub):
         page.locator("#whoami").get_by_text("Signed in as local (admin)").wait_for(timeout=30_000)
         assert "Data" in page.get_by_role("tab").all_inner_texts()
         assert page.locator("input[type=password]").count() == 0
+
+
+def test_a_follow_up_shows_whose_answer_was_kept_and_no_stale_names(ui_hub):
+    """Issue 14, finding 10: after a vote for B, panel A showed B's answer as if A had given it, and the
+    last pair's names stayed on the panels while a new pair answered."""
+    from tests.support.browser import browser_page
+
+    with browser_page(ARTIFACTS, "ui-arena-follow-up") as page:
+        sign_in(page, ui_hub, ADMIN)
+        page.get_by_role("tab", name="Arena").click()
+        page.locator("#arena-prompt textarea").fill("What is 2 + 2?")
+        page.locator("#arena-send").click()
+        page.locator("#arena-result").get_by_text("Which answer is better").wait_for(timeout=90_000)
+        b_answer = page.locator("#arena-b [data-testid='bot']").last.inner_text().strip()
+        page.locator("#vote-b").click()
+        page.locator("#arena-result").get_by_text("You voted").wait_for(timeout=15_000)
+        assert "Model A: " in page.locator("#arena-a").inner_text()  # names revealed after the vote
+
+        page.locator("#arena-prompt textarea").fill("And 5 + 5?")
+        page.locator("#arena-send").click()
+        page.locator("#arena-result").get_by_text("Which answer is better").wait_for(timeout=90_000)
+        for panel in ("#arena-a", "#arena-b"):
+            text = page.locator(panel).inner_text()
+            assert "Model A: " not in text and "Model B: " not in text, text  # no stale names
+            kept = page.locator(f"{panel} [data-testid='bot']").first.inner_text()
+            assert "Kept from model B" in kept and b_answer in kept, kept  # said whose answer goes on
+
+
+def test_the_data_tab_offers_only_the_formats_a_dataset_can_be_written_in(ui_hub):
+    """Issue 14, finding 10: pairs + alpaca could be chosen, and Export then failed with an error badge."""
+    from tests.support.browser import browser_page
+
+    with browser_page(ARTIFACTS, "ui-data-formats") as page:
+        sign_in(page, ui_hub, ADMIN)
+        page.get_by_role("tab", name="Data").click()
+        formats = page.locator("#export-format")
+        formats.get_by_label("alpaca").wait_for(timeout=15_000)  # sft: every format
+        page.locator("#export-kind").get_by_label("pairs").check()
+        formats.get_by_label("alpaca").wait_for(state="detached", timeout=15_000)
+        assert formats.get_by_label("trl").is_checked()
+        assert formats.get_by_label("sharegpt").count() == 0
+        page.locator("#export-kind").get_by_label("sft").check()
+        formats.get_by_label("alpaca").wait_for(timeout=15_000)

@@ -89,7 +89,8 @@ def test_a_full_ui_queue_refuses_at_once_and_the_held_events_finish(limited_hub,
     for session in (running, waiting):
         outcome = session.outcome()
         assert outcome.ok, outcome
-        assert outcome.data[0][-1]["role"] == "assistant"
+        shown = outcome.data[0]  # the chatbot's update: its messages and the thumbs marked on them
+        assert shown["value"][-1]["role"] == "assistant"
     again = refused.call(regenerate, answer_inputs("And Madrid?"))  # room again
     assert again.ok, again
     for session in (running, waiting, refused):
@@ -106,7 +107,9 @@ def test_a_rater_over_the_rate_limit_gets_a_clear_error_in_the_ui(limited_hub):
     try:
         first = ui.call(ui.event("answer"), answer_inputs("Hi"))  # 1 of the burst of 2
         assert first.ok, first
-        liked = ui.call(ui.event("on_like"), [None], event_data={"index": 1, "value": "x", "liked": True})
+        liked = ui.call(
+            ui.event("on_like"), [None, None], event_data={"index": 1, "value": "x", "liked": True}
+        )
         assert liked.ok, liked  # 2 of 2: a vote counts like a generation
         over = ui.call(ui.event("answer"), answer_inputs("Hi again"))
         assert not over.ok and over.status == 200

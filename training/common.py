@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.config import StageConfig, parse_config
+from training.config import StageConfig, logging_interval, parse_config
 from training.data import TrainingData, load_training_data
 from training.methods import Hardware, MethodPlan, detect_hardware, resolve_precision
 
@@ -142,7 +142,7 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
         "max_length": config.max_length,
         "seed": config.seed,
         "data_seed": config.seed,
-        "logging_steps": config.logging_steps,
+        "logging_steps": logging_interval(config, steps),
         "report_to": "none",
         "eval_strategy": "steps" if has_eval else "no",
         "eval_steps": eval_steps if has_eval else None,

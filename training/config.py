@@ -113,7 +113,13 @@ class StageConfig(MethodOptions):
     seed: int = field(
         default=0, metadata={"help": "seed of the weights of new layers, the split and the batches"}
     )
-    logging_steps: int = field(default=10, metadata={"help": "steps between logged losses"})
+    logging_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "steps between logged losses (default: every step for runs of up to 20 steps, then about "
+            "20 points a run, at most 10 steps apart)"
+        },
+    )
     eval_steps: int | None = field(
         default=None, metadata={"help": "steps between evaluations (default: about 8 per run)"}
     )
@@ -164,7 +170,7 @@ class StageConfig(MethodOptions):
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be positive (or -1 to use epochs), got {self.max_steps!r}")
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
@@ -218,6 +224,12 @@ def build_parser(config_class: type[StageConfig], description: str) -> argparse.
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag, **kwargs)
     return parser
+
+
+def logging_interval(config: StageConfig, steps: int) -> int:
+    """Steps between logged losses: the configured value, or enough points for a loss curve on any run
+    (a short run logged nothing at the old fixed 10 and its job showed no loss at all)."""
+    return config.logging_steps or max(1, min(10, steps // 20))
 
 
 def parse_config(config_class: type[StageConfig], description: str, argv: list[str] | None) -> StageConfig:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from training.config import logging_interval
 from training.ppo_checkpoint import load_checkpoint, save_checkpoint
 from training.ppo_core import (
     gae,
@@ -308,14 +309,15 @@ class PPOLoop:
             self._notify("on_evaluate", args, state, control, metrics=eval_start)
         started = time.perf_counter()
         stream = self._prompt_stream(prompts)
+        every = logging_interval(config, steps)
         for step in range(start_step, steps):
             batch = [prompts[i] for i in stream(step)]
             stats = self.step(batch)
             self.history.append({"step": step + 1, **stats})
             state.global_step = step + 1
             self._notify("on_step_end", args, state, control)
-            if (step + 1) % config.logging_steps == 0 or step + 1 == steps:
-                window = self.history[-config.logging_steps :]
+            if (step + 1) % every == 0 or step + 1 == steps:
+                window = self.history[-every:]
                 logs = {key: sum(h[key] for h in window) / len(window) for key in stats}
                 state.log_history.append({**logs, "step": step + 1})
                 self._notify("on_log", args, state, control, logs=logs)

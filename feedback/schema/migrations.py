@@ -195,6 +195,12 @@ def promotions(db: Database) -> None:
     db["promotions"].create_index(["adapter_id"])
 
 
+@migrations(name="0005_vote_withdrawn_at")
+def vote_withdrawn_at(db: Database) -> None:
+    """When a rater took a vote back (un-clicking a thumb): inactive like a replaced vote, but not replaced."""
+    db.execute("ALTER TABLE votes ADD COLUMN withdrawn_at TEXT")
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Apply every pending migration inside one ``BEGIN IMMEDIATE`` transaction; return the names applied.
 

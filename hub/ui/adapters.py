@@ -35,6 +35,20 @@ def _metrics(metrics: dict) -> str:
     return ", ".join(shown)
 
 
+VERDICTS = {
+    "promote": "meets the promotion rule",
+    "not_yet": "does not meet the promotion rule yet",
+    "refuse": "is refused by the replay guard",
+}
+
+
+def verdict_text(decision) -> str:
+    """The promotion rule and the replay guard's answer in one sentence, with their reasons."""
+    said = VERDICTS.get(decision.verdict, decision.verdict)
+    reasons = "; ".join(decision.reasons)
+    return f"**{decision.candidate} {said}** (against {decision.incumbent}): {reasons}."
+
+
 def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
     adapters, auth = services.adapters, services.auth
     table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="adapters-table")
@@ -62,6 +76,8 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         elem_id="adapters-override",
     )
     message = gr.Markdown(elem_id="adapters-message")
+    verdict = gr.Markdown(elem_id="adapters-verdict")
+    confirming = gr.State(None)  # the adapter a Promote against the rule waits to be confirmed for
     gr.Markdown("### Regression replay")
     with gr.Row():
         replay = gr.Button("Replay now", elem_id="adapters-replay")
@@ -93,7 +109,28 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         refs = [r.ref for r in rows]
         if ref not in refs:
             ref = refs[0] if refs else None
-        return data, gr.update(choices=refs, value=ref), show_lineage(ref, request)
+        summary, replay_rows = show_replay(ref, request)  # the selected one's replay, without a click
+        return (
+            data,
+            gr.update(choices=refs, value=ref),
+            show_lineage(ref, request),
+            summary,
+            replay_rows,
+            current_verdict(ref),
+        )
+
+    def show_verdict(ref: str | None, request: gr.Request) -> str:
+        require_admin(auth, request)
+        return current_verdict(ref)
+
+    def current_verdict(ref: str | None) -> str:
+        """The rule's word on `ref` from its stored replay and the votes (nothing is replayed here)."""
+        if not ref or services.promotion is None:
+            return ""
+        try:
+            return verdict_text(services.promotion.decision(ref, replay=False))
+        except StoreError as e:
+            return e.message
 
     def show_lineage(ref: str | None, request: gr.Request) -> str:
         require_admin(auth, request)
@@ -121,13 +158,25 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             name = await adapters.unload(need(ref))
         return f"**{ref}** unloaded (it was served as {name})."
 
-    def on_promote(ref: str | None, override_: bool, request: gr.Request) -> str:
+    def on_promote(ref: str | None, override_: bool, waiting: str | None, request: gr.Request):
+        """Promote; against a rule not met yet (too few votes, too low a win rate) only when pressed twice."""
         require_admin(auth, request)
+        ref = need(ref)
+        if not override_ and waiting != ref and services.promotion is not None:
+            decision = services.promotion.decision(ref, replay=False)
+            if decision.verdict == "not_yet":
+                return (
+                    f"{verdict_text(decision)}\n\nPress **Promote** again to promote {ref} anyway.",
+                    ref,
+                )
         with (
             shown_to_user()
         ):  # the guard may replay the candidate first (seconds; gradio runs this in a thread)
-            adapter = adapters.promote(need(ref), override=bool(override_))
-        return f"**{adapter.ref}** promoted" + (" (guard overridden)." if override_ else ".")
+            adapter = adapters.promote(ref, override=bool(override_))
+        said = (
+            " (guard overridden)." if override_ else (" (against the rule, confirmed)." if waiting else ".")
+        )
+        return f"**{adapter.ref}** promoted{said}", None
 
     def on_rollback(request: gr.Request) -> str:
         require_admin(auth, request)
@@ -189,8 +238,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         ref = need(ref)
         with shown_to_user():
             decision = await asyncio.to_thread(services.promotion.decision, ref)
-        reasons = "\n".join(f"- {r}" for r in decision.reasons)
-        return f"**{decision.verdict}** ({decision.candidate} vs {decision.incumbent}):\n{reasons}"
+        return verdict_text(decision)
 
     def on_vote_lineage(id_: float | None, request: gr.Request) -> str:
         user = require_admin(auth, request)
@@ -212,19 +260,22 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         )
 
     replay.click(on_replay, [chosen], [replay_summary, replay_table])
-    check.click(on_check, [chosen], message)
+    check.click(on_check, [chosen], verdict)
     vote_find.click(on_vote_lineage, [vote_id], vote_lineage)
     chosen.input(show_replay, [chosen], [replay_summary, replay_table])
+    chosen.input(show_verdict, [chosen], verdict)
 
-    shown = [table, chosen, lineage]
+    shown = [table, chosen, lineage, replay_summary, replay_table, verdict]
     export.click(on_export, [chosen, export_out, quantize], message)
     for trigger in (refresh.click, tab.select):
         trigger(listing, [chosen], shown)
     chosen.input(show_lineage, [chosen], lineage)
+    promote.click(on_promote, [chosen, override, confirming], [message, confirming]).then(
+        listing, [chosen], shown
+    )
     for button, handler, inputs in (
         (load, on_load, [chosen]),
         (unload, on_unload, [chosen]),
-        (promote, on_promote, [chosen, override]),
         (rollback, on_rollback, []),
     ):
         button.click(handler, inputs, message).then(listing, [chosen], shown)

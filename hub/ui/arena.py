@@ -14,7 +14,7 @@ import gradio as gr
 
 from serving.engine import SamplingParams
 
-from ..arena import Contestant
+from ..arena import Contestant, NoPair, pair_missing
 from . import UiServices
 from .login import admit, shown_to_user
 
@@ -22,8 +22,9 @@ OUTCOMES = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": 
 
 
 def new_arena() -> dict:
-    # battle: the current turn's contestants until its vote; context: the shared conversation so far
-    return {"conversation_id": None, "context": [], "battle": None, "answers": ("", "")}
+    # battle: the current turn's contestants until its vote; context: the shared conversation so far;
+    # shown: the same turns as the panels show them, each kept answer titled with the side it came from
+    return {"conversation_id": None, "context": [], "shown": [], "battle": None, "answers": ("", "")}
 
 
 def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
@@ -33,6 +34,7 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         "Two anonymous models answer the same prompt. Vote for the better answer; "
         "the names are shown after your vote."
     )
+    notice = gr.Markdown(elem_id="arena-notice")
     with gr.Row():
         chat_a = gr.Chatbot(label="Model A", height=360, elem_id="arena-a")
         chat_b = gr.Chatbot(label="Model B", height=360, elem_id="arena-b")
@@ -61,30 +63,36 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         if not text.strip():
             raise gr.Error("type a prompt for both models")
         user = admit(auth, request)
+        try:
+            a, b = arena.new_battle()
+        except NoPair as exc:
+            raise gr.Error(str(exc)) from None
         current = {**current}
         if current["conversation_id"] is None:
             current["conversation_id"] = await asyncio.to_thread(
                 services.conversations.start, user.name, text, kind="arena"
             )
         context = [*current["context"], {"role": "user", "content": text}]
-        a, b = arena.new_battle()
         sampling = SamplingParams(max_tokens=int(limit), temperature=float(temp))
         shown = ("", "")
         with shown_to_user():
             battle = arena.battle(
                 context, (a, b), sampling, rater=user.name, conversation_id=current["conversation_id"]
             )
+            earlier = [*current["shown"], {"role": "user", "content": text}]
             async for shown in battle:
+                # the labels go back to "Model A/B" at once: the last pair's names belong to the last turn
                 yield (
                     "",
-                    [*context, {"role": "assistant", "content": shown[0]}],
-                    [*context, {"role": "assistant", "content": shown[1]}],
+                    gr.update(value=[*earlier, {"role": "assistant", "content": shown[0]}], label="Model A"),
+                    gr.update(value=[*earlier, {"role": "assistant", "content": shown[1]}], label="Model B"),
                     current,
                     *buttons_off,
                     "",
                 )
         current.update(
             context=context,
+            shown=earlier,
             battle={"a": [a.model, a.generation_id], "b": [b.model, b.generation_id]},
             answers=shown,
         )
@@ -105,18 +113,22 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         user = admit(auth, request)
         with shown_to_user():
             recorded = feedback.pairwise(user.name, a.generation_id, b.generation_id, outcome, source="ui")
+        side = "B" if outcome == "b" else "A"
         kept = current["answers"][1 if outcome == "b" else 0]
+        model = b.model if side == "B" else a.model
+        title = f"Kept from model {side} ({model}): both models go on from this answer"
         current = {
             **current,
             "battle": None,
             "context": [*current["context"], {"role": "assistant", "content": kept}],
+            "shown": [
+                *current["shown"],
+                {"role": "assistant", "content": kept, "metadata": {"title": title}},
+            ],
         }
-        same = (
-            " (the same model twice: this vote does not move the leaderboard)" if a.model == b.model else ""
-        )
         message = (
             f"You voted **{OUTCOMES[outcome]}** (vote {recorded.id}). "
-            f"Model A was **{a.model}**, model B was **{b.model}**{same}. Ask a follow-up for a new pair."
+            f"Model A was **{a.model}**, model B was **{b.model}**. Ask a follow-up for a new pair."
         )
         return (
             current,
@@ -147,3 +159,12 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
     for button, outcome in zip(vote_buttons, ("a", "tie", "both_bad", "b")):
         button.click(voter(outcome), [state], [state, chat_a, chat_b, *vote_buttons, result])
     new_battle.click(reset, outputs=[state, chat_a, chat_b, *vote_buttons, result])
+
+    def availability():
+        """With fewer than two models there is nothing to compare: say why and what to do, lock the input."""
+        models = arena.models()
+        if len(models) >= 2:
+            return "", gr.update(interactive=True), gr.update(interactive=True)
+        return f"**{pair_missing(models)}**", gr.update(interactive=False), gr.update(interactive=False)
+
+    blocks.load(availability, outputs=[notice, prompt, send])

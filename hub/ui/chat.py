@@ -1,7 +1,9 @@
-"""The Chat tab: pick the base model or an adapter, set a system prompt and sampling, stream answers; rate
-them with thumbs and reasons, regenerate or correct the last answer, and reopen one's own conversations.
+"""The Chat tab: pick the base model or an adapter, set a system prompt and sampling, stream answers (Stop
+ends one and keeps what was shown); rate them with thumbs and reasons (a second click on a thumb withdraws
+it), regenerate or correct the last answer, and reopen one's own conversations with their ratings.
 
-Per-user state lives in a gr.State: the conversation id and which stored generation each answer is.
+Per-user state lives in a gr.State: the conversation id, which stored generation each answer is, the
+rater's thumb on each, the answer a reasons panel belongs to, and the answer being streamed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import gradio as gr
 from feedback.errors import StoreError
 from serving.engine import GenerationRequest, SamplingParams
 
-from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
+from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS, GenerationRef
 from ..protocol import new_id
 from ..service import DEFAULT_MODEL
 from . import UiServices
@@ -40,9 +42,35 @@ def history_messages(history: list[dict], system: str) -> list[dict]:
     return messages + plain_history(history)
 
 
+THUMB_MARKS = {"up": "Like", "down": "Dislike"}  # a stored thumb -> the Chatbot's feedback value
+
+
 def new_session() -> dict:
-    # generation_ids: chatbot message index -> stored generation id; pending: the thumbs awaiting reasons
-    return {"conversation_id": None, "generation_ids": {}, "pending": None}
+    # generation_ids: chatbot message index -> stored generation id; ratings: index -> "up"/"down";
+    # pending: the thumb awaiting reasons; streaming: the answer being generated, stopped: the one Stop ended
+    return {
+        "conversation_id": None,
+        "generation_ids": {},
+        "ratings": {},
+        "pending": None,
+        "streaming": None,
+        "stopped": None,
+    }
+
+
+def shown(history: list[dict], state: dict):
+    """The chatbot's value with the rater's thumbs on it (Gradio drops the marks whenever the value changes)."""
+    marks = [
+        THUMB_MARKS.get(state["ratings"].get(index))
+        for index, message in enumerate(history)
+        if message["role"] == "assistant"
+    ]
+    return gr.update(value=history, feedback_value=marks)
+
+
+def excerpt(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def conversation_choices(services: UiServices, owner: str) -> list[tuple[str, str]]:
@@ -78,6 +106,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     with gr.Row():
         prompt = gr.Textbox(placeholder="Ask something…", show_label=False, scale=5, elem_id="prompt")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+        stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="stop")
     with gr.Row():
         regenerate = gr.Button("Regenerate the last answer", elem_id="regenerate")
     status = gr.Markdown(elem_id="chat-status")
@@ -94,10 +123,10 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         user = user_of(auth, request)
         return gr.update(choices=conversation_choices(services, user.name))
 
-    def add_user(text: str | None, history: list[dict]):
+    def add_user(text: str | None, history: list[dict], state: dict):
         if not (text or "").strip():
-            return gr.update(), history
-        return "", [*history, {"role": "user", "content": text}]
+            return gr.update(), gr.update()
+        return "", shown([*history, {"role": "user", "content": text}], state)
 
     async def answer(
         history: list[dict],
@@ -110,10 +139,10 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         request: gr.Request,
     ):
         if not history or history[-1]["role"] != "user":
-            yield history, state, gr.update(), gr.update(), gr.update()
+            yield gr.update(), state, gr.update(), gr.update(), gr.update()
             return
         user = admit(auth, request)
-        state = {**state, "generation_ids": dict(state["generation_ids"])}
+        state = {**state, "generation_ids": dict(state["generation_ids"]), "ratings": dict(state["ratings"])}
         listed = gr.update()
         if state["conversation_id"] is None:
             first = message_text(history[-1]["content"])
@@ -130,6 +159,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         response_id = new_id("chatcmpl")
         reply = {"role": "assistant", "content": ""}
         history = [*plain_history(history), reply]
+        state["streaming"] = {"index": len(history) - 1, "response_id": response_id}
         with shown_to_user():
             stream = service.stream(
                 request_,
@@ -137,36 +167,58 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
                 source="ui",
                 rater=user.name,
                 conversation_id=state["conversation_id"],
+                keep_partial=True,  # Stop cancels this generator: what was shown is stored
             )
             async for _, delta in stream:
                 reply["content"] += delta.text
-                yield history, state, gr.update(), listed, ""
+                yield shown(history, state), state, gr.update(), listed, ""
         state["generation_ids"][len(history) - 1] = response_id  # stored before the stream's last delta
+        state["streaming"] = None
         done = f"Answer `{response_id}` stored. Rate it with the thumbs, regenerate it or correct it."
-        yield history, state, reply["content"], listed, done
+        yield shown(history, state), state, reply["content"], listed, done
 
-    def on_like(state: dict, like: gr.LikeData, request: gr.Request):
+    def on_like(state: dict, history: list[dict], like: gr.LikeData, request: gr.Request):
         index = like.index if isinstance(like.index, int) else like.index[0]
         generation = state["generation_ids"].get(index)
         if generation is None:
             raise gr.Error("that answer is not stored: only answers given in this conversation can be rated")
-        if like.liked not in (True, False):
-            return state, gr.update(), gr.update(), gr.update(), gr.update()
-        value = "up" if like.liked else "down"
         user = admit(auth, request)
+        history = history or []
+        ratings = dict(state["ratings"])
+        which = f"answer {sum(m['role'] == 'assistant' for m in history[: index + 1])}"
+        if like.liked not in (True, False):  # the same thumb clicked again: the rater takes it back
+            with shown_to_user():
+                vote = feedback.withdraw_thumbs(user.name, generation)
+            ratings.pop(index, None)
+            pending = state.get("pending")
+            keep = pending is not None and pending["index"] != index
+            said = f"Thumbs withdrawn from {which} (vote {vote.id})." if vote else "No thumb to withdraw."
+            return (
+                {**state, "ratings": ratings, "pending": pending if keep else None},
+                gr.update(visible=keep),
+                gr.update(),
+                gr.update(),
+                said,
+            )
+        value = "up" if like.liked else "down"
         with shown_to_user():
             vote = feedback.thumbs(user.name, generation, value, source="ui")
+        ratings[index] = value
         choices = THUMBS_UP_REASONS if value == "up" else THUMBS_DOWN_REASONS
+        quoted = excerpt(message_text(history[index]["content"])) if index < len(history) else ""
+        question = "what was good?" if value == "up" else "what was wrong?"
         return (
-            {**state, "pending": {"generation_id": generation, "value": value}},
+            {
+                **state,
+                "ratings": ratings,
+                "pending": {"generation_id": generation, "value": value, "index": index},
+            },
             gr.update(visible=True),
             gr.update(
-                choices=list(choices),
-                value=[],
-                label="Thumbs up: what was good?" if value == "up" else "Thumbs down: what was wrong?",
+                choices=list(choices), value=[], label=f"Thumbs {value} on {which} ({quoted!r}): {question}"
             ),
             "",
-            f"Thumbs {value} recorded (vote {vote.id}). Add reasons below if you like.",
+            f"Thumbs {value} on {which} recorded (vote {vote.id}). Add reasons below if you like.",
         )
 
     def on_reasons(state: dict, chosen: list[str], note: str, request: gr.Request):
@@ -192,9 +244,39 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
 
     def drop_last_answer(history: list[dict], state: dict):
         if not history or history[-1]["role"] != "assistant":
-            raise gr.Error("there is no answer to regenerate yet")
-        ids = {k: v for k, v in state["generation_ids"].items() if k < len(history) - 1}
-        return plain_history(history[:-1]), {**state, "generation_ids": ids}
+            return (
+                gr.update(),
+                state,
+                gr.update(),
+                "There is no answer to regenerate yet: ask something first.",
+            )
+        last = len(history) - 1
+        keep = {k: v for k, v in state["generation_ids"].items() if k < last}
+        ratings = {k: v for k, v in state["ratings"].items() if k < last}
+        pending = state.get("pending")
+        if pending is not None and pending["index"] >= last:  # its answer is regenerated away
+            pending = None
+        state = {**state, "generation_ids": keep, "ratings": ratings, "pending": pending}
+        return plain_history(history[:-1]), state, gr.update(visible=pending is not None), ""
+
+    def on_stop(state: dict):
+        """Stop cancels the answer's generator (`cancels=`); the controls come back at once."""
+        return {**state, "stopped": state.get("streaming"), "streaming": None}, *unlocked(), "Stopping…"
+
+    async def after_stop(state: dict, history: list[dict]):
+        """The cancelled stream writes what it had shown as it closes: find it, so it can be rated."""
+        stopped = state.get("stopped")
+        if stopped is None:
+            return gr.update(), state, ""
+        response_id = stopped["response_id"]
+        for _ in range(100):
+            if await asyncio.to_thread(feedback.missing, [GenerationRef(response_id)]) is None:
+                ids = {**state["generation_ids"], stopped["index"]: response_id}
+                state = {**state, "generation_ids": ids, "stopped": None}
+                said = f"Stopped. What was shown is stored as answer `{response_id}`: rate or regenerate it."
+                return shown(history, state), state, said
+            await asyncio.sleep(0.1)
+        return gr.update(), {**state, "stopped": None}, "Stopped before the first word: nothing was stored."
 
     def on_edit(history: list[dict], state: dict, text: str, request: gr.Request):
         if not history or history[-1]["role"] != "assistant":
@@ -207,7 +289,9 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
             vote = feedback.edit(user.name, generation, text, source="ui")
         history = plain_history(history)
         history[-1] = {"role": "assistant", "content": text}  # the conversation goes on from the correction
-        return history, f"Correction saved (vote {vote.id}); the conversation continues from it."
+        return shown(
+            history, state
+        ), f"Correction saved (vote {vote.id}); the conversation continues from it."
 
     def on_open(conversation_id: str | None, request: gr.Request):
         if not conversation_id:
@@ -218,20 +302,50 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
             raise gr.Error(exc.message) from exc
         last = found.messages[-1]["content"] if found.messages else ""
         state = {**new_session(), "conversation_id": found.conversation_id}
-        state["generation_ids"] = found.generation_ids
-        return found.messages, found.system, state, last, ""
+        state["generation_ids"], state["ratings"] = found.generation_ids, found.ratings
+        return shown(found.messages, state), found.system, state, last, ""
 
+    def locked():
+        """While an answer streams: no second question (it would split what is shown from what is stored)."""
+        return (
+            gr.update(interactive=False),
+            gr.update(visible=False),
+            gr.update(visible=True),
+            gr.update(interactive=False),
+        )
+
+    def unlocked():
+        return (
+            gr.update(interactive=True),
+            gr.update(visible=True),
+            gr.update(visible=False),
+            gr.update(interactive=True),
+        )
+
+    controls = [prompt, send, stop, regenerate]
     refresh.click(lambda: gr.update(choices=model_choices()), outputs=model)
     inputs = [chatbot, session, model, system, temperature, top_p, max_tokens]
     outputs = [chatbot, session, edit_text, conversations, status]
+    answers = []
     for trigger in (prompt.submit, send.click):
-        trigger(add_user, [prompt, chatbot], [prompt, chatbot], queue=False).then(
+        asked = trigger(add_user, [prompt, chatbot, session], [prompt, chatbot], queue=False)
+        answering = asked.then(locked, outputs=controls, queue=False).then(
             answer, inputs, outputs, **services.limits.generation
         )
-    regenerate.click(drop_last_answer, [chatbot, session], [chatbot, session], queue=False).then(
+        answering.then(unlocked, outputs=controls, queue=False)
+        answers.append(answering)
+    dropped = regenerate.click(
+        drop_last_answer, [chatbot, session], [chatbot, session, panel, status], queue=False
+    )
+    regenerating = dropped.then(locked, outputs=controls, queue=False).then(
         answer, inputs, outputs, **services.limits.generation
     )
-    chatbot.like(on_like, [session], [session, panel, reasons, comment, status])
+    regenerating.then(unlocked, outputs=controls, queue=False)
+    answers.append(regenerating)
+    stop.click(on_stop, [session], [session, *controls, status], cancels=answers, queue=False).then(
+        after_stop, [session, chatbot], [chatbot, session, status]
+    )
+    chatbot.like(on_like, [session, chatbot], [session, panel, reasons, comment, status])
     send_reasons.click(on_reasons, [session, reasons, comment], [session, panel, status])
     save_edit.click(on_edit, [chatbot, session, edit_text], [chatbot, status])
     open_button.click(on_open, [conversations], [chatbot, system, session, edit_text, status])

@@ -74,8 +74,15 @@ def data_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         gr.Info(f"exported {kind_} ({format_}) as dataset {written.dataset_id}")
         return list(written.paths.values())
 
+    def formats_for(kind_: str, format_: str, request: gr.Request):
+        """Only the formats the dataset can be written in: alpaca and sharegpt hold chat examples (sft)."""
+        require_admin(auth, request)
+        allowed = list(FORMATS) if kind_ == "sft" else ["trl"]
+        return gr.update(choices=allowed, value=format_ if format_ in allowed else "trl")
+
     for trigger in (refresh.click, tab.select):
         trigger(counts, outputs=[totals, by_kind, by_rater])
+    kind.change(formats_for, [kind, format], format)
     for trigger in (kind.change, format.change, tab.select):
         trigger(show_preview, [kind, format], [about, preview])
     export.click(download, [kind, format], files)

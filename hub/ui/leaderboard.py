@@ -69,12 +69,18 @@ def win_rate_heatmap(board: Leaderboard) -> str:
 
 
 def summary(board: Leaderboard) -> str:
+    uncounted = (
+        f" {board.n_uncounted} more {'vote compares' if board.n_uncounted == 1 else 'votes compare'} two "
+        "answers of the same model and cannot rate it, so they are not counted."
+        if board.n_uncounted
+        else ""
+    )
     if not board.ratings:
-        return "No arena votes yet: vote in the Arena tab and the models appear here."
+        return "No arena votes between two different models yet: vote in the Arena tab." + uncounted
     anchor = f"{board.anchor} rates 1000" if board.anchor else "the average model rates 1000"
     return (
         f"{board.n_votes} pairwise votes over {len(board.models)} models; {anchor}. "
-        f"Intervals from {board.rounds} bootstrap rounds; models with few votes are provisional."
+        f"Intervals from {board.rounds} bootstrap rounds; models with few votes are provisional.{uncounted}"
     )
 
 

@@ -95,6 +95,24 @@ def build_params(
     return params
 
 
+def training_outcome(metrics: dict) -> str:
+    """What early stopping did, in words: the step it stopped at, why, and the step whose weights were kept."""
+    steps, best = metrics.get("steps"), metrics.get("best_step")
+    metric = metrics.get("eval_metric")
+    if metrics.get("stopped_on_kl") is not None:
+        why = f"the KL from the base passed {metrics.get('max_kl')} at step {metrics['stopped_on_kl']}"
+    elif metrics.get("stopped_early"):
+        why = f"{metric} stopped improving on the held-out rows"
+    else:
+        why = None
+    kept = f"kept the weights of step {best}" if best else ""
+    if why:
+        return f"Stopped early at step {steps} of {metrics.get('max_steps')}: {why}; {kept or 'kept the last step'}."
+    if best and best != steps:
+        return f"Ran all {steps} steps; {kept}, the best on {metric}."
+    return ""
+
+
 def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     """Builds the tab; returns its poll timer (build_ui stops it when another tab is selected)."""
     jobs, auth = services.jobs, services.auth
@@ -158,7 +176,14 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         job = gr.Dropdown([], label="Job", elem_id="train-job", scale=3, interactive=True)
         cancel = gr.Button("Cancel job", variant="stop", elem_id="train-cancel", scale=1)
     job_status = gr.Markdown(elem_id="train-job-status")
-    loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260, elem_id="train-loss")
+    loss_plot = gr.LinePlot(
+        x="step",
+        y="value",
+        color="curve",
+        title="Training loss (and held-out metric)",
+        height=260,
+        elem_id="train-loss",
+    )
     log = gr.Code(label="Log (last lines)", language=None, elem_id="train-log")
     poll = gr.Timer(POLL_S, active=False)
     # The job this user follows, kept on the server: a poll fired before a submit (it sent the old dropdown
@@ -256,6 +281,9 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             text += f" · served as **{j.adapter}**"
             if j.status == "running":
                 text += " · replaying the fixed prompt set"
+        outcome = training_outcome(j.metrics)
+        if outcome:
+            text += f"\n\n{outcome}"
         if j.metrics.get("replay"):
             text += f"\n\n{replay_text(j.metrics['replay'])}"
         if j.params.get("trigger"):
@@ -263,7 +291,10 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         text += f"\n\n`{jobs.command(j)}`"
         if j.error:
             text += f"\n\nError: {j.error.splitlines()[0][:500]}"
-        curve = pd.DataFrame(view.loss_curve, columns=["step", "loss"]) if view.loss_curve else None
+        curves = [[step, value, "train loss"] for step, value in view.loss_curve]
+        metric = j.metrics.get("eval_metric") or "held-out"
+        curves += [[step, value, metric] for step, value in j.metrics.get("eval_curve") or []]
+        curve = pd.DataFrame(curves, columns=["step", "value", "curve"]) if curves else None
         return rows, gr.update(choices=choices, value=job_id), text, curve, view.log, job_id
 
     def cancel_job(job_id: str | None, request: gr.Request):

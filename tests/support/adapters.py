@@ -13,12 +13,13 @@ def make_lora_adapter(
     out: Path,
     *,
     rank: int = 4,
-    targets: tuple[str, ...] = DEFAULT_TARGETS,
+    targets: tuple[str, ...] | str = DEFAULT_TARGETS,
     seed: int = 0,
     scale: float = 1.0,
     **lora_options,
 ) -> Path:
     """Save a LoRA adapter for `base` in PEFT's format, with B non-zero so outputs differ from the base.
+    `targets` is module names or one string PEFT reads as a whole ("all-linear", a regex).
     `lora_options` go to LoraConfig (lora_alpha, use_rslora, rank_pattern, ...)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -27,7 +28,8 @@ def make_lora_adapter(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base))
     options = {"lora_alpha": 2 * rank, **lora_options}
-    config = LoraConfig(r=rank, target_modules=list(targets), init_lora_weights=False, **options)
+    target_modules = targets if isinstance(targets, str) else list(targets)
+    config = LoraConfig(r=rank, target_modules=target_modules, init_lora_weights=False, **options)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

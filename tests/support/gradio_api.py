@@ -4,7 +4,7 @@ in at /login, read /config, join the queue at /gradio_api/queue/join and read th
 gradio_client: a test sees exactly what the server answers.
 
     ui = GradioSession(url).login("admin", "pw")
-    outcome = ui.call(ui.event("on_promote"), ["my-adapter", False])
+    outcome = ui.call(ui.event("on_promote"), ["my-adapter", False, None])
 """
 
 from __future__ import annotations
