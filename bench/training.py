@@ -2,6 +2,7 @@
 
     python -m bench.training [--model DIR] [--steps 40]                 # CPU: the demo model
     python -m bench.training --gpu [--steps 40]                         # a GPU machine: a ~0.5B model
+    python -m bench.training --only smollm2 [--real-steps 4]            # the real model: fp32 vs --dtype auto
 
 In one run, each case in its own process (so peak memory is the case's own):
   * SFT tokens/s (tokens that are not padding, per second of `trainer.train()`) through tunehub's SFT stage
@@ -14,6 +15,13 @@ In one run, each case in its own process (so peak memory is the case's own):
     `torch.cuda.max_memory_allocated`.
 With --gpu every case runs on a model of about 0.5B parameters built from a config in bf16 (random weights
 with the demo tokenizer: no download) and prints tokens/s and peak memory per method.
+
+SmolLM2-135M-Instruct (tests/support/real_model.py), LoRA SFT and DPO as a job trains them: the config the
+job worker builds (`training.jobs.worker.build_config`, default job params) with only the steps capped
+and the eval interval that of the uncapped run (a cap of a few steps would otherwise evaluate after
+every one), logging every step, in fp32 and in the auto precision (bf16 on a CPU with AVX512_BF16/AMX); target auto >= 1.4x
+tokens/s. Tokens/s counts the non-padding tokens of the timed steps (the first, warm-up, step is left
+out) over their wall time; the CPU seconds per step are printed too, steadier on a shared machine.
 """
 
 from __future__ import annotations
@@ -166,6 +174,114 @@ def bare_trl_sft(model: str, data: str, out: str, steps: int, batch: int) -> dic
     return {"tokens_per_second": tokens / seconds, "train_seconds": seconds}
 
 
+def preference_pairs(n: int, seed: int, split: str) -> list[dict]:
+    """Pairs whose chosen answer is short and whose rejected one rambles on (tests/test_training_dpo.py)."""
+    from training.demo.corpus import checkable_prompts
+
+    tail = " I hope this helps, and let me know if you have any other questions about anything at all!"
+    rows = []
+    for prompt in checkable_prompts(n, seed=seed, split=split):
+        short = f"The answer is {prompt.answer}."
+        rows.append(
+            {
+                "prompt": prompt.messages,
+                "chosen": [{"role": "assistant", "content": short}],
+                "rejected": [{"role": "assistant", "content": short + tail}],
+            }
+        )
+    return rows
+
+
+def write_pairs(work: Path) -> Path:
+    """24 training pairs and 8 held out (a small eval keeps the KL watch's generation short). Few pairs, so
+    that a run capped at a few steps passes over them more than once, as the default 200 steps do over a
+    vote export of a few hundred: DPO then scores them under the reference up front, as it would there."""
+    for name, rows in (
+        ("pairs.jsonl", preference_pairs(24, seed=1, split="train")),
+        ("pairs.eval.jsonl", preference_pairs(8, seed=3, split="heldout")),
+    ):
+        (work / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return work / "pairs.jsonl"
+
+
+def job_case(model: str, data: str, out: str, stage: str, precision: str, steps: int) -> dict:
+    """One stage as a job runs it: the worker's config from default job params, the steps capped."""
+    import dataclasses
+
+    from transformers import TrainerCallback
+
+    from training.common import total_steps
+    from training.data import load_training_data
+    from training.jobs.spec import JobSpec, config_class
+    from training.jobs.worker import build_config
+
+    spec = JobSpec(stage=stage, method="lora", data=data, name="bench", base=model)
+    defaults = build_config(spec, {"params": {}}, data, Path(out))
+    # the eval interval of the uncapped run (training.common.trainer_arguments: about 8 per run)
+    rows = load_training_data(data, "sft" if stage == "sft" else "pairs", seed=defaults.seed).train
+    eval_steps = max(1, total_steps(defaults, len(rows)) // 8)
+    # logged every step: the timed steps' tokens are read from the log (`num_tokens`)
+    params = {"max_steps": steps, "eval_steps": eval_steps, "precision": precision, "logging_steps": 1}
+    config = build_config(spec, {"params": params}, data, Path(out))
+    assert config_class(stage) is type(config)
+
+    class StepClock(TrainerCallback):
+        """Wall and CPU seconds of each optimizer step, and the non-padding tokens trained so far."""
+
+        def __init__(self):
+            self.steps: list[tuple[float, float]] = []
+            self.tokens: list[tuple[int, float]] = []  # (step, tokens trained by then)
+            self.created = time.perf_counter()
+            self.setup = (
+                0.0  # from the stage's start to its first step: loading, tokenising, reference scores
+            )
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
+            self.setup = self.setup or self.wall - self.created
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append((time.perf_counter() - self.wall, time.process_time() - self.cpu))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "num_tokens" in logs:
+                self.tokens.append((state.global_step, logs["num_tokens"]))
+
+    clock = StepClock()
+    from importlib import import_module
+
+    import_module(f"training.{stage}").main(config, callbacks=[clock])
+    metrics = json.loads((Path(out) / "tunehub_training.json").read_text())["metrics"]
+    by_step = dict(clock.tokens)  # logged every `logging_steps`; the run logs its last step too
+    first, last = 1, len(clock.steps)
+    if first not in by_step or last not in by_step:
+        raise SystemExit(f"num_tokens not logged at steps {first} and {last}: {clock.tokens}")
+    tokens = by_step[last] - by_step[first]
+    wall = sum(w for w, _ in clock.steps[first:])
+    cpu = sum(c for _, c in clock.steps[first:])
+    return {
+        "tokens_per_second": tokens / wall,
+        "tokens_per_cpu_second": tokens / cpu,
+        "step_seconds": wall / (last - first),
+        "step_cpu_seconds": cpu / (last - first),
+        "first_step_seconds": clock.steps[0][0],
+        "setup_seconds": clock.setup,
+        "precision": metrics["precision"],
+        "train_seconds": metrics["train_seconds"],
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k in SHOWN_SETTINGS},
+    }
+
+
+# the job defaults the SmolLM2 cases print, so a change in them shows next to the figures
+SHOWN_SETTINGS = (
+    "per_device_batch_size",
+    "max_length",
+    "learning_rate",
+    "gradient_checkpointing",
+    "eval_steps",
+)
+
+
 def rss_bytes() -> int:
     """This process's resident memory now (Linux)."""
     status = Path("/proc/self/status").read_text()
@@ -185,6 +301,9 @@ def run_case(args: argparse.Namespace) -> None:
     out = str(work / f"out-{args.case}-{args.method}-{int(args.packing)}")
     if args.case == "bare":
         result = bare_trl_sft(args.model, args.data, out, args.steps, args.batch)
+    elif args.case == "job":
+        out = str(work / f"out-{args.stage}-{args.precision}")
+        result = job_case(args.model, args.data, out, args.stage, args.precision, args.steps)
     else:
         result = tunehub_sft(args.model, args.data, out, args.method, args.packing, args.steps, args.batch)
     if torch.cuda.is_available():
@@ -211,10 +330,14 @@ def child(name: str, common: list[str], *extra: str) -> dict:
     result["wall_seconds"] = time.perf_counter() - started
     # on the CPU: the peak resident memory above what the process held once its libraries were imported
     result.setdefault("peak_bytes", usage.ru_maxrss * 1024 - result["baseline_bytes"])
-    print(
-        f"  {name}: {result['tokens_per_second']:.0f} tok/s, peak {result['peak_bytes'] / 2**20:.0f} MiB",
-        flush=True,
-    )
+    line = f"  {name}: {result['tokens_per_second']:.0f} tok/s, peak {result['peak_bytes'] / 2**20:.0f} MiB"
+    if "step_seconds" in result:
+        line += (
+            f", {result['step_seconds']:.1f} s/step ({result['step_cpu_seconds']:.1f} CPU s; first step "
+            f"{result['first_step_seconds']:.1f} s, {result['setup_seconds']:.0f} s before it), "
+            f"{result['precision']}, {result['config']}"
+        )
+    print(line, flush=True)
     return result
 
 
@@ -250,6 +373,46 @@ def memory_table(common: list[str], model: str, unit: str) -> None:
         print(f"{line} {result['tokens_per_second']:.0f} tok/s")
 
 
+def smollm2_table(work: Path, steps: int, stages: tuple[str, ...] = ("sft", "dpo")) -> None:
+    """LoRA SFT and DPO on SmolLM2 as jobs train them, fp32 against the auto precision."""
+    from tests.support.real_model import smollm2_directory
+
+    model = str(smollm2_directory())
+    # 400 conversations: the run's last evaluation (a tenth of them, held out) stays short
+    sft_data = str(write_corpus(work / "sft-smollm2.jsonl", 400))
+    pairs = str(write_pairs(work))
+    for stage, data in (("sft", sft_data), ("dpo", pairs)):
+        if stage not in stages:
+            continue
+        cases = [
+            "--steps",
+            str(steps),
+            "--data",
+            data,
+            "--work",
+            str(work),
+            "--model",
+            model,
+            "--case",
+            "job",
+        ]
+        results = {
+            precision: child(
+                f"SmolLM2 LoRA {stage}, {precision}", cases, "--stage", stage, "--precision", precision
+            )
+            for precision in ("fp32", "auto")
+        }
+        fp32, auto = results["fp32"], results["auto"]
+        ratio = auto["tokens_per_second"] / fp32["tokens_per_second"]
+        cpu_ratio = auto["tokens_per_cpu_second"] / fp32["tokens_per_cpu_second"]
+        label = f"SmolLM2 LoRA {stage.upper()} tok/s, auto ({auto['precision']}) / fp32"
+        print(
+            f"{label:<52} | {ratio:>11.2f}x | >= 1.4x   ({auto['tokens_per_second']:.0f} vs "
+            f"{fp32['tokens_per_second']:.0f} tok/s; per CPU second {cpu_ratio:.2f}x)",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -258,20 +421,37 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per case")
     parser.add_argument("--batch", type=int, default=8, help="rows per step")
     parser.add_argument(
-        "--only", choices=["throughput", "memory"], help="run only the throughput or the memory cases"
+        "--only",
+        choices=["throughput", "memory", "smollm2"],
+        help="run only the throughput, the memory or the SmolLM2 (real model) cases",
+    )
+    parser.add_argument(
+        "--real-steps", type=int, default=4, help="optimizer steps per SmolLM2 case (the first is not timed)"
+    )
+    parser.add_argument(
+        "--real-stages", default="sft,dpo", help="the SmolLM2 stages to run: sft, dpo or both"
     )
     parser.add_argument("--gpu", action="store_true", help="run on a ~0.5B model built in bf16 (needs CUDA)")
-    parser.add_argument("--case", choices=["tunehub", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=["tunehub", "bare", "job"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage", default="sft", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
     parser.add_argument("--packing", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only == "smollm2" and not args.model:
+        args.model = "unused"  # the SmolLM2 cases name their model: no demo model to build
     demo = prepare(args)  # a case gets its model by --model too
     if args.case:
         run_case(args)
         return 0
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-training-"))
+    if args.only == "smollm2":
+        print(f"tunehub training benchmark, SmolLM2 ({os.cpu_count()} CPUs), work dir {work}")
+        print(f"\n{'check':<52} | {'measured':>12} | target")
+        smollm2_table(work, args.real_steps, tuple(args.real_stages.split(",")))
+        return 0
     data = str(write_corpus(work / "sft.jsonl", 4000))
     if args.gpu:
         throughput_model = memory_model = str(build_model(demo, work / "model-0.5b", "gpu", "bfloat16"))
@@ -286,6 +466,8 @@ def main() -> int:
         throughput_table(common, throughput_model)
     if args.only != "throughput":
         memory_table(common, memory_model, "max allocated" if args.gpu else "peak RSS above the runtime")
+    if args.only is None and not args.gpu:
+        smollm2_table(work, args.real_steps)
     return 0
 
 

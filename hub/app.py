@@ -79,6 +79,14 @@ class CountRequests:
                 self.metrics.requests.labels(path, str(status)).inc()
 
 
+def served_chat_template(engine: Engine, settings: Settings) -> str | None:
+    """The template the engine was given with --chat-template (its tokenizer holds the text), for the jobs
+    the hub starts: they train the base with the template it is served with. None without the option."""
+    if not settings.chat_template:
+        return None
+    return getattr(getattr(engine, "tokenizer", None), "chat_template", None) or None
+
+
 def build_app(
     settings: Settings,
     engine: Engine,
@@ -113,7 +121,8 @@ def build_app(
     promotion = PromotionService(store, adapters, feedback, settings.data_dir, PromotionRule.from_env())
     adapters.guard = promotion.guard  # promotions (API, UI) refuse a candidate that lost its skills
     service.default_adapter = promotion.default_adapter  # what `tunehub-default` serves
-    jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir)
+    chat_template = served_chat_template(engine, settings)
+    jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir, chat_template)
 
     def replay_live(adapter: Adapter) -> dict:
         """A finished job's last step (in the runner's thread): its regression replay, once it is live."""
@@ -125,7 +134,9 @@ def build_app(
         # adapters registered before this start (earlier jobs, `tunehub train`) are served again; the
         # runner only loads those of jobs that finish from now on
         await adapters.reload_registered()
-        runner = start_runner(service, store, settings.data_dir, replay_live) if run_jobs else None
+        runner = (
+            start_runner(service, store, settings.data_dir, replay_live, chat_template) if run_jobs else None
+        )
         auto = asyncio.create_task(run_auto_promotion(promotion)) if promotion.rule.auto else None
         try:
             yield

@@ -2,7 +2,8 @@
 
 tunehub train {sft,reward,dpo,kto,ppo,rloo,grpo} --data (feedback|PATH) --method METHOD --name NAME [--base MODEL]
               [--data-dir DIR] [--parent ADAPTER] [--max-steps N] [--epochs N] [--learning-rate LR]
-              [--batch-size N] [--only-new] [--gpus N [--strategy ddp|zero2|zero3|fsdp]] [--set KEY=VALUE ...]
+              [--batch-size N] [--dtype auto|float32|bfloat16|float16] [--chat-template FILE|NAME]
+              [--only-new] [--gpus N [--strategy ddp|zero2|zero3|fsdp]] [--set KEY=VALUE ...]
 tunehub jobs list [--status STATUS] | show JOB_ID [--log] | cancel JOB_ID
 
 `tunehub train` runs the job in the foreground, in a worker process as the hub does (OOM retry included),
@@ -19,6 +20,7 @@ from pathlib import Path
 # training.jobs.spec.STAGES (a test keeps them equal)
 STAGES = ("sft", "reward", "dpo", "kto", "ppo", "rloo", "grpo")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # serving/loader.DTYPE_CHOICES, the stage's precision
 DATA_DIR_HELP = "the hub's data directory (its store, jobs and adapters)"
 
 
@@ -39,6 +41,8 @@ def _params(args: argparse.Namespace) -> dict:
     ):
         if getattr(args, flag) is not None:
             params[key] = getattr(args, flag)
+    if args.dtype is not None:
+        params["precision"] = args.dtype  # the stage config takes the torch names too
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -65,6 +69,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tunehub: --base: {exc}", file=sys.stderr)
         return 2
+    chat_template = None
+    if args.chat_template:
+        from serving.chat_templates import ChatTemplateError, read_chat_template
+
+        try:  # a shipped name or a file: the job carries the text
+            chat_template, _ = read_chat_template(args.chat_template)
+        except ChatTemplateError as exc:
+            print(f"tunehub: {exc}", file=sys.stderr)
+            return 2
     with Store(data_dir / "feedback.db") as store:
         spec = JobSpec(
             stage=args.stage,
@@ -78,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             foreground=True,
             gpus=args.gpus,
             strategy=args.strategy,
+            chat_template=chat_template,
         )
         try:
             job = JobQueue(store).submit(spec)
@@ -202,6 +216,17 @@ def add_train_commands(sub) -> None:
     train.add_argument("--epochs", type=float, help="passes over the training rows")
     train.add_argument("--learning-rate", type=float, help="peak learning rate")
     train.add_argument("--batch-size", type=int, help="rows per forward pass on each device")
+    train.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="compute precision (mixed, through autocast): auto (the default) picks bfloat16 on GPUs and CPUs "
+        "with AVX512_BF16/AMX, float16 on older GPUs, float32 on other CPUs; the job's log says which and why",
+    )
+    train.add_argument(
+        "--chat-template",
+        help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for a base without one "
+        "(plain prompt/completion strings train without one)",
+    )
     train.add_argument("--only-new", action="store_true", help="feedback data: only votes since the last run")
     train.add_argument(
         "--gpus", type=int, default=1, help="GPUs to train on; more than 1 runs under `accelerate launch`"

@@ -152,7 +152,9 @@ def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
     return publish
 
 
-def auto_trigger(service: ChatService, store, data_dir: Path) -> AutoTrigger | None:
+def auto_trigger(
+    service: ChatService, store, data_dir: Path, chat_template: str | None = None
+) -> AutoTrigger | None:
     """The automatic trigger from ``DATA_DIR/auto-train.json`` (or the file TUNEHUB_AUTO_TRAIN names);
     None (off) when there is none. A bad file raises `TriggerError`: the hub refuses to start with it."""
     named = os.environ.get(AUTO_TRAIN_ENV)
@@ -166,17 +168,23 @@ def auto_trigger(service: ChatService, store, data_dir: Path) -> AutoTrigger | N
     if not base:
         raise TriggerError(f"auto-train settings {str(path)!r}: this engine has no local base model to train")
     log.info("auto-train on: %s", ", ".join(f"{r.stage} every {r.min_new} new rows" for r in rules))
-    return AutoTrigger(store, rules, str(base))
+    return AutoTrigger(store, rules, str(base), chat_template=chat_template)
 
 
-def start_runner(service: ChatService, store, data_dir: Path, replay: Replay | None = None) -> JobRunner:
+def start_runner(
+    service: ChatService,
+    store,
+    data_dir: Path,
+    replay: Replay | None = None,
+    chat_template: str | None = None,
+) -> JobRunner:
     """The hub's job runner, started, with the automatic trigger when one is set up and `replay` as each
     chat adapter's last step once it is live; call from the lifespan (it needs the running event loop)."""
     runner = JobRunner(
         store,
         data_dir,
         publish=adapter_publisher(service, asyncio.get_running_loop()),
-        trigger=auto_trigger(service, store, data_dir),
+        trigger=auto_trigger(service, store, data_dir, chat_template),
         engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
         replay=replay,
     )

@@ -84,9 +84,13 @@ class JobView:
 
 
 class JobsService:
-    def __init__(self, store, base_model: str | None, data_dir: Path) -> None:
+    def __init__(
+        self, store, base_model: str | None, data_dir: Path, chat_template: str | None = None
+    ) -> None:
         self.queue = JobQueue(store)
         self.base_model = base_model
+        # the template the hub serves with when started with --chat-template: jobs train with the same one
+        self.chat_template = chat_template
         self.jobs_dir = Path(data_dir) / "jobs"
 
     def submit(
@@ -116,6 +120,7 @@ class JobsService:
             only_new=only_new,
             gpus=gpus,
             strategy=strategy,
+            chat_template=self.chat_template,
         )
         return self.queue.submit(spec)
 

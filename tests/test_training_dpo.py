@@ -217,3 +217,35 @@ def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weig
 def test_max_kl_must_not_be_negative():
     with pytest.raises(ValueError, match="max_kl must be 0 or more, got -1"):
         DPOConfig(model="m", data="d", output_dir="o", max_kl=-1)
+
+
+def test_reference_scores_are_precomputed_when_the_run_passes_over_the_pairs_more_than_once(tmp_path):
+    from training.dpo import precompute_reference
+
+    config = DPOConfig(model="m", data="d", output_dir="out")  # the defaults: 200 steps of 8 pairs
+    assert precompute_reference(config, 96)  # 1,600 pairs seen from 96
+    assert not precompute_reference(config, 5000)  # not all of them seen once: score them as they come
+
+
+def test_the_cpu_scores_only_labelled_positions_and_the_scores_are_the_same(demo_model, monkeypatch):
+    """training/trl_patches.py: TRL's fused LM head skips unlabelled positions on the CPU too, with the same
+    log-probabilities as scoring every position."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from training.trl_patches import score_only_labelled_positions
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :7] = -100  # the prompt
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: False)  # TRL's own choice on the CPU
+    every_position = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    score_only_labelled_positions()  # restored after the test by monkeypatch
+    score_only_labelled_positions()  # idempotent
+    assert trl_utils._use_triton(torch.device("cpu"))
+    labelled_only = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    torch.testing.assert_close(labelled_only, every_position)
+    assert (labelled_only[:, :6] == 0).all() and (labelled_only[:, 6:] != 0).all()

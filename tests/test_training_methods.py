@@ -19,10 +19,19 @@ from transformers import TrainerCallback
 
 from training.callbacks import LossWatch
 from training.common import METADATA_FILE
-from training.methods import Hardware, MethodOptions, precision_kwargs, resolve_method
+from training.methods import (
+    Hardware,
+    MethodOptions,
+    cpu_has_bf16,
+    detect_hardware,
+    precision_kwargs,
+    resolve_method,
+    resolve_precision,
+)
 from training.sft import SFTConfig, build_parser, parse_args
 
 CPU = Hardware(cuda=False, bf16=False, name="cpu")
+CPU_BF16 = Hardware(cuda=False, bf16=True, name="cpu")  # AVX512_BF16 or AMX
 AMPERE = Hardware(cuda=True, bf16=True, name="NVIDIA A100")
 TURING = Hardware(cuda=True, bf16=False, name="NVIDIA T4")
 
@@ -78,6 +87,10 @@ def test_dora_qlora_and_ia3_presets():
         "quantization_config"
     ]
     assert str(on_gpu.bnb_4bit_compute_dtype) == "torch.bfloat16"
+    on_bf16_cpu = resolve_method(MethodOptions(method="qlora"), hardware=CPU_BF16).model_kwargs
+    assert str(on_bf16_cpu["quantization_config"].bnb_4bit_compute_dtype) == "torch.bfloat16"
+    pinned = resolve_method(_config(method="qlora", precision="fp32"), hardware=CPU_BF16).model_kwargs
+    assert str(pinned["quantization_config"].bnb_4bit_compute_dtype) == "torch.float32"  # follows the run
 
     ia3 = resolve_method(MethodOptions(method="ia3"), hardware=CPU)
     assert (
@@ -128,6 +141,24 @@ def test_precision_follows_the_hardware():
         precision_kwargs("fp16", None, CPU)
     with pytest.raises(ValueError, match="'bf16'.*NVIDIA T4"):
         precision_kwargs("bf16", None, TURING)
+
+
+def test_auto_precision_is_bf16_on_a_cpu_that_computes_it():
+    """Issue 12: a CPU with AVX512_BF16/AMX trains in bf16 mixed precision (autocast), others in fp32; the
+    run says which and why."""
+    assert precision_kwargs("auto", None, CPU_BF16) == {
+        "bf16": True,
+        "fp16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+    }
+    assert resolve_precision("auto", CPU_BF16) == ("bf16", "auto: the CPU has AVX512_BF16/AMX")
+    assert resolve_precision("auto", CPU) == ("fp32", "auto: the CPU has no bfloat16 instructions")
+    assert resolve_precision("float32", CPU_BF16) == ("fp32", "asked for")
+    precision, reason = resolve_precision("bfloat16", CPU)  # allowed, but said to be slow
+    assert precision == "bf16" and "slower" in reason
+    assert _config(precision="bfloat16").precision == "bf16"  # the --dtype spelling
+    assert detect_hardware().bf16 == cpu_has_bf16()
 
 
 # --- configs and parsers -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 from training.config import StageConfig, logging_interval, parse_config
 from training.data import TrainingData, load_training_data
-from training.methods import Hardware, MethodPlan, detect_hardware
+from training.methods import Hardware, MethodPlan, detect_hardware, resolve_precision
 
 METADATA_FILE = "tunehub_training.json"
 KL_PROMPTS = 32  # held-out prompts the KL watch answers at each evaluation
@@ -57,18 +57,24 @@ class Run:
     output_dir: Path
     parent: Path | None
     hardware: Hardware
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    precision_reason: str = ""  # why (auto's choice, or "asked for")
     started: float = field(default_factory=time.perf_counter)
 
 
 def prepare_run(stage: str, config: StageConfig, kind: str) -> Run:
-    """Check everything that can be checked before loading a model: data rows, output dir, parent adapter."""
+    """Check everything that can be checked before loading a model: data rows, output dir, parent adapter,
+    the precision this machine can train in (said in the log: the job's log shows it first)."""
     data = load_training_data(
         config.data, kind, eval_path=config.eval_data, eval_fraction=config.eval_fraction, seed=config.seed
     )
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir)
     parent = check_parent(Path(config.parent_adapter)) if config.parent_adapter else None
-    return Run(stage, config, data, output_dir, parent, detect_hardware())
+    hardware = detect_hardware()
+    precision, reason = resolve_precision(config.precision, hardware)
+    print(f"{stage}: training in {precision} on {hardware.name} ({reason})", flush=True)
+    return Run(stage, config, data, output_dir, parent, hardware, precision, reason)
 
 
 def check_output_dir(path: Path) -> None:
@@ -182,7 +188,7 @@ def kl_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
             prompts.append(messages)
         if len(prompts) == KL_PROMPTS:
             break
-    tokenizer = load_tokenizer(run.config.model)
+    tokenizer = load_tokenizer(run.config.model, run.config.chat_template)
     tokenizer.padding_side = "left"  # greedy answers continue each row from its last real token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -227,6 +233,8 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 2),
         "loss_curve": [[step, round(loss, 5)] for step, loss in watch.losses],
         "tokens_per_second": _throughput(state.log_history, train_seconds),
+        "precision": run.precision,
+        "precision_reason": run.precision_reason,
         "throughput_notes": throughput_notes(run),
         "eval_metric": trainer.args.metric_for_best_model,
         "eval_curve": [[step, round(value, 5)] for step, value in watch.evals],
@@ -254,10 +262,10 @@ def throughput_notes(run: Run) -> list[str]:
     """Why this run may train slower than it could (DESIGN.md: low throughput says why)."""
     notes = []
     if not run.hardware.cuda:
-        notes.append("no GPU: training on the CPU in fp32")
-    elif run.config.precision == "fp32":
-        notes.append("fp32 on a GPU: --precision auto uses bf16 or fp16")
-    elif not run.hardware.bf16:
+        notes.append(f"no GPU: training on the CPU in {run.precision} ({run.precision_reason})")
+    if run.precision == "fp32" and run.hardware.bf16:
+        notes.append(f"fp32 on {run.hardware.name}, which has bf16: --dtype auto (precision auto) uses bf16")
+    elif run.hardware.cuda and run.precision == "fp16" and not run.hardware.bf16:
         notes.append(f"{run.hardware.name} has no bf16: fp16 with loss scaling")
     if getattr(run.config, "packing", True) is False:
         notes.append("no packing: short rows are padded; --packing fills each row")

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.methods import PRECISIONS, MethodOptions
+from training.methods import DTYPE_NAMES, PRECISIONS, MethodOptions, normalise_precision
 
 LR_SCHEDULERS: tuple[str, ...] = (
     "linear",
@@ -94,8 +94,17 @@ class StageConfig(MethodOptions):
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto (bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16",
-            "choices": PRECISIONS,
+            "help": "compute precision (mixed, through autocast; `tunehub train --dtype`): auto (bf16 on GPUs "
+            "and CPUs with AVX512_BF16/AMX, fp16 on older GPUs, fp32 on other CPUs), fp32, bf16 or fp16; "
+            "float32, bfloat16 and float16 are the same",
+            "choices": (*PRECISIONS, *DTYPE_NAMES),
+        },
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Jinja chat template (its text, or the path of a .jinja file) for a model without one, "
+            "or to replace its own (`tunehub train --chat-template` also takes a shipped name: chatml, llama3...)"
         },
     )
     gradient_checkpointing: bool | None = field(
@@ -167,8 +176,11 @@ class StageConfig(MethodOptions):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must not be negative, got {self.weight_decay!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.precision = normalise_precision(self.precision)
+        if self.chat_template is not None and not str(self.chat_template).strip():
+            raise ValueError(
+                f"chat_template must be a template or a .jinja file path, got {self.chat_template!r}"
+            )
         if self.eval_steps is not None and self.eval_steps < 1:
             raise ValueError(f"eval_steps must be at least 1, got {self.eval_steps!r}")
         if self.early_stopping_patience < 0:

@@ -12,6 +12,9 @@ the run before training with ``row 17: field "chosen" is missing``. Where the ev
    ``DatasetDict``;
 3. otherwise a seeded `eval_fraction` of the rows, split by prompt so one prompt never lands on both sides.
 
+SFT rows of plain prompt/completion strings (TRL's standard, not conversational, form) stay plain strings
+(``conversational`` is False), so a base model without a chat template trains on them as text.
+
     from training.data import load_training_data
     data = load_training_data("exports/pairs", "pairs")
     len(data.train), len(data.eval), data.content_hash
@@ -46,6 +49,7 @@ class TrainingData:
     source: str
     eval_source: str  # a path, "split <fraction>", or "none"
     content_hash: str
+    conversational: bool = True  # False: plain prompt/completion strings, trained without a chat template
 
 
 def load_training_data(
@@ -71,11 +75,18 @@ def load_training_data(
     if eval_path is not None:
         found_eval = (Path(eval_path), "train")
     source_format, train = _read(train_file, split, kind)
+    conversational = not (kind == "sft" and "prompt" in train[0]) if train else True
     if not train:
         raise Invalid(f"{path}: no training rows", param="data")
     if found_eval is not None:
         eval_file, eval_split = found_eval
         evaluation = _read(eval_file, eval_split, kind)[1]
+        if evaluation and ("prompt" in evaluation[0]) != ("prompt" in train[0]) and kind == "sft":
+            raise Invalid(
+                f"{eval_file} and {train_file} mix plain prompt/completion strings and conversations; "
+                "give both in one form",
+                param="eval_data",
+            )
         eval_source = str(eval_file) if eval_split == "train" else f"{eval_file} [{eval_split}]"
     elif eval_fraction > 0:
         train, evaluation = split_by_prompt(train, eval_fraction, seed)
@@ -89,7 +100,9 @@ def load_training_data(
     else:
         evaluation, eval_source = [], "none"
     content_hash = hashlib.sha256(canonical_json({"train": train, "eval": evaluation}).encode()).hexdigest()
-    return TrainingData(kind, source_format, train, evaluation, str(path), eval_source, content_hash)
+    return TrainingData(
+        kind, source_format, train, evaluation, str(path), eval_source, content_hash, conversational
+    )
 
 
 def split_by_prompt(
@@ -148,6 +161,8 @@ def _read(path: Path, split: str, kind: str) -> tuple[str, list[dict[str, Any]]]
         rows = result.rows
         if kind == "pairs":
             rows = _with_pair_extras(path, split, rows)
+        if kind == "sft" and result.format == "trl":
+            rows = _plain_text_rows(path, split) or rows
         return result.format, rows
     if kind == "kto" and result.kind == "pairs":
         return result.format, unpair(result.rows)
@@ -185,6 +200,25 @@ def distinct_prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             prompts.append({"prompt": prompt})
     return prompts
+
+
+def _plain_text_rows(path: Path, split: str) -> list[dict[str, str]] | None:
+    """``{"prompt", "completion"}`` string rows when every source record is one (TRL's standard form), else None.
+
+    The importer has checked the records and turned them into messages; a base without a chat template
+    trains on the strings themselves, so they are read again as they are.
+    """
+    from feedback.imports import _read_rows  # shortcut: the importer's private reader, as below
+
+    records = [record for _, record in _read_rows(path, split)]
+    if all(
+        isinstance(record.get("prompt"), str)
+        and isinstance(record.get("completion"), str)
+        and record.get("messages") is None
+        for record in records
+    ):
+        return [{"prompt": record["prompt"], "completion": record["completion"]} for record in records]
+    return None
 
 
 def _with_pair_extras(path: Path, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

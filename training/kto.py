@@ -91,10 +91,16 @@ def main(config: KTOConfig, callbacks: list | None = None) -> Path:
             f"KTO needs both thumbs-up and thumbs-down rows; {config.data!r} has only label "
             f"{next(iter(labels))} (use SFT for good answers alone)"
         )
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
     plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
     model, peft_config = load_model(
-        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+        config.model,
+        plan,
+        task="causal_lm",
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=config.seed,
+        precision=run.precision,
     )
     ref_model = None if plan.trains_adapter else frozen_copy(model)
     train_rows = list(run.data.train)

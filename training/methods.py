@@ -2,8 +2,10 @@
 
 `resolve_method(options, task)` turns the method and its options into a `MethodPlan`: the PEFT config to
 wrap the model with (None for full and freeze tuning), the extra `from_pretrained` kwargs (4-bit NF4 for
-QLoRA) and how many top layers freeze tuning trains. `detect_hardware()` and `precision_kwargs()` pick
-bf16/fp16 only where CUDA has it and keep gradient checkpointing off on CPU (TRL turns both on by default).
+QLoRA) and how many top layers freeze tuning trains. `detect_hardware()` and `resolve_precision()` pick
+bf16 where the GPU or the CPU (AVX512_BF16/AMX) computes it, fp16 on older GPUs, fp32 elsewhere;
+`precision_kwargs()` turns that into trainer arguments and keeps gradient checkpointing off on CPU (TRL
+turns it on by default).
 
     from training.methods import MethodOptions, resolve_method
     plan = resolve_method(MethodOptions(method="lora", lora_rank=8), task="causal_lm")
@@ -24,6 +26,8 @@ ADAPTER_METHODS: tuple[str, ...] = ("lora", "dora", "qlora", "ia3")
 LORA_METHODS: tuple[str, ...] = ("lora", "dora", "qlora")
 TASKS: tuple[str, ...] = ("causal_lm", "seq_cls")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# the torch names the serving side and `--dtype` use, for the same precisions
+DTYPE_NAMES: dict[str, str] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass
@@ -98,7 +102,8 @@ class MethodPlan:
 
 @dataclass(frozen=True)
 class Hardware:
-    """What the training device supports."""
+    """What the training device supports: `bf16` is native bfloat16 compute (a GPU that has it, or a CPU
+    with AVX512_BF16 or AMX)."""
 
     cuda: bool
     bf16: bool
@@ -110,7 +115,49 @@ def detect_hardware() -> Hardware:
 
     if torch.cuda.is_available():
         return Hardware(cuda=True, bf16=torch.cuda.is_bf16_supported(), name=torch.cuda.get_device_name(0))
-    return Hardware(cuda=False, bf16=False, name="cpu")
+    return Hardware(cuda=False, bf16=cpu_has_bf16(), name="cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """The CPU computes bfloat16 natively (AVX512_BF16 or AMX): bf16 matmuls beat fp32 there.
+
+    The same probe as serving/loader.py (training does not import serving)."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def normalise_precision(precision: str) -> str:
+    """'bfloat16' -> 'bf16' (the `--dtype` spelling), 'bf16' -> 'bf16'; raises on anything else."""
+    value = DTYPE_NAMES.get(precision, precision)
+    if value not in PRECISIONS:
+        names = ", ".join((*PRECISIONS, *DTYPE_NAMES))
+        raise ValueError(f"precision {precision!r} is not one of {names}")
+    return value
+
+
+def resolve_precision(precision: str, hardware: Hardware) -> tuple[str, str]:
+    """(fp32|bf16|fp16, why) for `precision` on `hardware`: auto picks bf16 where the GPU or CPU computes
+    it natively, fp16 on a GPU without bf16, fp32 on other CPUs. Raises on a precision the device lacks."""
+    precision = normalise_precision(precision)
+    if precision == "fp16" and not hardware.cuda:
+        raise ValueError("precision 'fp16' needs a CUDA GPU; this machine has none (use auto, fp32 or bf16)")
+    if precision == "bf16" and hardware.cuda and not hardware.bf16:
+        raise ValueError(
+            f"precision 'bf16' needs a GPU with bfloat16 support; this machine has {hardware.name} "
+            "(use auto, fp32, or fp16)"
+        )
+    if precision != "auto":
+        slow = " (this CPU has no bfloat16 instructions: slower than fp32)"
+        return precision, "asked for" + (slow if precision == "bf16" and not hardware.bf16 else "")
+    if hardware.cuda:
+        if hardware.bf16:
+            return "bf16", f"auto: {hardware.name} supports bfloat16"
+        return "fp16", f"auto: {hardware.name} has no bfloat16"
+    if hardware.bf16:
+        return "bf16", "auto: the CPU has AVX512_BF16/AMX"
+    return "fp32", "auto: the CPU has no bfloat16 instructions"
 
 
 def parse_targets(value: str) -> str | list[str] | None:
@@ -129,13 +176,13 @@ def parse_targets(value: str) -> str | list[str] | None:
     return names
 
 
-def compute_dtype(hardware: Hardware) -> torch.dtype:
-    """The dtype 4-bit layers compute in: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU."""
+def compute_dtype(hardware: Hardware, precision: str = "auto") -> torch.dtype:
+    """The dtype 4-bit layers compute in: the run's precision (`resolve_precision`), so bf16 where the GPU
+    or the CPU has it, fp16 on older GPUs, fp32 on other CPUs."""
     import torch
 
-    if hardware.cuda:
-        return torch.bfloat16 if hardware.bf16 else torch.float16
-    return torch.float32
+    resolved, _ = resolve_precision(precision, hardware)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[resolved]
 
 
 def resolve_method(
@@ -179,11 +226,12 @@ def resolve_method(
             modules_to_save=modules_to_save,
         )
     if method == "qlora":
-        model_kwargs["quantization_config"] = qlora_quantization_config(options, hardware)
+        precision = getattr(options, "precision", "auto")  # a stage's config has one; MethodOptions not
+        model_kwargs["quantization_config"] = qlora_quantization_config(options, hardware, precision)
     return MethodPlan(method, peft_config, model_kwargs, None)
 
 
-def qlora_quantization_config(options: MethodOptions, hardware: Hardware):
+def qlora_quantization_config(options: MethodOptions, hardware: Hardware, precision: str = "auto"):
     """4-bit NF4 base weights (bitsandbytes; its CPU backend works too), computing in `compute_dtype`."""
     try:
         import bitsandbytes  # noqa: F401
@@ -197,28 +245,20 @@ def qlora_quantization_config(options: MethodOptions, hardware: Hardware):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=options.qlora_double_quant,
-        bnb_4bit_compute_dtype=compute_dtype(hardware),
+        bnb_4bit_compute_dtype=compute_dtype(hardware, precision),
     )
 
 
 def precision_kwargs(
     precision: str, gradient_checkpointing: bool | None, hardware: Hardware
 ) -> dict[str, Any]:
-    """TrainingArguments for precision and memory: bf16/fp16 only on CUDA that has it, checkpointing off on CPU.
+    """TrainingArguments for precision and memory: mixed precision (autocast) as `resolve_precision` picks
+    it, gradient checkpointing off on CPU.
 
-    TRL turns bf16 and gradient checkpointing on by default; on a CPU both only slow training down.
+    TRL turns bf16 and gradient checkpointing on by default; on a CPU without bfloat16 instructions bf16
+    only slows training down, and checkpointing does on every CPU.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = ("bf16" if hardware.bf16 else "fp16") if hardware.cuda else "fp32"
-    if precision == "fp16" and not hardware.cuda:
-        raise ValueError("precision 'fp16' needs a CUDA GPU; this machine has none (use auto or fp32)")
-    if precision == "bf16" and not hardware.bf16:
-        raise ValueError(
-            f"precision 'bf16' needs a GPU with bfloat16 support; this machine has {hardware.name} "
-            "(use auto, fp32, or fp16 on a GPU)"
-        )
+    precision, _ = resolve_precision(precision, hardware)
     checkpointing = hardware.cuda if gradient_checkpointing is None else gradient_checkpointing
     return {
         "bf16": precision == "bf16",

@@ -1,8 +1,9 @@
-"""Loading a model for a method plan: 4-bit weights, the parent adapter, frozen layers, checked targets.
+"""Loading a model for a method plan: 4-bit weights, the parent adapter, frozen layers, checked targets; its
+tokenizer with the chat template the run gives it.
 
 from training.models import load_model, load_tokenizer
-tokenizer = load_tokenizer("path/to/base")
-model, peft_config = load_model("path/to/base", plan, task="causal_lm", tokenizer=tokenizer)
+tokenizer = load_tokenizer("path/to/base", chat_template=None)
+model, peft_config = load_model("path/to/base", plan, task="causal_lm", tokenizer=tokenizer, precision="bf16")
 """
 
 from __future__ import annotations
@@ -10,48 +11,102 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from training.methods import MethodPlan, detect_hardware
+from training.methods import MethodPlan
 
 
-def load_tokenizer(model: str):
+def load_tokenizer(model: str, chat_template: str | None = None, *, conversational: bool = True):
+    """The base's tokenizer, with `chat_template` (template text or a .jinja file's path) replacing its own.
+
+    Conversational rows need a chat template: a base without one (and no `chat_template`) is refused with
+    the flag that gives it one. Plain prompt/completion strings train without one.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise ValueError(f"the tokenizer of {model!r} has no chat template; tunehub trains on chat data")
+    if chat_template:
+        tokenizer.chat_template = read_chat_template(chat_template)
+    if conversational and not tokenizer.chat_template:
+        raise ValueError(
+            f"the tokenizer of {model!r} has no chat template, and these rows are conversations: give it one with "
+            "--chat-template (a shipped name such as chatml or llama3, or a .jinja file; the stage's "
+            "chat_template setting takes the template text or a file), or train on plain prompt/completion strings"
+        )
     return tokenizer
+
+
+def read_chat_template(value: str) -> str:
+    """The template text of `value`: the path of a .jinja file, or the template itself."""
+    text = value
+    if "{" not in value:  # every template has a {% %} or {{ }}: this is a file name
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"chat_template {value!r} is neither a Jinja template nor a readable file "
+                "(shipped names such as chatml are resolved by `tunehub train --chat-template`)"
+            )
+        text = path.read_text()
+    if "{{" not in text and "{%" not in text:
+        raise ValueError(f"chat_template {value[:60]!r} holds no Jinja template")
+    return text
+
+
+def load_config(model_name: str, **overrides):
+    """The base's config, without the `quantization_config` (quant_method "gguf") that a model loaded from a
+    GGUF file and saved keeps: its weights are already dequantised, and trainers refuse to train a model
+    that says it is GGUF-quantised."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_name, **overrides)
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if str(getattr(method, "value", method) or "").lower() == "gguf":
+        del config.quantization_config
+    return config
 
 
 # -- the model ------------------------------------------------------------------------------------------
 
 
 def load_model(
-    model_name: str, plan: MethodPlan, *, task: str, tokenizer, parent: Path | None = None, seed: int = 0
+    model_name: str,
+    plan: MethodPlan,
+    *,
+    task: str,
+    tokenizer,
+    parent: Path | None = None,
+    seed: int = 0,
+    precision: str = "fp32",
 ) -> tuple[Any, Any]:
     """(model, peft_config for the trainer): the base loaded for `plan`, with the parent adapter applied.
 
-    With a parent the returned model is already a trainable PeftModel and the trainer gets no
-    peft_config; full and freeze tuning merge the parent into the base weights first.
+    `precision` is the run's resolved one (`training.methods.resolve_precision`). With a parent the returned
+    model is already a trainable PeftModel and the trainer gets no peft_config; full and freeze tuning merge
+    the parent into the base weights first.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
+    from training.trl_patches import score_only_labelled_positions
+
+    score_only_labelled_positions()  # every trainer scores through this model: no softmax over prompt tokens
     set_seed(seed)  # new weights (a reward head, adapter matrices) start the same for the same seed
     kwargs = dict(plan.model_kwargs)
     if "quantization_config" not in kwargs:
         # Trained weights stay fp32 (mixed precision comes from autocast). A frozen base under an adapter
-        # is only read, so on a GPU with bf16 it is loaded in bf16: half the memory (PEFT keeps the
-        # adapter's own weights in fp32; a reward model's head, trained in full, stays fp32 with its model).
-        frozen_bf16 = plan.trains_adapter and task == "causal_lm" and detect_hardware().bf16
+        # is only read, so in a bf16 run (a GPU or CPU with bf16) it is loaded in bf16: half the memory, and
+        # no cast of every weight at every autocast matmul (PEFT keeps the adapter's own weights in fp32; a
+        # reward model's head, trained in full, stays fp32 with its model).
+        frozen_bf16 = plan.trains_adapter and task == "causal_lm" and precision == "bf16"
         kwargs["dtype"] = torch.bfloat16 if frozen_bf16 else torch.float32
     if task == "seq_cls":
-        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        config = load_config(model_name, num_labels=1, pad_token_id=tokenizer.pad_token_id)
         auto_class = AutoModelForSequenceClassification
     else:
+        config = load_config(model_name)
         auto_class = AutoModelForCausalLM
-    model = auto_class.from_pretrained(model_name, **kwargs)
+    model = auto_class.from_pretrained(model_name, config=config, **kwargs)
     if model.config.pad_token_id is None:  # sequence classification needs it to find the last token
         model.config.pad_token_id = tokenizer.pad_token_id
     peft_config = plan.peft_config

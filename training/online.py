@@ -112,7 +112,7 @@ def run_online(
 
     from training.rewards import load_reward_model
 
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
     tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
     if reward_fn is not None:
         reward_funcs, reward_tokenizer = reward_fn, None
@@ -120,7 +120,13 @@ def run_online(
         reward_funcs, reward_tokenizer = load_reward_model(config.reward_model, config.reward_base)
     plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
     model, peft_config = load_model(
-        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+        config.model,
+        plan,
+        task="causal_lm",
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=config.seed,
+        precision=run.precision,
     )
     run_dir = run_dir_for(run)
     try:

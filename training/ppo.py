@@ -153,7 +153,7 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
 
     if reward_fn is None:
         reward_fn = RewardModelScorer.load(config.reward_model, base=config.reward_base)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
     prompts, dropped = drop_long_prompts(
         [row["prompt"] for row in run.data.train], tokenizer, config.max_length - config.response_length
     )
@@ -167,7 +167,13 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
     plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
     precision = precision_kwargs(config.precision, False, run.hardware)
     model, peft_config = load_model(
-        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+        config.model,
+        plan,
+        task="causal_lm",
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=config.seed,
+        precision=run.precision,
     )
     if peft_config is not None:
         model = get_peft_model(model, peft_config)

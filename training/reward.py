@@ -76,7 +76,7 @@ def main(config: RewardConfig, callbacks: list | None = None) -> Path:
     from datasets import Dataset
     from trl import RewardConfig as TRLRewardConfig
 
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
     train_rows = _columns(run.data.train, config)
     eval_rows = _columns(run.data.eval, config)
     too_long = count_too_long(train_rows, tokenizer, config.max_length)
@@ -88,7 +88,13 @@ def main(config: RewardConfig, callbacks: list | None = None) -> Path:
         )
     plan = resolve_method(config, task="seq_cls", hardware=run.hardware)
     model, peft_config = load_model(
-        config.model, plan, task="seq_cls", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+        config.model,
+        plan,
+        task="seq_cls",
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=config.seed,
+        precision=run.precision,
     )
     run_dir = run_dir_for(run)
     try:

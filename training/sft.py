@@ -1,7 +1,8 @@
 """Supervised fine-tuning (trl.SFTTrainer) on chat conversations, the loss on the assistant replies only.
 
 Rows are conversations (``{"messages"}``: system prompts and several turns welcome) in any format the hub
-imports. The assistant-only loss relies on the chat template's ``{% generation %}`` markers; packing puts
+imports, or plain ``{"prompt", "completion"}`` strings (the loss on the completion; no chat template needed,
+so a base model without one trains on them). The assistant-only loss relies on the chat template's ``{% generation %}`` markers; packing puts
 several short conversations in one row (padding-free, so they do not attend to each other).
 
     python -m training.sft --model ./demo --data exports/sft --output-dir adapters/sft-1 --method lora
@@ -62,24 +63,40 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
     plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
     model, peft_config = load_model(
-        config.model, plan, task="causal_lm", tokenizer=tokenizer, parent=run.parent, seed=config.seed
+        config.model,
+        plan,
+        task="causal_lm",
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=config.seed,
+        precision=run.precision,
     )
     run_dir = run_dir_for(run)
     try:
         arguments = trainer_arguments(run, run_dir, metric="eval_loss", greater_is_better=False)
         if config.packing:
             arguments.update(packed_batches(config, model))
-        args = TRLSFTConfig(
-            **arguments, assistant_only_loss=config.assistant_only_loss, packing=config.packing
-        )
+        # Plain prompt/completion strings have no assistant turns: TRL masks the prompt instead.
+        assistant_only = config.assistant_only_loss and run.data.conversational
+        train, evaluation = run.data.train, run.data.eval
+        if assistant_only and not markable(tokenizer):
+            train, evaluation = last_replies(train), last_replies(evaluation)
+            assistant_only = False  # the completion-only loss of prompt/completion rows
+            print(
+                "sft: the chat template has no {% generation %} markers (nor one TRL can patch in): training on "
+                "the last assistant reply of each conversation; --chat-template with markers (chatml...) trains "
+                "on every reply",
+                flush=True,
+            )
+        args = TRLSFTConfig(**arguments, assistant_only_loss=assistant_only, packing=config.packing)
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(run.data.train),
-            eval_dataset=Dataset.from_list(run.data.eval) if run.data.eval else None,
+            train_dataset=Dataset.from_list(train),
+            eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=stage_callbacks(run, callbacks),
@@ -88,6 +105,28 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
         return save_result(trainer, run, plan, metrics, task="causal_lm")
     finally:
         cleanup(run_dir)
+
+
+def markable(tokenizer) -> bool:
+    """The chat template marks assistant replies for the assistant-only loss, or TRL can swap in a version
+    that does (it knows the templates of several model families)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if has_generation_markers(template["default"] if isinstance(template, dict) else template):
+        return True
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        return False
+    return True
+
+
+def last_replies(rows: list[dict]) -> list[dict]:
+    """Conversations as conversational prompt/completion rows: everything before the last assistant reply is
+    the prompt (masked from the loss), that reply the completion. SmolLM2's template, for one, has no
+    generation markers; ChatML-like templates keep the prompt a prefix of the whole, as TRL needs."""
+    return [{"prompt": row["messages"][:-1], "completion": row["messages"][-1:]} for row in rows]
 
 
 def packed_batches(config: SFTConfig, model) -> dict:

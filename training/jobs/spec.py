@@ -85,6 +85,9 @@ class JobSpec:
     gpus: int = 1  # more than 1: `accelerate launch --num_processes gpus` with the strategy's config
     strategy: str = DEFAULT_STRATEGY  # ddp, zero2, zero3 or fsdp (training/accelerate/*.yaml)
     trigger: dict[str, Any] | None = None  # queued by the automatic trigger: its count and newest vote
+    # the chat template the hub serves the base with (`--chat-template`), when the base has none of its
+    # own or the hub replaced it: the job trains with it unless its params set one
+    chat_template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -146,11 +146,20 @@ def last_prompts_of_stage(store, stage: str) -> str:
 
 
 class AutoTrigger:
-    def __init__(self, store, rules: list[TriggerRule], base_model: str, *, check_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        store,
+        rules: list[TriggerRule],
+        base_model: str,
+        *,
+        check_s: float = 30.0,
+        chat_template: str | None = None,
+    ) -> None:
         self.store = store
         self.queue = JobQueue(store)
         self.rules = rules
         self.base_model = base_model
+        self.chat_template = chat_template  # the served one, when the hub was given --chat-template
         self.check_s = check_s
         self._checked_at = float("-inf")
         self._waiting: set[str] = set()  # prompt-stage rules told once that they wait for a reward model
@@ -247,4 +256,5 @@ class AutoTrigger:
             params=params,
             only_new=only_new,
             trigger=trigger,
+            chat_template=self.chat_template,
         )

@@ -105,6 +105,8 @@ def last_vote_of_stage(store, stage: str) -> int:
 def build_config(spec: JobSpec, launch: dict[str, Any], data: str, output_dir: Path):
     params = dict(launch["params"])
     params.setdefault("checkpoint_steps", DEFAULT_CHECKPOINT_STEPS)
+    if spec.chat_template and not params.get("chat_template"):
+        params["chat_template"] = spec.chat_template
     return config_class(spec.stage)(
         model=spec.base,
         data=data,
