@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -58,6 +59,7 @@ class GenerationRecord:
 
 Recorder = Callable[[GenerationRecord], Awaitable[None]]
 
+STOPPED_CLAIM_S = 10.0  # a stopped answer nobody claims is stored as taken after this
 DEFAULT_MODEL = "tunehub-default"  # the model name that means "the promoted adapter, else the base"
 
 
@@ -82,6 +84,8 @@ class ChatService:
         # hub/promotion.py's PromotionService.default_adapter in the hub. Unset (`tunehub engine`, no store):
         # DEFAULT_MODEL is neither listed nor routed, as vLLM would not know it
         self.default_adapter: Callable[[], str | None] | None = None
+        # answers stopped by their consumer (keep_partial), waiting for it to say what it showed
+        self._stopped: dict[str, _StoppedAnswer] = {}
 
     # ----- models --------------------------------------------------------------------------------------
 
@@ -149,12 +153,15 @@ class ChatService:
         deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
         if self.gate is not None:
             await self.gate.acquire(n, self.timeout_s)
+        inner = self._stream(
+            request, n, started, deadline, response_id, source, rater, conversation_id, keep_partial
+        )
         try:
-            async for item in self._stream(
-                request, n, started, deadline, response_id, source, rater, conversation_id, keep_partial
-            ):
+            async for item in inner:
                 yield item
         finally:
+            # closed here, not when collected: a reader that stops frees the engine's rows at once
+            await inner.aclose()
             if self.gate is not None:
                 self.gate.release(n)
 
@@ -195,6 +202,7 @@ class ChatService:
                     await self.recorder(record)
                     trackers[index].stored = True
                 yield index, delta
+                trackers[index].taken = len(trackers[index].text)  # the consumer came back for more
         finally:
             await deltas.aclose()
             for s in streams:
@@ -202,10 +210,33 @@ class ChatService:
             if keep_partial and self.recorder is not None:
                 for tracker in trackers:
                     if not tracker.stored and tracker.text:
-                        stopped = Delta(text="", finish_reason="abort", completion_tokens=len(tracker.text))
+                        pieces, taken = list(tracker.text), tracker.taken
+                        stopped = Delta(text="", finish_reason="abort", completion_tokens=taken)
                         record = self._track(tracker, stopped, response_id, source, rater, conversation_id)
-                        # the consumer was cancelled: the write must still happen
-                        await asyncio.shield(self.recorder(record))
+                        self._hold_stopped(_StoppedAnswer(record, pieces, taken))
+
+    def _hold_stopped(self, answer: _StoppedAnswer) -> None:
+        """Keep a stopped answer until its consumer says what it showed (`store_stopped`); store it as taken
+        after STOPPED_CLAIM_S if nobody does (a closed page)."""
+        key = answer.record.response_id
+        self._stopped[key] = answer
+        loop = asyncio.get_running_loop()
+        loop.call_later(STOPPED_CLAIM_S, lambda: loop.create_task(self.store_stopped(key)))
+
+    async def store_stopped(self, response_id: str, shown: str | None = None) -> bool:
+        """Store the stopped answer `response_id` with the text the consumer showed (`shown`: a prefix of what
+        it was handed, delta by delta; None or no match: what it took) and finish_reason "abort". False when
+        there is none (already stored, or it finished before it was stopped). One choice (n=1) per id."""
+        answer = self._stopped.pop(response_id, None)
+        if answer is None:
+            return False
+        taken = answer.taken
+        if shown is not None:  # the page drops an update in flight when it stops listening
+            prefixes = itertools.accumulate(answer.pieces, initial="")
+            taken = next((k for k, text in enumerate(prefixes) if text == shown), taken)
+        record = replace(answer.record, text="".join(answer.pieces[:taken]), completion_tokens=taken)
+        await asyncio.shield(self.recorder(record))  # the consumer may be cancelled: the write still happens
+        return True
 
     async def _before(self, deadline: float | None, step: Awaitable, request: GenerationRequest):
         """Await `step`, or cancel it and raise GenerationTimeout when the deadline passes first."""
@@ -306,6 +337,13 @@ class ChatService:
 
 
 @dataclass
+class _StoppedAnswer:
+    record: GenerationRecord
+    pieces: list[str]  # the text handed to the consumer, delta by delta
+    taken: int  # deltas it came back from (the last one handed may never have reached its reader)
+
+
+@dataclass
 class _ChoiceTracker:
     index: int
     request: GenerationRequest
@@ -314,6 +352,7 @@ class _ChoiceTracker:
     text: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     stored: bool = False
+    taken: int = 0  # deltas the consumer has come back from (for keep_partial)
 
 
 async def _single(stream: AsyncIterator[Delta], first: Delta) -> AsyncIterator[tuple[int, Delta]]:

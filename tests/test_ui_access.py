@@ -42,7 +42,7 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "locked_2": (RATERS, "Chat: Send hidden and Stop shown while answering (Regenerate; no data)"),
     "answer_2": (RATERS, "Chat: generate the answer again"),
     "unlocked_2": (RATERS, "Chat: Send back after the answer (Regenerate; no data)"),
-    "on_stop": (RATERS, "Chat: Stop the answer being generated"),
+    "on_stop": (RATERS, "Chat: Stop the answer being generated (no data)"),
     "after_stop": (RATERS, "Chat: the stopped answer, stored as shown, can be rated"),
     "unnamed": (RATERS, "Chat: Stop cancels the running answer (Gradio's own cancel event, no handler)"),
     "on_like": (RATERS, "Chat: thumbs up or down"),

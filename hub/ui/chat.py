@@ -15,7 +15,7 @@ import gradio as gr
 from feedback.errors import StoreError
 from serving.engine import GenerationRequest, SamplingParams
 
-from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS, GenerationRef
+from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
 from ..protocol import new_id
 from ..service import DEFAULT_MODEL
 from . import UiServices
@@ -47,15 +47,8 @@ THUMB_MARKS = {"up": "Like", "down": "Dislike"}  # a stored thumb -> the Chatbot
 
 def new_session() -> dict:
     # generation_ids: chatbot message index -> stored generation id; ratings: index -> "up"/"down";
-    # pending: the thumb awaiting reasons; streaming: the answer being generated, stopped: the one Stop ended
-    return {
-        "conversation_id": None,
-        "generation_ids": {},
-        "ratings": {},
-        "pending": None,
-        "streaming": None,
-        "stopped": None,
-    }
+    # pending: the thumb awaiting reasons; streaming: the answer being generated (for Stop)
+    return {"conversation_id": None, "generation_ids": {}, "ratings": {}, "pending": None, "streaming": None}
 
 
 def shown(history: list[dict], state: dict):
@@ -280,24 +273,26 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         state = {**state, "generation_ids": keep, "ratings": ratings, "pending": pending}
         return plain_history(history[:-1]), state, gr.update(visible=pending is not None), ""
 
-    def on_stop(state: dict):
-        """Stop cancels the answer's generator (`cancels=`); the controls come back at once."""
-        return {**state, "stopped": state.get("streaming"), "streaming": None}, *unlocked(), "Stopping…"
+    def on_stop():
+        """Stop cancels the answer's generator (`cancels=`); the controls come back at once. The session's
+        state is left alone: the generator may still yield once before the cancel reaches it."""
+        return *unlocked(), "Stopping…"
 
     async def after_stop(state: dict, history: list[dict]):
         """The cancelled stream writes what it had shown as it closes: find it, so it can be rated."""
-        stopped = state.get("stopped")
-        if stopped is None:
-            return gr.update(), state, ""
-        response_id = stopped["response_id"]
-        for _ in range(100):
-            if await asyncio.to_thread(feedback.missing, [GenerationRef(response_id)]) is None:
-                ids = {**state["generation_ids"], stopped["index"]: response_id}
-                state = {**state, "generation_ids": ids, "stopped": None}
+        streaming = state.get("streaming")
+        if streaming is None:
+            return gr.update(), state, "The answer had already finished."
+        response_id, index = streaming["response_id"], streaming["index"]
+        state = {**state, "streaming": None}
+        text = message_text(history[index]["content"]) if history and index < len(history) else ""
+        for _ in range(50):  # the cancelled stream holds what it had taken as it closes
+            if await service.store_stopped(response_id, text):
+                state["generation_ids"] = {**state["generation_ids"], index: response_id}
                 said = f"Stopped. What was shown is stored as answer `{response_id}`: rate or regenerate it."
                 return shown(history, state), state, said
             await asyncio.sleep(0.1)
-        return gr.update(), {**state, "stopped": None}, "Stopped before the first word: nothing was stored."
+        return gr.update(), state, "Stopped before the first word: nothing was stored."
 
     def on_edit(history: list[dict], state: dict, text: str, request: gr.Request):
         if not history or history[-1]["role"] != "assistant":
@@ -364,7 +359,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     )
     regenerating.then(unlocked, outputs=controls, queue=False)
     answers.append(regenerating)
-    stop.click(on_stop, [session], [session, *controls, status], cancels=answers, queue=False).then(
+    stop.click(on_stop, None, [*controls, status], cancels=answers, queue=False).then(
         after_stop, [session, chatbot], [chatbot, session, status]
     )
     chatbot.like(on_like, [session, chatbot], [session, panel, reasons, comment, status])
