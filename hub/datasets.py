@@ -21,9 +21,10 @@ class DatasetService:
     def counts(self) -> VoteCounts:
         return self.store.counts()
 
-    def preview(self, kind: str, format: str = "trl") -> Export:
-        """The export as it would be now, without writing files or recording a snapshot."""
-        return export_dataset(self.store, kind, format=format, snapshot=False)
+    def preview(self, kind: str, format: str = "trl", mode: str = "dpo") -> Export:
+        """The export as it would be now, without writing files or recording a snapshot (``mode``: how a
+        ranking becomes pairs)."""
+        return export_dataset(self.store, kind, format=format, mode=mode, snapshot=False)
 
     def export(self, kind: str, format: str = "trl") -> Export:
         """Write ``<kind>-<format>-<time>.jsonl`` (and its ``.eval.jsonl``) and record the snapshot."""

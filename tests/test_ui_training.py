@@ -150,6 +150,11 @@ def test_an_admin_trains_dpo_and_kto_on_the_votes_and_chats_with_the_result(trai
             choose(page, "train-stage", stage)
             page.locator("#train-name textarea").fill(f"ui-{stage}")
             page.locator("#train-source").get_by_label("feedback: everything").check()
+            # what the stage will train on, before Start (issue 14: training visible)
+            kind = {"dpo": "preference pairs", "kto": "rated answers"}[stage]
+            wait_text(page, "#train-rows", f"{stage} trains on")
+            rows = page.locator("#train-rows").inner_text()
+            assert kind in rows and "held out" in rows and "e.g." in rows, rows
             set_code(page, "train-params", json.dumps(params))
             page.locator("#train-start").click()
             page.locator("#train-message").get_by_text(f"{stage} lora → ui-{stage}").wait_for(timeout=30_000)
@@ -257,7 +262,7 @@ def test_an_admin_trains_from_the_train_tab_and_finds_the_adapter(train_hub, sft
         page.get_by_role("tab", name="Chat").click()
         page.get_by_role("button", name="Refresh models").click()
         page.get_by_label("Model").click()
-        page.get_by_role("option", name="ui-km").wait_for(timeout=15_000)
+        page.get_by_role("option", name="ui-km", exact=True).wait_for(timeout=15_000)
 
     with Store(train_hub.data_dir / "feedback.db") as store:
         adapter = store.get_adapter("ui-km")

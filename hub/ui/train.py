@@ -15,7 +15,7 @@ import pandas as pd
 
 from feedback.errors import StoreError
 from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
-from training.jobs.spec import STAGES, JobError, config_class
+from training.jobs.spec import EXPORTS, STAGES, JobError, config_class
 from training.methods import LORA_METHODS, METHODS
 
 from ..jobs_service import PRESETS, NoBaseModel, preset_params
@@ -24,6 +24,12 @@ from .login import require_admin
 
 SOURCES = ("feedback: everything", "feedback: only new", "file or directory")
 NO_PARENT = "(none)"
+ROW_NAMES = {
+    "sft": "chat examples",
+    "pairs": "preference pairs",
+    "kto": "rated answers",
+    "prompts": "prompts",
+}
 POLL_S = 1.0
 JOB_HEADERS = ["Job", "Stage", "Method", "Name", "Status", "Progress", "Adapter"]
 
@@ -167,6 +173,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             scale=4,
         )
     estimate = gr.Code(label="Memory estimate per device (served model)", elem_id="train-estimate")
+    rows_preview = gr.Markdown(elem_id="train-rows")
     start = gr.Button("Start training", variant="primary", elem_id="train-start")
     message = gr.Markdown(elem_id="train-message")
 
@@ -189,6 +196,26 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     # The job this user follows, kept on the server: a poll fired before a submit (it sent the old dropdown
     # value) would otherwise switch the view back to the previous job once the submit had moved it on.
     following = gr.State(None)
+
+    def show_rows(stage_: str, source_: str, request: gr.Request) -> str:
+        """What the stage will train on, before Start: the rows the votes make now, and one of them."""
+        require_admin(auth, request)
+        if source_ == SOURCES[2]:
+            return "The rows are read from the file or directory when the job starts (bad rows are named)."
+        kind, mode = EXPORTS[stage_]
+        try:
+            rows = services.datasets.preview(kind, mode=mode)
+        except StoreError as exc:
+            return f"**Nothing to train {stage_} on yet**: {exc.message}"
+        example = json.dumps((rows.train + rows.eval)[0], ensure_ascii=False)
+        if len(example) > 300:
+            example = example[:299] + "…"
+        new = " (only the rows from votes since its last run are used)" if source_ == SOURCES[1] else ""
+        return (
+            f"**{stage_}** trains on **{len(rows.train) + len(rows.eval)} {ROW_NAMES[kind]}** from "
+            f"{len(rows.vote_ids)} votes ({len(rows.train)} train, {len(rows.eval)} held out){new}, e.g. "
+            f"`{example}`"
+        )
 
     def apply_preset(preset_: str, stage_: str, request: gr.Request):
         require_admin(auth, request)
@@ -314,6 +341,8 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     for trigger in (method.change, batch_size.change, max_length.change, lora_rank.change, tab.select):
         trigger(show_estimate, estimate_inputs, estimate)
     tab.select(parents, outputs=parent)
+    for trigger in (stage.change, source.change, tab.select):
+        trigger(show_rows, [stage, source], rows_preview)
     tab.select(lambda: gr.Timer(active=True), outputs=poll, queue=False)
     followed = [job_table, job, job_status, loss_plot, log, following]
     for trigger in (gpus.change, strategy.change):
