@@ -148,6 +148,7 @@ def test_the_api_body_carries_the_command_and_devices(jobs, tmp_path):
 
 def test_the_train_tab_shows_the_command_before_starting(jobs):
     import gradio as gr
+    import torch
 
     from hub.auth import Auth
     from hub.ui import UiServices
@@ -169,8 +170,13 @@ def test_the_train_tab_shows_the_command_before_starting(jobs):
     job = jobs.submit(stage="sft", method="lora", data="feedback", name="km", gpus=2, strategy="fsdp")
     status = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "train-job-status")
     refresh = next(f.fn for f in blocks.fns.values() if status in f.outputs and f.fn.__name__ == "refresh")
-    text = refresh(job.id, None)[2]
+    shown_job = refresh(job.id, None)
+    text = shown_job[2]
     assert f"`{jobs.command(job)}`" in text and "fsdp.yaml --num_processes 2" in text
+    assert shown_job[-1].active is True  # a queued job is polled...
+    jobs.cancel(job.id)
+    assert refresh(job.id, None)[-1].active is False  # ...an ended one no longer (issue 14, polish)
+    assert gpus.visible is (torch.cuda.device_count() > 1)  # no GPU fields without GPUs to spread over
 
 
 def test_the_cli_offers_every_strategy():

@@ -87,8 +87,10 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
     with gr.Row():
         vote_id = gr.Number(label="Vote id", precision=0, elem_id="adapters-vote-id", scale=1)
         vote_find = gr.Button("Which adapters did this vote train?", elem_id="adapters-vote-find", scale=2)
-    vote_lineage = gr.Code(language="json", label="Vote lineage", elem_id="adapters-vote-lineage")
-    lineage = gr.Code(language="json", label="Lineage", elem_id="adapters-lineage")
+    vote_lineage = gr.Code(
+        language="json", label="Vote lineage", elem_id="adapters-vote-lineage", max_lines=20
+    )
+    lineage = gr.Code(language="json", label="Lineage", elem_id="adapters-lineage", max_lines=20)
 
     def listing(ref: str | None, request: gr.Request):
         require_admin(auth, request)

@@ -39,7 +39,7 @@ def data_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             elem_id="export-format",
         )
     about = gr.Markdown(EXPORT_HELP["sft"], elem_id="export-about")
-    preview = gr.Code(language="json", label="Preview (first rows)", elem_id="export-preview")
+    preview = gr.Code(language="json", label="Preview (first rows)", elem_id="export-preview", max_lines=20)
     export = gr.Button("Export and download", variant="primary", elem_id="export-button")
     files = gr.File(label="Exported files", file_count="multiple", interactive=False, elem_id="export-files")
 

@@ -101,6 +101,12 @@ def build_params(
     return params
 
 
+def cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def training_outcome(metrics: dict) -> str:
     """What early stopping did, in words: the step it stopped at, why, and the step whose weights were kept."""
     steps, best = metrics.get("steps"), metrics.get("best_step")
@@ -157,13 +163,17 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         elem_id="train-params",
     )
     with gr.Row():
-        gpus = gr.Number(1, label="GPUs", precision=0, minimum=1, elem_id="train-gpus", scale=1)
+        several = cuda_devices() > 1  # GPU fields only where there is more than one GPU to spread over
+        gpus = gr.Number(
+            1, label="GPUs", precision=0, minimum=1, elem_id="train-gpus", scale=1, visible=several
+        )
         strategy = gr.Dropdown(
             list(STRATEGIES),
             value=DEFAULT_STRATEGY,
             label="Multi-GPU strategy",
             elem_id="train-strategy",
             scale=1,
+            visible=several,
         )
         command = gr.Code(
             jobs.preview_command(),
@@ -191,7 +201,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         height=260,
         elem_id="train-loss",
     )
-    log = gr.Code(label="Log (last lines)", language=None, elem_id="train-log")
+    log = gr.Code(label="Log (last lines)", language=None, elem_id="train-log", max_lines=20)
     poll = gr.Timer(POLL_S, active=False)
     # The job this user follows, kept on the server: a poll fired before a submit (it sent the old dropdown
     # value) would otherwise switch the view back to the previous job once the submit had moved it on.
@@ -295,7 +305,15 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         if job_id not in choices:
             job_id = choices[0] if choices else None
         if job_id is None:
-            return rows, gr.update(choices=choices, value=None), "No jobs yet.", None, "", None
+            return (
+                rows,
+                gr.update(choices=choices, value=None),
+                "No jobs yet.",
+                None,
+                "",
+                None,
+                gr.Timer(active=False),
+            )
         view = jobs.live(job_id)
         j = view.job
         total = f"/{view.total}" if view.total else ""
@@ -322,7 +340,9 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         metric = j.metrics.get("eval_metric") or "held-out"
         curves += [[step, value, metric] for step, value in j.metrics.get("eval_curve") or []]
         curve = pd.DataFrame(curves, columns=["step", "value", "curve"]) if curves else None
-        return rows, gr.update(choices=choices, value=job_id), text, curve, view.log, job_id
+        # polling stops once the followed job has ended; picking or starting a job starts it again
+        live = gr.Timer(active=j.status in ("queued", "running"))
+        return rows, gr.update(choices=choices, value=job_id), text, curve, view.log, job_id, live
 
     def cancel_job(job_id: str | None, request: gr.Request):
         require_admin(auth, request)
@@ -344,7 +364,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     for trigger in (stage.change, source.change, tab.select):
         trigger(show_rows, [stage, source], rows_preview)
     tab.select(lambda: gr.Timer(active=True), outputs=poll, queue=False)
-    followed = [job_table, job, job_status, loss_plot, log, following]
+    followed = [job_table, job, job_status, loss_plot, log, following, poll]
     for trigger in (gpus.change, strategy.change):
         trigger(show_command, [gpus, strategy], command)
     inputs = [stage, method, source, data_path, name, parent, *numbers, max_length, advanced, gpus, strategy]
