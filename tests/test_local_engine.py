@@ -76,6 +76,9 @@ async def collect(engine, request: GenerationRequest, first_delta: asyncio.Event
 
 @contextlib.asynccontextmanager
 async def running_engine(model: Path, **options):
+    # float32, as the references (plain transformers generate) run: the engine's "auto" is bfloat16 on CPUs
+    # that have it, whose greedy tokens differ
+    options.setdefault("dtype", "float32")
     engine = load_local_engine(model, **options)
     await engine.start()
     try:
