@@ -93,6 +93,10 @@ def load_local_engine(
     base = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
     if quantize == "none":
         base = base.to(device)
+        if device == "cpu":
+            from .prepack import prepack_linears
+
+            prepack_linears(base)  # bfloat16/float16 only: same outputs, about twice as fast per step
     name = model_name or Path(str(model)).name
     log.info("loaded %s on %s in %s (%s), quantize=%s", model, device, torch_dtype, why, quantize)
     return LocalEngine(
