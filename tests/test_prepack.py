@@ -1,4 +1,4 @@
-"""serving/prepack.py: bfloat16 linear layers on weights packed once for oneDNN give bit-identical outputs, with
+"""serving/loader.prepack_linears: bfloat16 linear layers on weights packed once for oneDNN give bit-identical outputs, with
 and without per-row LoRA adapters; float32 models are left alone.
 
 Run: .venv/bin/python -m pytest tests/test_prepack.py -q
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from serving.engine import GenerationRequest, SamplingParams
-from serving.prepack import prepack_linears
+from serving.loader import prepack_linears
 
 PROMPTS = ["Hi", "What is 12 + 7?", "What is the capital of France?", "Reverse the word garden."]
 
