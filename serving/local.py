@@ -99,6 +99,7 @@ class LocalEngine:
         max_batch_size: int = 32,
         max_lora_rank: int = 64,
         batch_wait_s: float = 0.004,
+        batch_max_wait_s: float = 0.05,
         on_step: Callable[[int], None] | None = None,
         turn_end: str | None = None,
     ) -> None:
@@ -109,6 +110,7 @@ class LocalEngine:
         self.max_batch_size = max_batch_size
         self.max_lora_rank = max_lora_rank
         self.batch_wait_s = batch_wait_s
+        self.batch_max_wait_s = batch_max_wait_s
         self._on_step = on_step
         self._model = MultiLoraModel(model)
         self._device = self._model.device
@@ -345,12 +347,17 @@ class LocalEngine:
         items = []
         if block:
             items.append(self._inbox.get())
-            deadline = time.monotonic() + self.batch_wait_s  # gather requests that arrive together
-            while time.monotonic() < deadline:
+            # gather requests that arrive together: a burst of HTTP requests reaches the inbox a few ms apart
+            # (the event loop parses and templates them in turn), so wait while they keep coming, up to
+            # batch_max_wait_s; a row admitted alone would take a prefill of its own and the rest another
+            start = time.monotonic()
+            deadline = start + self.batch_wait_s
+            while (now := time.monotonic()) < deadline:
                 try:
-                    items.append(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                    items.append(self._inbox.get(timeout=deadline - now))
                 except queue.Empty:
                     break
+                deadline = min(start + self.batch_max_wait_s, time.monotonic() + self.batch_wait_s)
         while True:
             try:
                 items.append(self._inbox.get_nowait())
