@@ -1,16 +1,23 @@
-"""Serving benchmark: tunehub's HTTP API under 1, 4 and 16 streaming clients against one-at-a-time generate.
+"""Serving benchmark: tunehub's HTTP API at 1, 4 and 16 streaming clients against what the machine can do.
 
-    python -m bench.serving [--model DIR] [--requests-per-client 2] [--tokens 64]
+    python -m bench.serving [--model DIR|FILE.gguf|smollm2] [--tokens 64] [--requests-per-client 2]
+                            [--dtypes float32,auto] [--repeats 2] [--sequential-requests 2] [--load-rounds 20]
 
-Starts a real `tunehub serve` on 127.0.0.1 and measures, in the same run:
+Starts a real `tunehub serve` on 127.0.0.1 once per dtype (`--dtype float32`, then `--dtype auto`, the
+default a user gets; every other engine setting left at its default) and measures, in the same run:
   * total tokens/s and p50/p95 time to first token for 1, 4 and 16 concurrent streaming clients, each request
-    asking for exactly `--tokens` new tokens (ignore_eos), against the baseline a quick demo would use: one
-    `model.generate` per request, one after another, same model, prompts and lengths (its time to first token
-    is when the whole answer arrives, since it does not stream, counted from when all requests were sent);
-  * 8 different LoRA adapters chosen at random per request against every request on one adapter;
-  * adapter load latency (load + unload through the API), and failed requests while adapters are loaded and
-    unloaded under load.
-It prints a table with the ratios; the targets are in the last column.
+    asking for exactly `--tokens` new tokens (greedy, ignore_eos);
+  * the baselines, in this process while the hub is idle, same model, dtype, prompts and lengths: one
+    `model.generate` per request one after another (what a quick demo does), and one raw batched
+    `model.generate` of the 16 clients' prompts (left-padded, greedy, min_new_tokens = max_new_tokens), the
+    ceiling of this machine for that model;
+  * one client's decode speed against the memory-bandwidth limit: the bytes of weights one decode step reads
+    over the read bandwidth measured here (the best of a few sums of a tensor far larger than the caches);
+  * under the auto dtype: 8 LoRA adapters chosen at random per request against every request on one
+    adapter, adapter load latency (load + unload through the API), and failed requests while adapters are
+    loaded and unloaded under load.
+Each row is measured --repeats times, tunehub and the baselines interleaved, and the best run is shown (the
+machine is shared; a slow run is someone else's load). It prints a table per dtype and one of checks.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ PROMPTS = [
     "What is the capital of Japan?",
     "How many minutes are in 4 hours?",
 ]
+CLIENTS = (1, 4, 16)
+CEILING_TARGET = {"demo": 0.8, "real": 0.95}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,63 +57,140 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-# ----- baseline: one model.generate per request, one after another ---------------------------------------
+def prompt_for(client: int, request: int) -> str:
+    """Client c's r-th prompt: the 16 clients' first requests are the ceiling batch's prompts."""
+    return PROMPTS[(client + request) % len(PROMPTS)]
 
 
-def baseline(model_dir: Path, n_requests: int, tokens: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# ----- in-process baselines: sequential and one raw batched model.generate -------------------------------
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    done_at, generated = [], 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(n_requests):
-            messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
-            ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            out = model.generate(
-                **ids,
+
+class Baselines:
+    """The model loaded the way `tunehub serve --dtype` loads it, run with plain `model.generate`."""
+
+    def __init__(self, model_dir: Path, dtype: str) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from serving.loader import pick_dtype
+        from serving.model_source import strip_gguf_quantization
+
+        self.torch_dtype, _ = pick_dtype(dtype, "cpu")
+        config = AutoConfig.from_pretrained(str(model_dir))
+        strip_gguf_quantization(config)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), config=config, dtype=self.torch_dtype
+        ).eval()
+        self.torch = torch
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes one decode step reads: every weight once (a tied embedding counts once, as the LM head
+        reads all of it; the embedding lookup reads one row)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def _ids(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        return list(ids["input_ids"] if hasattr(ids, "input_ids") else ids)
+
+    def _generate(self, prompts: list[list[int]], tokens: int) -> int:
+        torch = self.torch
+        length = max(len(p) for p in prompts)
+        ids = torch.tensor([[self.pad_id] * (length - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=tokens,
                 min_new_tokens=tokens,
                 do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
+                pad_token_id=self.pad_id,
             )
-            generated += out.shape[1] - ids["input_ids"].shape[1]
-            done_at.append(time.perf_counter() - start)
-    wall = time.perf_counter() - start
-    return {"tokens_per_s": generated / wall, "ttft": done_at, "wall": wall, "failed": 0}
+        return (out.shape[1] - length) * len(prompts)
+
+    def sequential(self, n_requests: int, tokens: int) -> float:
+        """tok/s of one `model.generate` per request, one after another."""
+        self._generate([self._ids(PROMPTS[0])], 4)  # warm-up
+        generated, start = 0, time.perf_counter()
+        for i in range(n_requests):
+            generated += self._generate([self._ids(prompt_for(i, 0))], tokens)
+        return generated / (time.perf_counter() - start)
+
+    def batched(self, clients: int, tokens: int) -> float:
+        """tok/s of one `model.generate` over the clients' first prompts together, left-padded."""
+        prompts = [self._ids(prompt_for(c, 0)) for c in range(clients)]
+        self._generate(prompts, 4)  # warm-up
+        start = time.perf_counter()
+        generated = self._generate(prompts, tokens)
+        return generated / (time.perf_counter() - start)
+
+
+def read_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes/s of reading memory: the best of a few sums of a float32 tensor far larger than the caches."""
+    import torch
+
+    data = torch.ones(size_bytes // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return size_bytes / best
 
 
 # ----- tunehub through HTTP --------------------------------------------------------------------------------
 
 
-async def one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int, sent: float
-) -> tuple[float, int]:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    first, completion = None, 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - sent
-            if chunk.get("usage"):
-                completion = chunk["usage"]["completion_tokens"]
+async def one_request(url: str, model: str, prompt: str, tokens: int, sent: float) -> tuple[float, int]:
+    """One streamed chat completion over its own connection; returns (time to first text, completion tokens).
+
+    A bare HTTP/1.1 client: the clients share the server's 2 cores, and a full HTTP client's per-event parsing
+    (httpx: about 0.1 ms of CPU per token) would take those cores from the server it measures. Only the
+    events before the first text and the usage event are parsed as JSON."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        status = (await reader.readline()).split()
+        headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+        if status[1] != b"200" or b"transfer-encoding: chunked" not in headers:
+            raise RuntimeError(f"HTTP {status[1].decode()}: {(await reader.read(300))!r}")
+        first, completion, pending = None, 0, b""
+        while size := int((await reader.readline()).split(b";")[0], 16):  # chunked transfer encoding
+            pending += await reader.readexactly(size)
+            await reader.readexactly(2)
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                if first is None and b'"content":"' in event and b'"content":""' not in event:
+                    first = time.perf_counter() - sent
+                if b'"usage":{' in event:
+                    completion = json.loads(event.removeprefix(b"data: "))["usage"]["completion_tokens"]
+    finally:
+        writer.close()
     return (first if first is not None else time.perf_counter() - sent), completion
 
 
@@ -112,27 +198,22 @@ async def run_clients(
     url: str, clients: int, per_client: int, tokens: int, models: list[str], seed: int = 0
 ) -> dict:
     rng = random.Random(seed)
-    plan = [
-        [(rng.choice(models), PROMPTS[rng.randrange(len(PROMPTS))]) for _ in range(per_client)]
-        for _ in range(clients)
-    ]
+    plan = [[(rng.choice(models), prompt_for(c, r)) for r in range(per_client)] for c in range(clients)]
     ttfts, failures, generated = [], [], 0
 
-    async def client_loop(client: httpx.AsyncClient, jobs) -> None:
+    async def client_loop(jobs) -> None:
         nonlocal generated
         for model, prompt in jobs:
             try:
-                ttft, count = await one_request(client, url, model, prompt, tokens, time.perf_counter())
+                ttft, count = await one_request(url, model, prompt, tokens, time.perf_counter())
                 ttfts.append(ttft)
                 generated += count
             except Exception as exc:  # counted, not raised: the benchmark reports failures
                 failures.append(repr(exc))
 
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(client_loop(client, jobs) for jobs in plan))
-        wall = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(client_loop(jobs) for jobs in plan))
+    wall = time.perf_counter() - start
     return {
         "tokens_per_s": generated / wall,
         "ttft": ttfts or [float("nan")],
@@ -188,86 +269,212 @@ async def swap_under_load(
     return result
 
 
+def load_adapter(url: str, name: str, path: Path) -> None:
+    httpx.post(
+        f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=60
+    ).raise_for_status()
+
+
+# ----- one dtype: the hub, then the baselines ---------------------------------------------------------------
+
+
+def best(runs: list[dict]) -> dict:
+    """The least disturbed of repeated runs (the machine is shared: slow outliers are other people's work)."""
+    return max(runs, key=lambda run: run["tokens_per_s"])
+
+
+def measure_dtype(
+    model_dir: Path, dtype: str, work: Path, args: argparse.Namespace, adapters: list[Path] | None
+) -> dict:
+    """tunehub and the baselines, interleaved (each repeat measures every one of them once), best of the
+    repeats for each: a load that comes and goes on the machine then weighs on both sides alike."""
+    per_client, repeats = args.requests_per_client, args.repeats
+    baselines = Baselines(model_dir, dtype)  # idle while the hub runs, and the hub is idle while it runs
+    result: dict = {
+        "dtype": dtype,
+        "torch_dtype": str(baselines.torch_dtype).removeprefix("torch."),
+        "weight_bytes": baselines.weight_bytes_per_token(),
+    }
+    runs: dict[int, list[dict]] = {clients: [] for clients in CLIENTS}
+    sequential, ceiling = [], []
+    with HubProcess(model=model_dir, data_dir=work / f"hub-{dtype}", extra_args=["--dtype", dtype]) as hub:
+        base = httpx.get(f"{hub.url}/v1/models").json()["data"][0]["id"]
+        asyncio.run(run_clients(hub.url, 4, 1, 8, [base]))  # warm-up
+        for _ in range(repeats):
+            for clients in CLIENTS:
+                runs[clients].append(
+                    asyncio.run(run_clients(hub.url, clients, per_client, args.tokens, [base]))
+                )
+            sequential.append(baselines.sequential(args.sequential_requests, args.tokens))
+            ceiling.append(baselines.batched(max(CLIENTS), args.tokens))
+        result["clients"] = {clients: best(r) for clients, r in runs.items()}
+        result["sequential"], result["ceiling"] = max(sequential), max(ceiling)
+        if adapters:
+            for i, path in enumerate(adapters):
+                load_adapter(hub.url, f"mix{i}", path)
+            one, mixed = [], []
+            for _ in range(repeats):
+                one.append(asyncio.run(run_clients(hub.url, 16, per_client, args.tokens, ["mix0"])))
+                mixed.append(
+                    asyncio.run(
+                        run_clients(hub.url, 16, per_client, args.tokens, [f"mix{i}" for i in range(8)])
+                    )
+                )
+            result["one"], result["mixed"] = best(one), best(mixed)
+            result["load_times"] = asyncio.run(adapter_load_times(hub.url, adapters[0], args.load_rounds))
+            load_adapter(hub.url, "steady", adapters[1])
+            result["swapped"] = asyncio.run(
+                swap_under_load(hub.url, adapters[2:6], 16, per_client, args.tokens, base)
+            )
+    return result
+
+
+# ----- report ----------------------------------------------------------------------------------------------
+
+
+def print_dtype_table(r: dict, bandwidth: float) -> None:
+    print(
+        f"\n--dtype {r['dtype']} ({r['torch_dtype']}): sequential model.generate {r['sequential']:.1f} tok/s, "
+        f"one raw batched model.generate of {max(CLIENTS)} prompts {r['ceiling']:.1f} tok/s (ceiling), "
+        f"bandwidth limit {bandwidth / r['weight_bytes']:.1f} tok/s ({r['weight_bytes'] / 1e6:.0f} MB/token)"
+    )
+    print(
+        f"{'clients':>7} | {'tunehub tok/s':>13} | {'/ sequential':>12} | {'/ ceiling':>9} | "
+        f"{'TTFT p50 / p95 (s)':>19} | failed"
+    )
+    for clients, ours in r["clients"].items():
+        print(
+            f"{clients:>7} | {ours['tokens_per_s']:>13.1f} | {ours['tokens_per_s'] / r['sequential']:>11.2f}x | "
+            f"{ours['tokens_per_s'] / r['ceiling']:>8.2f}x | "
+            f"{percentile(ours['ttft'], 0.5):>8.3f} / {percentile(ours['ttft'], 0.95):<8.3f} | {ours['failed']}"
+        )
+
+
+def print_checks(results: dict[str, dict], bandwidth: float, kind: str) -> None:
+    rows: list[tuple[str, str, str]] = []
+
+    def check(name: str, measured: str, target: str) -> None:
+        rows.append((name, measured, target))
+
+    for dtype, r in results.items():
+        top = r["clients"][max(CLIENTS)]["tokens_per_s"]
+        check(
+            f"16 clients / raw batched ceiling [{dtype}]",
+            f"{top / r['ceiling']:.2f}x",
+            f">= {CEILING_TARGET[kind]}x ({top:.1f} vs {r['ceiling']:.1f} tok/s)",
+        )
+        check(f"16 clients / sequential generate [{dtype}]", f"{top / r['sequential']:.2f}x", "(info)")
+        limit = bandwidth / r["weight_bytes"]
+        one = r["clients"][1]["tokens_per_s"]
+        check(
+            f"1 client / bandwidth limit [{dtype}]",
+            f"{one / limit:.0%}",
+            f">= 40% ({one:.1f} of {limit:.1f} tok/s; sequential generate {r['sequential'] / limit:.0%})",
+        )
+    if "auto" in results and "float32" in results:
+        auto, f32 = results["auto"], results["float32"]
+        top = {d: results[d]["clients"][max(CLIENTS)]["tokens_per_s"] for d in ("auto", "float32")}
+        check(
+            f"auto ({auto['torch_dtype']}) / float32, tunehub 16 clients",
+            f"{top['auto'] / top['float32']:.2f}x",
+            f">= 1.5x (raw ceiling {auto['ceiling'] / f32['ceiling']:.2f}x)",
+        )
+        one = {d: results[d]["clients"][1]["tokens_per_s"] for d in ("auto", "float32")}
+        check(
+            f"auto ({auto['torch_dtype']}) / float32, tunehub 1 client",
+            f"{one['auto'] / one['float32']:.2f}x",
+            f"(info; sequential generate {auto['sequential'] / f32['sequential']:.2f}x)",
+        )
+    with_adapters = next((r for r in results.values() if "mixed" in r), None)
+    if with_adapters is not None:
+        r = with_adapters
+        mixed, one = r["mixed"]["tokens_per_s"], r["one"]["tokens_per_s"]
+        check(
+            f"8 random adapters / one adapter, 16 clients [{r['dtype']}]",
+            f"{mixed / one:.2f}x",
+            f">= 0.9x ({mixed:.1f} vs {one:.1f} tok/s)",
+        )
+        times = r["load_times"]
+        check(
+            "adapter load p50 (load through the API)",
+            f"{statistics.median(times) * 1000:.1f} ms",
+            f"< 100 ms (p95 {percentile(times, 0.95) * 1000:.1f} ms)",
+        )
+        check(
+            "failed requests while swapping adapters",
+            str(r["swapped"]["failed"]),
+            f"0 ({r['swapped']['swaps']} load+unload cycles)",
+        )
+    width = max(len(name) for name, _, _ in rows)
+    print(f"\n{'check':<{width}} | {'measured':>9} | target")
+    for name, measured, target in rows:
+        print(f"{name:<{width}} | {measured:>9} | {target}")
+
+
+def resolve_model(args: argparse.Namespace) -> Path:
+    """--model as a directory, a .gguf file (converted once, as `tunehub serve` does) or `smollm2`."""
+    given = prepare(args)  # also makes the environment quiet and offline
+    if args.model == "smollm2":
+        from tests.support.real_model import smollm2_directory
+
+        return smollm2_directory()
+    if args.model and args.model.endswith(".gguf"):
+        from serving.model_source import resolve_model_source
+        from tests.support.real_model import MODELS
+
+        return Path(resolve_model_source(args.model, MODELS / "converted").path)
+    return given
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_model_arguments(parser)
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument(
+        "--sequential-requests", type=int, default=2, help="requests the sequential baseline runs per repeat"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="measurements of each row; the best is shown")
+    parser.add_argument(
+        "--dtypes", default="float32,auto", help="comma-separated `tunehub serve --dtype` values"
+    )
     parser.add_argument("--load-rounds", type=int, default=20)
+    parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
     args = parser.parse_args()
-    model_dir = prepare(args)
+    model_dir = resolve_model(args)
+    kind = "demo" if (model_dir / "tunehub_demo.json").is_file() else "real"
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-"))
-    adapters = [
-        make_lora_adapter(model_dir, work / f"adapter{i}", rank=8, seed=i, scale=4.0) for i in range(8)
-    ]
-
-    rows = []
-    with HubProcess(model=model_dir, data_dir=work / "hub") as hub:
-        base = httpx.get(f"{hub.url}/v1/models").json()["data"][0]["id"]
-        asyncio.run(run_clients(hub.url, 2, 1, 8, [base]))  # warm-up
-        for clients in (1, 4, 16):
-            n_requests = clients * args.requests_per_client
-            ours = asyncio.run(run_clients(hub.url, clients, args.requests_per_client, args.tokens, [base]))
-            theirs = baseline(model_dir, n_requests, args.tokens)
-            rows.append((clients, ours, theirs))
-        for i, path in enumerate(adapters):
-            httpx.post(
-                f"{hub.url}/v1/load_lora_adapter",
-                json={"lora_name": f"mix{i}", "lora_path": str(path)},
-                timeout=60,
-            ).raise_for_status()
-        one = asyncio.run(run_clients(hub.url, 16, args.requests_per_client, args.tokens, ["mix0"]))
-        mixed = asyncio.run(
-            run_clients(hub.url, 16, args.requests_per_client, args.tokens, [f"mix{i}" for i in range(8)])
-        )
-        load_times = asyncio.run(adapter_load_times(hub.url, adapters[0], args.load_rounds))
-        httpx.post(
-            f"{hub.url}/v1/load_lora_adapter",
-            json={"lora_name": "steady", "lora_path": str(adapters[1])},
-            timeout=60,
-        ).raise_for_status()
-        swapped = asyncio.run(
-            swap_under_load(hub.url, adapters[2:6], 16, args.requests_per_client, args.tokens, base)
-        )
+    adapters = None
+    if not args.no_adapters:
+        adapters = [
+            make_lora_adapter(model_dir, work / f"adapter{i}", rank=8, seed=i, scale=4.0) for i in range(8)
+        ]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bandwidth = read_bandwidth()
+    results = {
+        dtype: measure_dtype(model_dir, dtype, work, args, adapters if dtype == dtypes[-1] else None)
+        for dtype in dtypes
+    }
+    bandwidth = max(bandwidth, read_bandwidth())  # measured before and after: the better of the two
 
     print(
         f"\ntunehub serving benchmark: {model_dir.name}, {args.tokens} new tokens per request, "
-        f"{args.requests_per_client} requests per client, streaming over HTTP\n"
+        f"{args.requests_per_client} requests per client, streaming over HTTP; "
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
-    print(
-        f"{'clients':>7} | {'tunehub tok/s':>13} | {'baseline tok/s':>14} | {'ratio':>6} | {'TTFT p50/p95 (s)':>17} | "
-        f"{'baseline p50/p95':>17} | failed"
-    )
-    for clients, ours, theirs in rows:
-        ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
-        print(
-            f"{clients:>7} | {ours['tokens_per_s']:>13.0f} | {theirs['tokens_per_s']:>14.0f} | {ratio:>5.2f}x | "
-            f"{percentile(ours['ttft'], 0.5):>7.3f} / {percentile(ours['ttft'], 0.95):<7.3f} | "
-            f"{percentile(theirs['ttft'], 0.5):>7.3f} / {percentile(theirs['ttft'], 0.95):<7.3f} | {ours['failed']}"
-        )
-    sixteen = rows[-1][1]["tokens_per_s"] / rows[-1][2]["tokens_per_s"]
-    mix_ratio = mixed["tokens_per_s"] / one["tokens_per_s"]
-    load_p50 = statistics.median(load_times) * 1000
-    failed = swapped["failed"] + mixed["failed"] + one["failed"] + sum(r[1]["failed"] for r in rows)
-    print()
-    print(f"{'check':<44} | {'measured':>12} | target")
-    print(f"{'tunehub / baseline at 16 clients':<44} | {sixteen:>11.2f}x | >= 4x")
-    print(
-        f"{'8 random adapters / one adapter (16 clients)':<44} | {mix_ratio:>11.2f}x | >= 0.7x   "
-        f"({mixed['tokens_per_s']:.0f} vs {one['tokens_per_s']:.0f} tok/s)"
-    )
-    print(
-        f"{'adapter load p50 (load through the API)':<44} | {load_p50:>9.1f} ms | < 100 ms  "
-        f"(p95 {percentile(load_times, 0.95) * 1000:.1f} ms)"
-    )
-    print(
-        f"{'failed requests while swapping adapters':<44} | {swapped['failed']:>12} | 0         "
-        f"({swapped['swaps']} load+unload cycles)"
-    )
+    for r in results.values():
+        print_dtype_table(r, bandwidth)
+    print_checks(results, bandwidth, kind)
+    failed = [
+        x
+        for r in results.values()
+        for x in [*r["clients"].values(), *(r[k] for k in ("one", "mixed", "swapped") if k in r)]
+        if x["failed"]
+    ]
     if failed:
-        print("errors:", [r for r in (swapped, mixed, one) if r["failed"]][0]["errors"], file=sys.stderr)
+        print("errors:", failed[0]["errors"], file=sys.stderr)
     return 0
 
 

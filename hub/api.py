@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -55,25 +54,24 @@ def _event_stream(
     n: int,
     include_usage: bool,
     chunk: Callable[..., str],
-    choice: Callable[[int, Delta], Any],
+    event: Callable[[int, Delta], str | None],
     opening: list[str] | None = None,
 ) -> StreamingResponse:
-    """The SSE answer of a streamed chat or completion: `opening` events, one `chunk` per delta that
-    `choice` turns into a choice (None: nothing to send), the usage chunk when asked for, then [DONE]. An
-    engine or store error (a full disk) after the status line was sent ends the stream with one error
-    event and no [DONE]."""
+    """The SSE answer of a streamed chat or completion: `opening` events, one `event` per delta (None: nothing
+    to send), the usage `chunk` when asked for, then [DONE]. An engine or store error (a full disk) after the
+    status line was sent ends the stream with one error event and no [DONE]."""
 
     async def events():
-        for event in opening or ():
-            yield event
+        for opened in opening or ():
+            yield opened
         totals = [Choice(index=i) for i in range(n)]
         try:
             async for index, delta in stream:
                 totals[index].prompt_tokens = delta.prompt_tokens
                 totals[index].completion_tokens = delta.completion_tokens
-                item = choice(index, delta)
-                if item is not None:
-                    yield chunk([item])
+                sent = event(index, delta)
+                if sent is not None:
+                    yield sent
         except (EngineError, StoreError) as exc:
             yield _sse_error(exc)
             return
@@ -82,6 +80,28 @@ def _event_stream(
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class _TextEvents:
+    """The SSE events of chunks that carry only text (one per token: the hot path of a stream). Each choice's
+    event is rendered once through the protocol models with a marker for the text, then filled in by string
+    concatenation: the same bytes, without building and dumping pydantic models for every token."""
+
+    _MARK = "\x00tunehub-text\x00"
+
+    def __init__(self, render: Callable[[int, str], str]) -> None:
+        self._render = render
+        self._parts: dict[int, tuple[str, str] | None] = {}
+
+    def __call__(self, index: int, text: str) -> str:
+        if index not in self._parts:
+            rendered, mark = self._render(index, self._MARK), json.dumps(self._MARK)
+            # a request whose model name holds the marker keeps the slow path
+            self._parts[index] = tuple(rendered.split(mark)) if rendered.count(mark) == 1 else None
+        parts = self._parts[index]
+        if parts is None:
+            return self._render(index, text)
+        return parts[0] + json.dumps(text) + parts[1]
 
 
 async def _primed(stream: AsyncIterator) -> AsyncIterator:
@@ -182,19 +202,29 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
                 )
             )
 
-        def choice(index: int, delta) -> p.ChunkChoice | None:
+        text_events = _TextEvents(
+            lambda index, text: chunk([p.ChunkChoice(index=index, delta=p.ChunkDelta(content=text))])
+        )
+
+        def event(index: int, delta: Delta) -> str | None:
             if not (delta.text or delta.finish_reason):
                 return None
+            if delta.finish_reason is None:
+                return text_events(index, delta.text)
             content = delta.text if delta.text else None
-            return p.ChunkChoice(
-                index=index, delta=p.ChunkDelta(content=content), finish_reason=delta.finish_reason
+            return chunk(
+                [
+                    p.ChunkChoice(
+                        index=index, delta=p.ChunkDelta(content=content), finish_reason=delta.finish_reason
+                    )
+                ]
             )
 
         opening = [
             chunk([p.ChunkChoice(index=i, delta=p.ChunkDelta(role="assistant", content=""))])
             for i in range(body.n)
         ]
-        return _event_stream(stream, body.n, include_usage, chunk, choice, opening)
+        return _event_stream(stream, body.n, include_usage, chunk, event, opening)
 
     @router.post("/v1/completions", response_model=None)
     async def completions(body: p.CompletionRequest, principal: Principal = api):
@@ -236,16 +266,22 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
 
         echoed: set[int] = set()
 
-        def choice(index: int, delta) -> p.CompletionChoice | None:
+        text_events = _TextEvents(
+            lambda index, text: chunk([p.CompletionChoice(index=index, text=text, finish_reason=None)])
+        )
+
+        def event(index: int, delta: Delta) -> str | None:
             text = delta.text
             if prefix and index not in echoed:  # `echo`: the prompt opens each choice's first chunk
                 echoed.add(index)
                 text = prefix + text
             if not (text or delta.finish_reason):
                 return None
-            return p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)
+            if delta.finish_reason is None:
+                return text_events(index, text)
+            return chunk([p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)])
 
-        return _event_stream(stream, body.n, include_usage, chunk, choice)
+        return _event_stream(stream, body.n, include_usage, chunk, event)
 
     @router.post("/v1/load_lora_adapter", response_model=None)
     async def load_lora_adapter(body: p.LoadLoraAdapterRequest, principal: Principal = admin):

@@ -80,6 +80,12 @@ class _Command:
 _STOP = object()
 
 
+def _deliver(items: list[tuple[_Job, Delta | Exception]]) -> None:
+    """On the event loop: put each delta into its row's queue."""
+    for job, item in items:
+        job.out.put_nowait(item)
+
+
 class LocalEngine:
     """The embedded engine. Build it with `serving.loader.load_local_engine(...)`."""
 
@@ -93,6 +99,7 @@ class LocalEngine:
         max_batch_size: int = 32,
         max_lora_rank: int = 64,
         batch_wait_s: float = 0.004,
+        batch_max_wait_s: float = 0.05,
         on_step: Callable[[int], None] | None = None,
         turn_end: str | None = None,
     ) -> None:
@@ -103,6 +110,7 @@ class LocalEngine:
         self.max_batch_size = max_batch_size
         self.max_lora_rank = max_lora_rank
         self.batch_wait_s = batch_wait_s
+        self.batch_max_wait_s = batch_max_wait_s
         self._on_step = on_step
         self._model = MultiLoraModel(model)
         self._device = self._model.device
@@ -128,6 +136,7 @@ class LocalEngine:
         self._waiting: deque[_Job] = deque()
         self._rows: list[_Job] = []
         self._batch: kvbatch.KVBatch | None = None
+        self._outbox: list[tuple[_Job, Delta | Exception]] = []  # emitted this step, handed over at its end
         self._thread: threading.Thread | None = None
         self._healthy = True
 
@@ -323,23 +332,32 @@ class LocalEngine:
                     break
                 try:
                     self._admit()
+                    self._hand_over()  # first tokens go out now, not after the next step
                     if self._rows:
                         self._step()
                 except Exception as exc:  # never leave a client hanging: fail the batch, keep serving
                     log.exception("decode step failed")
                     self._fail_all(EngineError(f"generation failed: {exc}"))
+                finally:
+                    self._hand_over()
+            self._hand_over()
 
     def _take_from_inbox(self, block: bool) -> bool:
         """Move new jobs to the waiting line and run commands. Returns False when asked to stop."""
         items = []
         if block:
             items.append(self._inbox.get())
-            deadline = time.monotonic() + self.batch_wait_s  # gather requests that arrive together
-            while time.monotonic() < deadline:
+            # gather requests that arrive together: a burst of HTTP requests reaches the inbox a few ms apart
+            # (the event loop parses and templates them in turn), so wait while they keep coming, up to
+            # batch_max_wait_s; a row admitted alone would take a prefill of its own and the rest another
+            start = time.monotonic()
+            deadline = start + self.batch_wait_s
+            while (now := time.monotonic()) < deadline:
                 try:
-                    items.append(self._inbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                    items.append(self._inbox.get(timeout=deadline - now))
                 except queue.Empty:
                     break
+                deadline = min(start + self.batch_max_wait_s, time.monotonic() + self.batch_wait_s)
         while True:
             try:
                 items.append(self._inbox.get_nowait())
@@ -444,10 +462,23 @@ class LocalEngine:
         return False
 
     def _emit(self, job: _Job, item: Delta | Exception) -> None:
-        try:
-            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
-        except RuntimeError:  # the client's event loop is gone
-            job.cancelled = True
+        self._outbox.append((job, item))
+
+    def _hand_over(self) -> None:
+        """Give the step's deltas to their event loops: one wake-up per loop per step, not one per row (each
+        wake-up runs the loop's Python while this thread waits for the GIL)."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Delta | Exception]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the clients' event loop is gone
+                for job, _ in items:
+                    job.cancelled = True
 
     def _fail_all(self, error: Exception) -> None:
         for job in [*self._rows, *self._waiting]:

@@ -276,6 +276,29 @@ def test_completions_stream(hub, base_id):
     assert usage_chunk["choices"] == [] and usage_chunk["usage"] == plain["usage"]
 
 
+def test_text_chunks_are_the_bytes_the_protocol_models_make():
+    """Text-only chunks (one per token) are filled into a pre-rendered event: byte for byte what building the
+    chunk model gives, for any text, and a model name holding the marker falls back to building it."""
+    from hub import protocol as p
+    from hub.api import _sse, _TextEvents
+
+    for model in ("demo", "odd \x00tunehub-text\x00 name"):
+
+        def render(index: int, text: str, model: str = model) -> str:
+            chunk = p.ChatCompletionChunk(
+                id="chatcmpl-1",
+                created=1,
+                model=model,
+                choices=[p.ChunkChoice(index=index, delta=p.ChunkDelta(content=text))],
+            )
+            return _sse(p.dump(chunk))
+
+        events = _TextEvents(render)
+        for index in (0, 1):
+            for text in ("Paris", ' "quoted"\n\\ é 日本 \U0001f600', "\x00tunehub-text\x00", "\ufffd"):
+                assert events(index, text) == render(index, text)
+
+
 # ----- metrics ----------------------------------------------------------------------------------------------
 
 

@@ -173,6 +173,29 @@ def reference(demo_model, adapters_dir, tokenizer):
 # ----- continuous batching -----------------------------------------------------------------------------
 
 
+def test_a_burst_of_requests_a_few_ms_apart_is_prefilled_together(demo_model):
+    """HTTP requests of one burst reach the idle engine a few ms apart (the event loop handles them in turn):
+    the engine keeps waiting while they keep coming (each gap under batch_wait_s, all within batch_max_wait_s),
+    so the first decode step has every row. Waiting only batch_wait_s after the first would split them."""
+    first_step_rows: list[int] = []
+
+    async def scenario():
+        async with running_engine(
+            demo_model,
+            batch_wait_s=0.05,
+            batch_max_wait_s=2.0,
+            on_step=lambda rows: first_step_rows.append(rows) if not first_step_rows else None,
+        ) as engine:
+            tasks = []
+            for prompt in PROMPTS[:6]:  # 6 arrivals 20 ms apart: 100 ms in all, twice batch_wait_s
+                tasks.append(asyncio.create_task(collect(engine, chat(prompt, max_tokens=2))))
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+    asyncio.run(scenario())
+    assert first_step_rows == [6]
+
+
 def test_staggered_concurrent_greedy_requests_match_generate_one_at_a_time(demo_model, reference):
     """Rows join a running batch at different steps with different prompt lengths; each row's output is
     exactly what `generate` gives for that prompt alone."""
