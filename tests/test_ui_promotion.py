@@ -62,7 +62,7 @@ def test_replay_guard_override_and_vote_lineage_in_the_adapters_tab(promotion_hu
 
     with browser_page(ARTIFACTS, "ui-promotion") as page:
         sign_in(page, promotion_hub, ADMIN)
-        assert page.get_by_label("Model").input_value() == "tunehub-default"
+        assert page.get_by_label("Model").input_value().startswith("tunehub-default (now ")
 
         page.get_by_role("tab", name="Adapters").click()
         wait_text(page, "#adapters-table", "broken@1")  # the newest: selected
