@@ -86,6 +86,7 @@ class ChatService:
         self.default_adapter: Callable[[], str | None] | None = None
         # answers stopped by their consumer (keep_partial), waiting for it to say what it showed
         self._stopped: dict[str, _StoppedAnswer] = {}
+        self._unclaimed: set[asyncio.Task] = set()
 
     # ----- models --------------------------------------------------------------------------------------
 
@@ -221,7 +222,13 @@ class ChatService:
         key = answer.record.response_id
         self._stopped[key] = answer
         loop = asyncio.get_running_loop()
-        loop.call_later(STOPPED_CLAIM_S, lambda: loop.create_task(self.store_stopped(key)))
+        loop.call_later(STOPPED_CLAIM_S, self._store_unclaimed, key)
+
+    def _store_unclaimed(self, response_id: str) -> None:
+        # the loop keeps only weak references to tasks: hold this one until it has written
+        task = asyncio.get_running_loop().create_task(self.store_stopped(response_id))
+        self._unclaimed.add(task)
+        task.add_done_callback(self._unclaimed.discard)
 
     async def store_stopped(self, response_id: str, shown: str | None = None) -> bool:
         """Store the stopped answer `response_id` with the text the consumer showed (`shown`: a prefix of what

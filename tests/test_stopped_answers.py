@@ -38,16 +38,20 @@ async def stop_after(chat: ChatService, deltas: int, response_id: str) -> list[s
     return texts
 
 
-def test_a_stopped_answer_is_stored_with_the_text_its_reader_showed(engine):
-    stored = []
+class Recorded(list):
+    """The generations the service stored, in order (its recorder)."""
 
-    async def record(item) -> None:
-        stored.append(item)
+    async def __call__(self, item) -> None:
+        self.append(item)
+
+
+def test_a_stopped_answer_is_stored_with_the_text_its_reader_showed(engine):
+    stored = Recorded()
 
     async def run():
         await engine.start()
         try:
-            chat = ChatService(engine, Metrics(), recorder=record)
+            chat = ChatService(engine, Metrics(), recorder=stored)
             read = await stop_after(chat, 5, "chatcmpl-stop1")
             assert stored == []  # held until the reader says what it showed
             shown = "".join(read[:4])  # the page never drew the last delta it was sent
@@ -64,15 +68,12 @@ def test_a_stopped_answer_is_stored_with_the_text_its_reader_showed(engine):
 
 def test_a_stopped_answer_nobody_claims_is_stored_as_taken(engine, monkeypatch):
     monkeypatch.setattr(service_module, "STOPPED_CLAIM_S", 0.2)
-    stored = []
-
-    async def record(item) -> None:
-        stored.append(item)
+    stored = Recorded()
 
     async def run():
         await engine.start()
         try:
-            chat = ChatService(engine, Metrics(), recorder=record)
+            chat = ChatService(engine, Metrics(), recorder=stored)
             read = await stop_after(chat, 3, "chatcmpl-stop2")
             await asyncio.sleep(0.6)
             return read
