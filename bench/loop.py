@@ -1,38 +1,42 @@
-"""Flywheel benchmark: a scripted rater votes through a running hub, a training job retrains the model from
-those votes, and the same rater judges the candidate against the base, blind, on held-out prompts.
+"""Flywheel benchmark, as a user runs the loop: scripted raters vote through a running hub the way the UI
+lets them, each stage retrains with what the Train tab sends when nothing on it is changed, and the same
+rater judges the candidate against the base, blind, on held-out prompts.
 
-    python -m bench.loop [--model DIR] [--quick] [--tastes correct-shorter,correct-longer]
-                         [--stages dpo,sft,ppo] [--votes 300] [--judge 100] [--negative worst|nearest]
+    python -m bench.loop [--model DIR|FILE.gguf] [--quick] [--tastes concise,direct] [--stages dpo,sft,ppo]
+                         [--votes N] [--judge N] [--max-steps N] [--max-tokens N]
 
-For each rater taste and each stage a fresh `tunehub serve` (127.0.0.1, temporary data directory, the
-demo model) is driven only through its HTTP API:
+For each taste a fresh `tunehub serve` (127.0.0.1, temporary data directory) is driven only through its
+HTTP API:
 
-1. votes: for each of `--votes` training prompts (the demo corpus's checkable questions) the base samples
-   `--samples` answers in one request (``n``, temperature 1); the rater puts them in its order of taste.
-   The dpo and ppo stages get a pairwise vote (the rater's best against its worst; a tie when it cannot
-   tell them apart), the sft stage a thumbs vote on the best answer (up when it is correct: best-of-n
-   rejection sampling, down otherwise).
-2. training: ``POST /v1/jobs`` with ``data: "feedback"``: DPO on the pairs; SFT on the thumbs-up answers;
-   a reward model on the pairs, then PPO on the voted prompts against it (the hub scores a ppo job that names
-   no reward model with the newest registered one). The job goes live as a candidate adapter by itself.
-3. judging: the base and the candidate answer `--judge` held-out prompts greedily; the rater compares each
-   pair without knowing which is which (the order is shuffled; ties count half).
+1. headroom: on the held-out prompts the base answers greedily and samples 4 answers at the Chat tab's
+   default sampling; the headroom is how often one of the samples beats the greedy answer for the rater. A
+   taste the base already satisfies (headroom under 30%) cannot be won: it is reported, not counted.
+2. votes, as the UI casts them: half are pairwise on two answers sampled at the Arena's settings
+   (Arena, regenerate), three in ten a thumb on one answer at the Chat tab's settings, two in ten a ranking
+   of 4 answers at the Rank tab's settings; a pair the rater cannot tell apart is a tie.
+3. training: for each stage ``POST /v1/jobs`` with ``data: "feedback"`` and the body the Train tab sends
+   unchanged (`hub.ui.train.default_params`; `--max-steps` adds a step cap, printed, where the 2-core time
+   budget needs one). ppo first trains a reward model the same way. Each candidate goes live by itself.
+4. judging: base and candidate answer the held-out prompts greedily and once at the Chat tab's sampling;
+   the rater compares each pair without knowing which is which (ties count half).
 
-It prints, per taste and stage: votes cast (and the rows the job trained on), training seconds, seconds from
-the last vote to the candidate's first answer, the candidate's win rate against the base and the checkable
-accuracy of both. Targets (issue 6): for each taste the best stage wins >= 0.65 with accuracy within 5 points
-of the base, and last vote -> live candidate <= 180 s.
+The demo model is judged on its corpus's checkable prompts (accuracy from them); a real model on
+bench/loop_prompts.py (how-to, capitals, open questions) with the job's regression replay as its guardrail
+(accuracy on the replay set, and perplexity where the replay reports it). Targets (issue 13): demo model,
+each taste with headroom: win >= 0.70 greedy for every stage, accuracy within 5 points of the base, last vote
+to live candidate <= 120 s; a real model: win >= 0.65 greedy with DPO and SFT, replay accuracy within 5
+points, perplexity within 10%, no empty answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,162 +44,112 @@ from pathlib import Path
 import httpx
 
 from bench.common import add_model_arguments, prepare
+from bench.loop_prompts import real_prompts
+from bench.loop_tastes import DEMO_TASTES, REAL_TASTES, Taste
+from hub.ui.train import default_params
 from tests.support.server import HubProcess
 from training.demo.corpus import CheckablePrompt, checkable_prompts, is_correct
 
-BASE = "demo"  # the base model's served name
-MAX_TOKENS = 32
-TARGET_WIN_RATE = 0.65
+BASE = "base"  # the base model's served name
+STAGES = ("dpo", "sft", "ppo")
+# the UI's default sampling (hub/ui/chat.py, arena.py, rank.py)
+CHAT = {"temperature": 0.7, "top_p": 1.0}
+ARENA = {"temperature": 0.7}
+RANK = {"temperature": 1.0}
+RANK_SIZE = 4
+HEADROOM_SAMPLES = 4
+MIN_HEADROOM = 0.30
+TARGETS = {"demo": 0.70, "real": 0.65}
 TARGET_ACCURACY_DROP = 0.05
-TARGET_LATENCY_S = 180.0
-
-
-# -- the rater ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Taste:
-    """A scripted rater's preference: `score` is higher for a better answer; equal scores are a tie."""
-
-    name: str
-    description: str
-    score: Callable[[CheckablePrompt, str], tuple]
-
-    def judge(self, prompt: CheckablePrompt, a: str, b: str) -> str:
-        """``"a"``, ``"b"`` or ``"tie"``."""
-        sa, sb = self.score(prompt, a), self.score(prompt, b)
-        return "a" if sa > sb else "b" if sb > sa else "tie"
-
-
-TASTES: dict[str, Taste] = {
-    taste.name: taste
-    for taste in (
-        Taste(
-            "correct-shorter",
-            "the correct answer, otherwise the shorter one",
-            lambda prompt, text: (is_correct(prompt, text), -len(text.strip())),
-        ),
-        Taste(
-            "correct-longer",
-            "the correct answer, otherwise the longer (more detailed) one",
-            lambda prompt, text: (is_correct(prompt, text), len(text.strip())),
-        ),
-    )
-}
-
-
-# -- stage recipes: the job bodies ----------------------------------------------------------------------
+TARGET_PERPLEXITY_RISE = 0.10
+TARGET_LATENCY_S = 120.0
 
 
 @dataclass
-class Recipe:
-    """How one stage turns votes into a candidate: the kind of vote and the job(s) it posts."""
+class Setup:
+    """What differs between the demo model and a real one: prompts, tastes, answer length, target."""
 
-    stage: str
-    vote: str  # "pairwise" or "thumbs"
-    params: dict = field(default_factory=dict)
-    reward_params: dict = field(default_factory=dict)  # ppo: the reward model's job
+    kind: str  # "demo" or "real"
+    vote_prompts: list[CheckablePrompt]
+    judge_prompts: list[CheckablePrompt]
+    tastes: dict[str, Taste]
+    max_tokens: int
 
 
-def recipes(quick: bool) -> dict[str, Recipe]:
-    """The job bodies; the step caps keep each job within the 180 s target on a busy 2-core machine."""
-    steps = (lambda full, short: short) if quick else (lambda full, short: full)
-    return {
-        "dpo": Recipe(
-            "dpo",
-            "pairwise",
-            {
-                "max_steps": steps(60, 6),
-                "learning_rate": 5e-4,
-                "beta": 0.1,
-                "sft_weight": 0.5,  # an SFT term on the chosen answers (RPO) slows the collapse
-                "per_device_batch_size": 8,
-                "eval_steps": steps(10, 3),
-                "early_stopping_patience": 3,
-                "max_kl": 2.0,
-            },
-        ),
-        "sft": Recipe(
-            "sft",
-            "thumbs",
-            {
-                "max_steps": steps(100, 6),
-                "learning_rate": 1e-3,
-                "per_device_batch_size": 8,
-                "eval_steps": steps(10, 3),
-                "early_stopping_patience": 3,
-            },
-        ),
-        "ppo": Recipe(
-            "ppo",
-            "pairwise",
-            {
-                "max_steps": steps(15, 2),
-                # 1e-4 barely moved the policy; 3e-4 and 1e-3 won the votes but lost 5-21 points of accuracy
-                "learning_rate": 2e-4,
-                "rollout_batch_size": 16,
-                "response_length": MAX_TOKENS,
-                "kl_coef": 0.1,
-            },
-            {"max_steps": steps(40, 6), "learning_rate": 5e-4, "per_device_batch_size": 8},
-        ),
-    }
+def setup_for(model_dir: Path, args: argparse.Namespace) -> Setup:
+    demo = (Path(model_dir) / "tunehub_demo.json").exists()
+    if demo:
+        votes = checkable_prompts(args.votes or (24 if args.quick else 150), seed=args.seed, split="train")
+        judged = checkable_prompts(args.judge or (12 if args.quick else 100), seed=args.seed + 1)
+        return Setup("demo", votes, judged, DEMO_TASTES, args.max_tokens or 32)
+    votes, judged = real_prompts(args.seed)
+    return Setup(
+        "real",
+        votes[: args.votes or (12 if args.quick else len(votes))],
+        judged[: args.judge or (6 if args.quick else len(judged))],
+        REAL_TASTES,
+        args.max_tokens or 96,
+    )
 
 
 # -- talking to the hub ---------------------------------------------------------------------------------
 
 
-def ask(http: httpx.Client, model: str, prompt: CheckablePrompt, n: int, temperature: float) -> dict:
-    body = {
-        "model": model,
-        "messages": prompt.messages,
-        "n": n,
-        "temperature": temperature,
-        "max_tokens": MAX_TOKENS,
-    }
+def ask(http: httpx.Client, model: str, prompt: CheckablePrompt, n: int, sampling: dict, max_tokens: int):
+    body = {"model": model, "messages": prompt.messages, "n": n, "max_tokens": max_tokens, **sampling}
     response = http.post("/v1/chat/completions", json=body)
     response.raise_for_status()
-    return response.json()
+    completion = response.json()
+    return completion["id"], [choice["message"]["content"] or "" for choice in completion["choices"]]
 
 
-def texts(completion: dict) -> list[str]:
-    return [choice["message"]["content"] or "" for choice in completion["choices"]]
-
-
-def vote_on(
-    http: httpx.Client, taste: Taste, recipe: Recipe, prompt: CheckablePrompt, samples: int, negative: str
-) -> bool:
-    """Sample answers to `prompt` and cast one vote of the recipe's kind; True when it can train."""
-    completion = ask(http, BASE, prompt, samples, temperature=1.0)
-    answers = texts(completion)
-    order = sorted(range(len(answers)), key=lambda i: taste.score(prompt, answers[i]), reverse=True)
-    best = order[0]
-    ref = lambda i: {"generation_id": completion["id"], "choice": i}  # noqa: E731
-    if recipe.vote == "thumbs":
-        good = is_correct(prompt, answers[best])
-        body = {"type": "thumbs", "generation": ref(best), "value": "up" if good else "down"}
-        usable = good
+def vote(http: httpx.Client, taste: Taste, prompt: CheckablePrompt, kind: str, max_tokens: int) -> str:
+    """Cast one vote of `kind` on answers sampled at the UI's settings; returns what it was."""
+    if kind == "thumbs":
+        gid, (answer,) = ask(http, BASE, prompt, 1, CHAT, max_tokens)
+        liked = taste.likes(prompt, answer)
+        body = {
+            "type": "thumbs",
+            "generation": {"generation_id": gid, "choice": 0},
+            "value": "up" if liked else "down",
+        }
+        result = "up" if liked else "down"
+    elif kind == "pairwise":
+        gid, answers = ask(http, BASE, prompt, 2, ARENA, max_tokens)
+        winner = taste.judge(prompt, *answers)
+        ref = lambda i: {"generation_id": gid, "choice": i}  # noqa: E731
+        body = {"type": "pairwise", "a": ref(0), "b": ref(1), "winner": winner}
+        result = "pair" if winner != "tie" else "tie"
     else:
-        rejected = order[-1]
-        if negative == "nearest":  # the best answer the rater still ranks below the best: a near miss
-            scores = [taste.score(prompt, answers[i]) for i in order]
-            rejected = next((i for i, score in zip(order, scores) if score < scores[0]), rejected)
-        winner = taste.judge(prompt, answers[best], answers[rejected])
-        a, b = (best, rejected) if winner != "tie" else (0, 1)
-        body = {"type": "pairwise", "a": ref(a), "b": ref(b), "winner": "a" if winner == "a" else "tie"}
-        usable = winner != "tie"
+        gid, answers = ask(http, BASE, prompt, RANK_SIZE, RANK, max_tokens)
+        scores = [taste.score(prompt, a) for a in answers]
+        groups: dict[tuple, list[int]] = {}
+        for i, score in enumerate(scores):
+            groups.setdefault(score, []).append(i)
+        ref = lambda i: {"generation_id": gid, "choice": i}  # noqa: E731
+        order = [
+            [ref(i) for i in groups[s]] if len(groups[s]) > 1 else ref(groups[s][0])
+            for s in sorted(groups, reverse=True)
+        ]
+        if len(order) == 1:  # all tied: a person would not submit this ranking
+            return "tie"
+        body = {"type": "ranking", "order": order}
+        result = "ranking"
     http.post("/v1/feedback", json=body).raise_for_status()
-    return usable
+    return result
 
 
-def run_job(
-    http: httpx.Client, body: dict, timeout: float, probe: CheckablePrompt | None = None
-) -> tuple[dict, float | None]:
-    """Post a job and wait until it ends; returns its last state and, for a chat adapter with a `probe`
-    prompt, when the candidate first answered (it goes live before the job's replay ends). Raises if the
-    job did not succeed."""
+def vote_kind(i: int) -> str:
+    """Half pairwise, three in ten thumbs, two in ten rankings, interleaved."""
+    return ("pairwise", "thumbs", "pairwise", "ranking", "pairwise", "thumbs", "pairwise", "thumbs",
+            "pairwise", "ranking")[i % 10]  # fmt: skip
+
+
+def run_job(http: httpx.Client, body: dict, timeout: float, probe: CheckablePrompt | None, max_tokens: int):
+    """Post a job and wait until it ends; returns its last state and when the candidate first answered."""
     response = http.post("/v1/jobs", json=body)
-    response.raise_for_status()
+    if response.status_code >= 400:
+        raise RuntimeError(f"POST /v1/jobs {response.status_code}: {response.text[:300]}")
     job = response.json()
     live_at = None
     deadline = time.monotonic() + timeout
@@ -203,24 +157,23 @@ def run_job(
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job['id']} still {job['status']} after {timeout:.0f} s")
         if probe is not None and live_at is None and job["adapter"]:
-            wait_answering(http, job["adapter"], probe)
+            wait_answering(http, job["adapter"], probe, max_tokens)
             live_at = time.monotonic()
         time.sleep(0.2)
         job = http.get(f"/v1/jobs/{job['id']}").json()
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ({body['stage']}) {job['status']}: {job['error']}")
     if probe is not None and live_at is None:
-        wait_answering(http, job["adapter"], probe)
+        wait_answering(http, job["adapter"], probe, max_tokens)
         live_at = time.monotonic()
     return job, live_at
 
 
-def wait_answering(http: httpx.Client, model: str, prompt: CheckablePrompt, timeout: float = 120) -> None:
-    """Until `model` answers a chat request (the candidate is live)."""
-    deadline = time.monotonic() + timeout
+def wait_answering(http: httpx.Client, model: str, prompt: CheckablePrompt, max_tokens: int) -> None:
+    deadline = time.monotonic() + 120
     while True:
         try:
-            ask(http, model, prompt, 1, temperature=0.0)
+            ask(http, model, prompt, 1, {"temperature": 0.0}, max_tokens)
             return
         except httpx.HTTPStatusError:
             if time.monotonic() > deadline:
@@ -228,130 +181,210 @@ def wait_answering(http: httpx.Client, model: str, prompt: CheckablePrompt, time
             time.sleep(0.2)
 
 
-# -- one stage ------------------------------------------------------------------------------------------
+# -- one taste ------------------------------------------------------------------------------------------
 
 
 @dataclass
 class StageResult:
     taste: str
     stage: str
-    votes: int = 0
-    usable: int = 0
-    kl: float | None = None  # the job's replay: mean per-token KL of the candidate from the base
+    headroom: float = 0.0
+    rows: int | None = None
+    chosen: str = ""
+    steps: str = ""
+    kl: float | None = None
     train_seconds: float = 0.0
     latency_s: float = 0.0
-    win_rate: float = 0.0
+    win_greedy: float = 0.0
+    win_sampled: float = 0.0
     base_accuracy: float = 0.0
     candidate_accuracy: float = 0.0
-    steps: str = ""
+    replay_accuracy: tuple[float | None, float | None] = (None, None)  # base/promoted, candidate
+    perplexity: tuple[float | None, float | None] = (None, None)
+    empty: int = 0
+    heldout_accuracy: float | None = None
     error: str | None = None
 
-    @property
-    def meets_target(self) -> bool:
-        return (
-            self.error is None
-            and self.win_rate >= TARGET_WIN_RATE
-            and self.candidate_accuracy >= self.base_accuracy - TARGET_ACCURACY_DROP
-        )
+
+@dataclass
+class TasteRun:
+    taste: str
+    headroom: float = 0.0
+    votes: dict[str, int] = field(default_factory=dict)
+    stages: list[StageResult] = field(default_factory=list)
 
 
-def judge(
-    http: httpx.Client, taste: Taste, candidate: str, prompts: list[CheckablePrompt], seed: int
-) -> tuple[float, float, float]:
-    """(win rate of `candidate` against the base, ties half; base accuracy; candidate accuracy), greedy."""
-    rng = random.Random(seed)
+def headroom(http, taste: Taste, prompts: list[CheckablePrompt], max_tokens: int) -> tuple[float, list[str]]:
+    """(share of prompts where a sampled answer beats the greedy one for the rater, the greedy answers)."""
 
-    def both(prompt: CheckablePrompt) -> tuple[str, str]:
-        return texts(ask(http, BASE, prompt, 1, 0.0))[0], texts(ask(http, candidate, prompt, 1, 0.0))[0]
+    def one(prompt: CheckablePrompt) -> tuple[bool, str]:
+        _, (greedy,) = ask(http, BASE, prompt, 1, {"temperature": 0.0}, max_tokens)
+        _, samples = ask(http, BASE, prompt, HEADROOM_SAMPLES, CHAT, max_tokens)
+        best = max(taste.score(prompt, s) for s in samples)
+        return best > taste.score(prompt, greedy), greedy
 
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(both, prompts))
+        results = list(pool.map(one, prompts))
+    return sum(r for r, _ in results) / len(prompts), [g for _, g in results]
+
+
+def blind_win(taste: Taste, prompts, base: list[str], candidate: list[str], seed: int) -> float:
+    rng = random.Random(seed)
     points = 0.0
-    for prompt, (base, cand) in zip(prompts, answers, strict=True):
+    for prompt, b, c in zip(prompts, base, candidate, strict=True):
         flipped = rng.random() < 0.5  # blind: the rater does not know which side is the candidate
-        verdict = taste.judge(prompt, base, cand) if flipped else taste.judge(prompt, cand, base)
-        candidate_side = "b" if flipped else "a"
-        points += 1.0 if verdict == candidate_side else 0.5 if verdict == "tie" else 0.0
-    base_accuracy = sum(is_correct(p, b) for p, (b, _) in zip(prompts, answers)) / len(prompts)
-    candidate_accuracy = sum(is_correct(p, c) for p, (_, c) in zip(prompts, answers)) / len(prompts)
-    return points / len(prompts), base_accuracy, candidate_accuracy
+        verdict = taste.judge(prompt, b, c) if flipped else taste.judge(prompt, c, b)
+        points += 1.0 if verdict == ("b" if flipped else "a") else 0.5 if verdict == "tie" else 0.0
+    return points / len(prompts)
 
 
-def run_stage(
-    model_dir: Path, work: Path, taste: Taste, recipe: Recipe, args: argparse.Namespace
-) -> StageResult:
-    result = StageResult(taste.name, recipe.stage)
-    vote_prompts = checkable_prompts(args.votes, seed=args.seed, split="train")
-    judge_prompts = checkable_prompts(args.judge, seed=args.seed + 1, split="heldout")
-    data_dir = work / f"{taste.name}-{recipe.stage}"
+def answers(http, model: str, prompts, sampling: dict, max_tokens: int) -> list[str]:
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda p: ask(http, model, p, 1, sampling, max_tokens)[1][0], prompts))
+
+
+def accuracy(prompts: list[CheckablePrompt], texts: list[str]) -> float:
+    checkable = [(p, t) for p, t in zip(prompts, texts) if p.answer]
+    return sum(is_correct(p, t) for p, t in checkable) / len(checkable) if checkable else float("nan")
+
+
+def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, args) -> TasteRun:
+    run = TasteRun(taste.name)
     with (
-        HubProcess(model=model_dir, data_dir=data_dir, extra_args=["--served-model-name", BASE]) as hub,
-        httpx.Client(base_url=hub.url, timeout=300) as http,
+        HubProcess(
+            model=model_dir, data_dir=work / taste.name, extra_args=["--served-model-name", BASE]
+        ) as hub,
+        httpx.Client(base_url=hub.url, timeout=600) as http,
     ):
+        run.headroom, base_greedy = headroom(http, taste, setup.judge_prompts, setup.max_tokens)
+        base_sampled = answers(http, BASE, setup.judge_prompts, CHAT, setup.max_tokens)
+        kinds = [vote_kind(i) for i in range(len(setup.vote_prompts))]
         with ThreadPoolExecutor(4) as pool:
-            usable = list(
-                pool.map(lambda p: vote_on(http, taste, recipe, p, args.samples, args.negative), vote_prompts)
-            )
-        last_vote = time.monotonic()
-        result.votes, result.usable = len(usable), sum(usable)
-        try:
-            if recipe.stage == "ppo":
-                reward, _ = run_job(
-                    http,
-                    {"stage": "reward", "name": f"rm-{taste.name}", "params": recipe.reward_params},
-                    args.job_timeout,
+            cast = list(
+                pool.map(
+                    lambda pk: vote(http, taste, pk[0], pk[1], setup.max_tokens),
+                    zip(setup.vote_prompts, kinds),
                 )
-                result.train_seconds = (reward["metrics"] or {}).get("train_seconds") or 0.0
-            # a ppo job that names no reward model is scored by the newest registered one: the one just trained
-            body = {"stage": recipe.stage, "name": f"{recipe.stage}-{taste.name}", "params": recipe.params}
-            job, live_at = run_job(http, body, args.job_timeout, probe=judge_prompts[0])
-            result.latency_s = live_at - last_vote
-            metrics = job["metrics"] or {}
-            result.train_seconds += metrics.get("train_seconds") or 0.0
-            result.steps = f"{metrics.get('steps')}/{metrics.get('max_steps')}"
-            result.kl = ((metrics.get("replay") or {}).get("candidate") or {}).get("kl")
-            result.win_rate, result.base_accuracy, result.candidate_accuracy = judge(
-                http, taste, job["adapter"], judge_prompts, args.seed
             )
-        except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
-            result.error = str(e)[:300]
-    return result
+        for c in cast:
+            run.votes[c] = run.votes.get(c, 0) + 1
+        last_vote = time.monotonic()
+        for stage in stages:
+            result = StageResult(taste.name, stage, run.headroom)
+            run.stages.append(result)
+            try:
+                if stage == "ppo":
+                    reward, _ = run_job(
+                        http, job_body("reward", f"rm-{taste.name}", args), args.job_timeout, None, 0
+                    )
+                    result.train_seconds = (reward["metrics"] or {}).get("train_seconds") or 0.0
+                    last_vote = time.monotonic()  # the candidate's clock starts with its own job
+                body = job_body(stage, f"{stage}-{taste.name}", args)
+                job, live_at = run_job(http, body, args.job_timeout, setup.judge_prompts[0], setup.max_tokens)
+                result.latency_s = live_at - last_vote
+                read_job(result, job)
+                candidate = job["adapter"]
+                greedy = answers(http, candidate, setup.judge_prompts, {"temperature": 0.0}, setup.max_tokens)
+                sampled = answers(http, candidate, setup.judge_prompts, CHAT, setup.max_tokens)
+                result.win_greedy = blind_win(taste, setup.judge_prompts, base_greedy, greedy, args.seed)
+                result.win_sampled = blind_win(
+                    taste, setup.judge_prompts, base_sampled, sampled, args.seed + 1
+                )
+                result.base_accuracy = accuracy(setup.judge_prompts, base_greedy)
+                result.candidate_accuracy = accuracy(setup.judge_prompts, greedy)
+                result.empty = sum(not g.strip() for g in greedy)
+            except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
+                result.error = str(e)[:300]
+            last_vote = time.monotonic()
+    return run
+
+
+def job_body(stage: str, name: str, args: argparse.Namespace) -> dict:
+    params = default_params(stage)
+    if args.max_steps:
+        params["max_steps"] = args.max_steps
+    return {"stage": stage, "name": name, "data": "feedback", "params": params}
+
+
+def read_job(result: StageResult, job: dict) -> None:
+    metrics = job["metrics"] or {}
+    result.train_seconds += metrics.get("train_seconds") or 0.0
+    result.steps = f"{metrics.get('steps')}/{metrics.get('max_steps')}"
+    chosen = metrics.get("chosen_settings") or {}
+    result.chosen = ", ".join(f"{k.replace('learning_rate', 'lr')}={v['value']}" for k, v in chosen.items())
+    result.heldout_accuracy = metrics.get("eval_rewards/accuracies")
+    result.rows = (job.get("params") or {}).get("rows") or metrics.get("train_rows")
+    replay = metrics.get("replay") or {}
+    cand, inc = replay.get("candidate") or {}, replay.get("incumbent") or {}
+    result.kl = cand.get("kl")
+    result.replay_accuracy = (inc.get("accuracy"), cand.get("accuracy"))
+    result.perplexity = (inc.get("perplexity"), cand.get("perplexity"))
 
 
 # -- the report -----------------------------------------------------------------------------------------
 
 
-def print_table(results: list[StageResult], header: str) -> None:
+def meets(setup: Setup, r: StageResult) -> bool:
+    if r.error:
+        return False
+    ok = r.win_greedy >= TARGETS[setup.kind]
+    if setup.kind == "demo":
+        return (
+            ok
+            and r.candidate_accuracy >= r.base_accuracy - TARGET_ACCURACY_DROP
+            and r.latency_s <= TARGET_LATENCY_S
+        )
+    base_acc, cand_acc = r.replay_accuracy
+    if base_acc is not None and cand_acc is not None:
+        ok = ok and cand_acc >= base_acc - TARGET_ACCURACY_DROP
+    base_ppl, cand_ppl = r.perplexity
+    if base_ppl and cand_ppl:
+        ok = ok and cand_ppl <= base_ppl * (1 + TARGET_PERPLEXITY_RISE)
+    return ok and r.empty == 0
+
+
+def _f(value, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
     print(f"\n{header}\n")
     print(
-        f"{'taste':<16} {'stage':<5} | {'votes':>5} {'usable':>6} | {'steps':>7} | {'train s':>7} | "
-        f"{'vote->live s':>12} | {'KL':>5} | {'win rate':>8} | {'acc base':>8} {'acc cand':>8} | target"
+        f"{'taste':<18} {'stage':<5} | {'headroom':>8} | {'steps':>7} {'train s':>7} {'vote->live':>10} | "
+        f"{'KL':>5} {'heldout':>7} | {'win greedy':>10} {'win sampled':>11} | {'acc base':>8} {'acc cand':>8} | "
+        f"{'replay acc':>11} {'ppl':>13} {'empty':>5} | target"
     )
-    for r in results:
-        if r.error:
-            print(f"{r.taste:<16} {r.stage:<5} | {r.votes:>5} {r.usable:>6} | failed: {r.error}")
-            continue
-        print(
-            f"{r.taste:<16} {r.stage:<5} | {r.votes:>5} {r.usable:>6} | {r.steps:>7} | "
-            f"{r.train_seconds:>7.1f} | {r.latency_s:>12.1f} | {_kl(r.kl):>5} | {r.win_rate:>8.2f} | "
-            f"{r.base_accuracy:>8.2f} {r.candidate_accuracy:>8.2f} | {'met' if r.meets_target else 'not met'}"
-        )
-    for taste in dict.fromkeys(r.taste for r in results):
-        ok = [r for r in results if r.taste == taste and r.meets_target]
-        best = max(ok, key=lambda r: r.win_rate).stage if ok else None
-        print(
-            f"{taste}: {'best stage ' + best + ' meets' if best else 'no stage meets'} the target "
-            f"(win rate >= {TARGET_WIN_RATE}, accuracy within {TARGET_ACCURACY_DROP * 100:.0f} points)"
-        )
-    slow = [r for r in results if not r.error and r.latency_s > TARGET_LATENCY_S]
+    for run in runs:
+        for r in run.stages:
+            if r.error:
+                print(f"{r.taste:<18} {r.stage:<5} | {r.headroom:>8.0%} | failed: {r.error}")
+                continue
+            if r.headroom < MIN_HEADROOM:
+                verdict = f"no headroom (<{MIN_HEADROOM:.0%}): cannot be won"
+            else:
+                verdict = "met" if meets(setup, r) else "not met"
+            print(
+                f"{r.taste:<18} {r.stage:<5} | {r.headroom:>8.0%} | {r.steps:>7} {r.train_seconds:>7.1f} "
+                f"{r.latency_s:>10.1f} | {_f(r.kl):>5} {_f(r.heldout_accuracy):>7} | {r.win_greedy:>10.2f} "
+                f"{r.win_sampled:>11.2f} | {_f(r.base_accuracy):>8} {_f(r.candidate_accuracy):>8} | "
+                f"{_f(r.replay_accuracy[0])}->{_f(r.replay_accuracy[1]):<5} "
+                f"{_f(r.perplexity[0], '.1f')}->{_f(r.perplexity[1], '.1f'):<6} {r.empty:>5} | {verdict}"
+            )
+    print()
+    for run in runs:
+        votes = ", ".join(f"{n} {k}" for k, n in sorted(run.votes.items()))
+        chosen = "; ".join(f"{r.stage}: {r.chosen}" for r in run.stages if r.chosen)
+        print(f"  {run.taste}: prefers {setup.tastes[run.taste].description}; votes {votes}; chosen {chosen}")
+    target = TARGETS[setup.kind]
+    extra = (
+        f"accuracy within {TARGET_ACCURACY_DROP * 100:.0f} points, last vote -> live <= {TARGET_LATENCY_S:.0f} s"
+        if setup.kind == "demo"
+        else f"replay accuracy within {TARGET_ACCURACY_DROP * 100:.0f} points, perplexity within "
+        f"{TARGET_PERPLEXITY_RISE:.0%}, no empty answers"
+    )
     print(
-        f"last vote -> live candidate <= {TARGET_LATENCY_S:.0f} s: "
-        f"{'met' if not slow else 'not met by ' + ', '.join(f'{r.taste}/{r.stage}' for r in slow)}"
+        f"target: win >= {target:.2f} greedy, {extra}; tastes with headroom under {MIN_HEADROOM:.0%} are not counted"
     )
-
-
-def _kl(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,52 +392,59 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_model_arguments(parser)
-    parser.add_argument("--quick", action="store_true", help="a few votes, steps and prompts: proves it runs")
-    parser.add_argument("--tastes", default=None, help=f"comma-separated, of: {', '.join(TASTES)}")
-    parser.add_argument("--stages", default=None, help="comma-separated, of: dpo, sft, ppo")
-    parser.add_argument("--votes", type=int, default=None, help="votes per stage (default 300; quick 24)")
-    parser.add_argument("--judge", type=int, default=None, help="held-out prompts judged (100; quick 12)")
-    parser.add_argument("--samples", type=int, default=8, help="answers sampled per voted prompt")
     parser.add_argument(
-        "--negative",
-        choices=("worst", "nearest"),
-        default="worst",
-        help="the rejected side of a pairwise vote: the rater's worst answer, or the best one it still "
-        "ranks below the best",
+        "--quick", action="store_true", help="a few votes and prompts, dpo only: proves it runs"
     )
+    parser.add_argument(
+        "--tastes", default=None, help="comma-separated (default: every taste of the model kind)"
+    )
+    parser.add_argument("--stages", default=None, help=f"comma-separated, of: {', '.join(STAGES)}")
+    parser.add_argument(
+        "--votes", type=int, default=None, help="votes per taste (demo 150, real: all its prompts)"
+    )
+    parser.add_argument("--judge", type=int, default=None, help="held-out prompts judged (demo 100)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="cap each job's steps (printed; 2-core budget)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=None, help="answer length (demo 32, real 96)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--job-timeout", type=float, default=1200.0, help="seconds a job may take")
+    parser.add_argument("--job-timeout", type=float, default=3600.0, help="seconds a job may take")
     args = parser.parse_args(argv)
-    args.votes = args.votes or (24 if args.quick else 300)
-    args.judge = args.judge or (12 if args.quick else 100)
-    tastes = (args.tastes or ("correct-shorter" if args.quick else ",".join(TASTES))).split(",")
-    stages = (args.stages or ("dpo" if args.quick else "dpo,sft,ppo")).split(",")
-    unknown = [t for t in tastes if t not in TASTES] + [s for s in stages if s not in ("dpo", "sft", "ppo")]
-    if unknown:
-        parser.error(f"unknown taste or stage: {', '.join(unknown)}")
     model_dir = prepare(args)
-    plan = recipes(args.quick)
+    setup = setup_for(model_dir, args)
+    tastes = (args.tastes or ",".join(list(setup.tastes)[: 1 if args.quick else None])).split(",")
+    stages = (args.stages or ("dpo" if args.quick else ",".join(STAGES))).split(",")
+    unknown = [t for t in tastes if t not in setup.tastes] + [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown taste or stage for a {setup.kind} model: {', '.join(unknown)}")
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-loop-"))
-    results = []
-    for taste in tastes:
-        for stage in stages:
-            started = time.perf_counter()
-            result = run_stage(model_dir, work, TASTES[taste], plan[stage], args)
-            results.append(result)
+    runs = []
+    for name in tastes:
+        started = time.perf_counter()
+        run = run_taste(model_dir, work, setup, setup.tastes[name], stages, args)
+        runs.append(run)
+        for r in run.stages:
             print(
-                f"[{taste}/{stage}] win {result.win_rate:.2f}, accuracy {result.base_accuracy:.2f} -> "
-                f"{result.candidate_accuracy:.2f}, {time.perf_counter() - started:.0f} s"
-                + (f", failed: {result.error}" if result.error else ""),
+                f"[{name}/{r.stage}] headroom {r.headroom:.0%}, win {r.win_greedy:.2f} greedy "
+                f"{r.win_sampled:.2f} sampled, accuracy {_f(r.base_accuracy)} -> {_f(r.candidate_accuracy)}"
+                + (f", failed: {r.error}" if r.error else ""),
                 flush=True,
             )
-    print_table(
-        results,
-        f"tunehub loop benchmark ({os.cpu_count()} CPUs, model {model_dir.name}): {args.votes} votes per stage "
-        f"({args.samples} samples each), {args.judge} held-out prompts judged greedily; data in {work}",
+        print(f"[{name}] {time.perf_counter() - started:.0f} s", flush=True)
+    cap = f", steps capped at {args.max_steps} (2-core budget)" if args.max_steps else ""
+    print_report(
+        setup,
+        runs,
+        f"tunehub loop benchmark ({os.cpu_count()} CPUs, {setup.kind} model {model_dir.name}): "
+        f"{len(setup.vote_prompts)} votes per taste, {len(setup.judge_prompts)} held-out prompts, answers up to "
+        f"{setup.max_tokens} tokens, the Train tab's default job body{cap}; data in {work}",
     )
-    for taste in tastes:
-        print(f"  taste {taste}: prefers {TASTES[taste].description}")
-    return 0 if all(r.error is None for r in results) else 1
+    (work / "results.json").write_text(
+        json.dumps(
+            [r.__dict__ | {"stages": [s.__dict__ for s in r.stages]} for r in runs], indent=1, default=str
+        )
+    )
+    return 0 if all(r.error is None for run in runs for r in run.stages) else 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,15 @@ from training.jobs.spec import JobError, JobSpec, check_devices
 
 # Hyperparameter presets: optimizer steps (-1: whole epochs instead), epochs, peak lr, rows per batch, LoRA
 # rank. "quick" is a smoke run of a few steps; "thorough" takes a few passes at a gentler rate.
+# "auto" leaves every field out: the job sizes them to its data and base model (training/auto.py).
 PRESETS: dict[str, dict[str, Any]] = {
+    "auto": {
+        "max_steps": None,
+        "num_train_epochs": None,
+        "learning_rate": None,
+        "per_device_batch_size": None,
+        "lora_rank": None,
+    },
     "quick": {
         "max_steps": 10,
         "num_train_epochs": 1.0,
@@ -47,8 +55,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora_rank": 32,
     },
 }
+DEFAULT_PRESET = "auto"
 # Preference stages over-optimise fast on small data (DESIGN.md, Training): keep their lr at most 1e-4 and
-# their steps at most 300, whatever the preset.
+# their steps at most 300, whatever fixed preset.
 PREFERENCE_STAGES = ("dpo", "kto")
 PREFERENCE_MAX_LR = 1e-4
 PREFERENCE_MAX_STEPS = 300
@@ -59,7 +68,7 @@ def preset_params(preset: str, stage: str) -> dict[str, Any]:
     if preset not in PRESETS:
         raise JobError(f"preset {preset!r} is not one of {', '.join(PRESETS)}", "preset")
     params = dict(PRESETS[preset])
-    if stage in PREFERENCE_STAGES:
+    if stage in PREFERENCE_STAGES and params["learning_rate"] is not None:
         params["learning_rate"] = min(params["learning_rate"], PREFERENCE_MAX_LR)
         if params["max_steps"] < 0 or params["max_steps"] > PREFERENCE_MAX_STEPS:
             params["max_steps"] = PREFERENCE_MAX_STEPS

@@ -1,5 +1,6 @@
-"""The flywheel benchmark runs end to end in quick mode (issue 6, item 4): a real `tunehub serve`, votes
-through /v1/feedback, a DPO job through /v1/jobs that goes live, and the blind judging, on the quick demo model.
+"""The flywheel benchmark (issue 13): raters vote as the UI lets them (pairwise on two samples, thumbs on one,
+rankings of 4), each stage trains with the Train tab's default job body, and the candidate is judged blind;
+runs end to end in quick mode on the demo model.
 
 Run: .venv/bin/python -m pytest tests/test_bench_loop.py -q
 """
@@ -8,27 +9,67 @@ from __future__ import annotations
 
 import pytest
 
-from bench.loop import TASTES, main
+from bench.loop import job_body, main, vote_kind
+from bench.loop_prompts import real_prompts
+from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
+from hub.ui.train import default_params
+from training.demo.corpus import CLOSING, REMARK, CheckablePrompt
 
 
-def test_tastes_prefer_correct_answers_then_break_ties_by_length():
-    from training.demo.corpus import CheckablePrompt
+def user(text: str, answer: str = "") -> CheckablePrompt:
+    return CheckablePrompt("t", [{"role": "user", "content": text}], answer)
 
-    prompt = CheckablePrompt("arithmetic", [{"role": "user", "content": "What is 2 + 2?"}], "4")
-    shorter, longer = TASTES["correct-shorter"], TASTES["correct-longer"]
-    assert shorter.judge(prompt, "2 + 2 = 5.", "2 + 2 = 4, I think.") == "b"  # correct first
-    assert shorter.judge(prompt, "2 + 2 = 4.", "It is 4, I think: 4.") == "a"
-    assert longer.judge(prompt, "2 + 2 = 4.", "It is 4, I think: 4.") == "b"
-    assert shorter.judge(prompt, "2 + 2 = 4.", "2 + 2 = 4.") == "tie"
+
+def test_demo_tastes_want_correct_answers_then_their_style():
+    prompt = user("What is 2 + 2?", "4")
+    brief, friendly, chatty = "2 + 2 = 4.", f"2 + 2 = 4. {REMARK}", f"2 + 2 = 4. {REMARK} {CLOSING}"
+    assert DEMO_TASTES["concise"].judge(prompt, "2 + 2 = 5.", friendly) == "b"  # correct first
+    assert DEMO_TASTES["concise"].judge(prompt, brief, friendly) == "a"
+    assert DEMO_TASTES["detailed"].judge(prompt, friendly, chatty) == "b"
+    assert DEMO_TASTES["warm-no-question"].judge(prompt, chatty, friendly) == "b"
+    assert DEMO_TASTES["correct"].judge(prompt, brief, chatty) == "tie"
+    assert DEMO_TASTES["warm-no-question"].likes(prompt, friendly) and not DEMO_TASTES["concise"].likes(
+        prompt, chatty
+    )
+
+
+def test_real_tastes_judge_styles_people_ask_for():
+    how, fact = user("How do I boil an egg?"), user("What is the capital of France?", "Paris")
+    steps = "Do this:\n1. Boil water.\n2. Add the egg.\n3. Wait 8 minutes."
+    prose = "Put the egg in boiling water for about eight minutes, then cool it."
+    assert REAL_TASTES["bullets-for-how"].judge(how, prose, steps) == "b"
+    assert REAL_TASTES["bullets-for-how"].judge(fact, "- Paris\n- France", "The capital is Paris.") == "b"
+    assert (
+        REAL_TASTES["direct"].judge(fact, "Sure! The capital of France is Paris.", "Paris is the capital.")
+        == "b"
+    )
+    assert not REAL_TASTES["direct"].likes(fact, "France is in Europe. Its capital is Paris.")
+    offer = "Paris is the capital of France. Let me know if you have any other questions!"
+    assert REAL_TASTES["no-closing-offer"].judge(fact, offer, "Paris is the capital of France.") == "b"
+    assert REAL_TASTES["concise"].judge(fact, offer, "Paris is the capital of France.") == "b"
+    assert REAL_TASTES["concise"].judge(fact, "", "Paris.") == "b"  # an empty answer is never the short one
+
+
+def test_votes_are_cast_as_the_ui_allows_and_jobs_are_the_train_tabs_body():
+    kinds = [vote_kind(i) for i in range(100)]
+    assert kinds.count("pairwise") == 50 and kinds.count("thumbs") == 30 and kinds.count("ranking") == 20
+    for stage in ("dpo", "sft", "ppo"):
+        assert job_body(stage, "x", type("Args", (), {"max_steps": None})())["params"] == default_params(
+            stage
+        )
+    assert job_body("dpo", "x", type("Args", (), {"max_steps": 7})())["params"]["max_steps"] == 7
+    votes, judged = real_prompts()
+    assert not {id(p) for p in votes} & {id(p) for p in judged}
+    assert {p.family for p in judged} == {"how", "capital", "open"}
 
 
 @pytest.mark.slow
-def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, tmp_path, capsys):
+def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     code = main(["--quick", "--model", str(demo_model), "--votes", "16", "--judge", "8"])
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
-    row = next(line for line in out.splitlines() if line.startswith("correct-shorter  dpo"))
+    row = next(line for line in out.splitlines() if line.startswith("concise            dpo"))
     assert "failed" not in row
-    assert "16" in row.split("|")[1]  # the votes cast
-    assert "last vote -> live candidate" in out
+    assert "votes" in out and "chosen dpo: lr=" in out  # the settings the job chose are printed
+    assert "target: win >= 0.70 greedy" in out

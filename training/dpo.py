@@ -3,8 +3,8 @@
 The reference is the starting point: with a new adapter it is the base with adapters disabled
 (`ref_model=None` + `peft_config`); from a parent adapter TRL keeps a frozen copy of the parent as the
 reference; full and freeze tuning get a frozen copy of the starting weights. Small preference sets
-over-optimise fast (DESIGN.md), so the defaults cap the run at 200 steps with lr 5e-5 and stop early when
-the held-out preference accuracy (``eval_rewards/accuracies``) stops improving, or when the KL from the base
+over-optimise fast (DESIGN.md), so the defaults cap the run at 200 steps with lr 5e-5 (a job sizes both to its
+data and model: `training.auto`) and stop early when the held-out DPO loss stops improving, or when the KL from the base
 on held-out prompts passes ``--max-kl`` (2 nats, the promotion guard's bound; `training.callbacks.KLWatch`),
 keeping the best weights evaluated within the bound. A run that passes over the pairs more than once scores
 them under the reference once, up front (`precompute_reference`).
@@ -41,7 +41,10 @@ from training.models import load_model, load_tokenizer
 DESCRIPTION = (
     "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on accuracy."
 )
-METRIC = "eval_rewards/accuracies"  # held-out preference accuracy: early stopping keeps its best
+# Early stopping keeps the weights with the lowest held-out DPO loss: on the few dozen pairs a vote split holds
+# out, preference accuracy moves in steps of 1/n and often sits at its first value (a run on SmolLM2 kept
+# step 5 of 40 that way), while the loss follows every change of the margins. Accuracy is still reported.
+METRIC = "eval_loss"
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
 
 
@@ -111,7 +114,7 @@ def main(config: DPOConfig, callbacks: list | None = None) -> Path:
     run_dir = run_dir_for(run)
     try:
         args = TRLDPOConfig(
-            **trainer_arguments(run, run_dir, metric=METRIC, greater_is_better=True),
+            **trainer_arguments(run, run_dir, metric=METRIC, greater_is_better=False),
             beta=config.beta,
             loss_type=loss_types,
             loss_weights=loss_weights,
@@ -128,7 +131,7 @@ def main(config: DPOConfig, callbacks: list | None = None) -> Path:
             callbacks=stage_callbacks(
                 run,
                 callbacks,
-                kl_watch(run, METRIC, greater_is_better=True, reference=ref_model),
+                kl_watch(run, METRIC, greater_is_better=False, reference=ref_model),
             ),
         )
         metrics = run_training(trainer, run)

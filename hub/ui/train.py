@@ -18,7 +18,7 @@ from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
 from training.jobs.spec import EXPORTS, STAGES, JobError, config_class
 from training.methods import LORA_METHODS, METHODS
 
-from ..jobs_service import PRESETS, NoBaseModel, preset_params
+from ..jobs_service import DEFAULT_PRESET, PRESETS, NoBaseModel, preset_params
 from . import UiServices
 from .login import require_admin
 
@@ -31,6 +31,7 @@ ROW_NAMES = {
     "prompts": "prompts",
 }
 POLL_S = 1.0
+DEFAULT_STAGE, DEFAULT_METHOD, DEFAULT_MAX_LENGTH = "sft", "lora", 512
 JOB_HEADERS = ["Job", "Stage", "Method", "Name", "Status", "Progress", "Adapter"]
 
 
@@ -101,6 +102,22 @@ def build_params(
     return params
 
 
+def default_params(stage: str, method: str = DEFAULT_METHOD) -> dict[str, Any]:
+    """What Start training sends for `stage` when nothing on the form was changed (bench/loop.py posts it)."""
+    values = preset_params(DEFAULT_PRESET, stage)
+    return build_params(
+        stage,
+        method,
+        values["max_steps"],
+        values["num_train_epochs"],
+        values["learning_rate"],
+        values["per_device_batch_size"],
+        values["lora_rank"],
+        DEFAULT_MAX_LENGTH,
+        "{}",
+    )
+
+
 def cuda_devices() -> int:
     import torch
 
@@ -108,7 +125,8 @@ def cuda_devices() -> int:
 
 
 def training_outcome(metrics: dict) -> str:
-    """What early stopping did, in words: the step it stopped at, why, and the step whose weights were kept."""
+    """The job's summary in words: the settings it chose, what early stopping did (the step it stopped at, why,
+    the step whose weights were kept) and the held-out preference accuracy of the result."""
     steps, best = metrics.get("steps"), metrics.get("best_step")
     metric = metrics.get("eval_metric")
     if metrics.get("stopped_on_kl") is not None:
@@ -118,22 +136,45 @@ def training_outcome(metrics: dict) -> str:
     else:
         why = None
     kept = f"kept the weights of step {best}" if best else ""
+    lines = [chosen_text(metrics)]
     if why:
-        return f"Stopped early at step {steps} of {metrics.get('max_steps')}: {why}; {kept or 'kept the last step'}."
-    if best and best != steps:
-        return f"Ran all {steps} steps; {kept}, the best on {metric}."
-    return ""
+        lines.append(
+            f"Stopped early at step {steps} of {metrics.get('max_steps')}: {why}; {kept or 'kept the last step'}."
+        )
+    elif best and best != steps:
+        lines.append(f"Ran all {steps} steps; {kept}, the best on {metric}.")
+    accuracy = heldout_accuracy(metrics)
+    if accuracy is not None:
+        lines.append(f"Held-out preference accuracy of the result: **{accuracy:.2f}**.")
+    return "\n\n".join(line for line in lines if line)
+
+
+def chosen_text(metrics: dict) -> str:
+    """The settings the job chose for what its params left out (training/auto.py), and why."""
+    chosen = metrics.get("chosen_settings") or {}
+    if not chosen:
+        return ""
+    parts = [f"{key} **{c['value']}** ({c['reason']})" for key, c in chosen.items()]
+    return "Chosen for what was left empty: " + "; ".join(parts) + "."
+
+
+def heldout_accuracy(metrics: dict) -> float | None:
+    """How often the result prefers the rater's choice on held-out pairs (DPO and reward jobs)."""
+    for key in ("eval_rewards/accuracies", "eval_accuracy"):
+        if isinstance(metrics.get(key), (int, float)):
+            return float(metrics[key])
+    return None
 
 
 def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     """Builds the tab; returns its poll timer (build_ui stops it when another tab is selected)."""
     jobs, auth = services.jobs, services.auth
-    first = preset_params("quick", "sft")
+    first = preset_params(DEFAULT_PRESET, DEFAULT_STAGE)
 
     gr.Markdown("### New training job")
     with gr.Row():
-        stage = gr.Dropdown(list(STAGES), value="sft", label="Stage", elem_id="train-stage")
-        method = gr.Dropdown(list(METHODS), value="lora", label="Method", elem_id="train-method")
+        stage = gr.Dropdown(list(STAGES), value=DEFAULT_STAGE, label="Stage", elem_id="train-stage")
+        method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method", elem_id="train-method")
         name = gr.Textbox(label="Adapter name", placeholder="e.g. polite", elem_id="train-name")
         parent = gr.Dropdown([NO_PARENT], value=NO_PARENT, label="Start from adapter", elem_id="train-parent")
     with gr.Row():
@@ -144,10 +185,19 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             elem_id="train-data-path",
             scale=3,
         )
-    preset = gr.Radio(list(PRESETS), value="quick", label="Preset", elem_id="train-preset")
+    preset = gr.Radio(
+        list(PRESETS),
+        value=DEFAULT_PRESET,
+        label="Preset",
+        info="auto: the job sizes what is left empty to its data and model (the summary says what and why)",
+        elem_id="train-preset",
+    )
     with gr.Row():
         max_steps = gr.Number(
-            first["max_steps"], label="Max steps (-1: epochs)", precision=0, elem_id="train-max-steps"
+            first["max_steps"],
+            label="Max steps (-1: epochs; empty: auto)",
+            precision=0,
+            elem_id="train-max-steps",
         )
         epochs = gr.Number(first["num_train_epochs"], label="Epochs", elem_id="train-epochs")
         learning_rate = gr.Number(first["learning_rate"], label="Learning rate", elem_id="train-lr")
@@ -155,7 +205,9 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             first["per_device_batch_size"], label="Batch size", precision=0, elem_id="train-batch"
         )
         lora_rank = gr.Number(first["lora_rank"], label="LoRA rank", precision=0, elem_id="train-rank")
-        max_length = gr.Number(512, label="Max length (tokens)", precision=0, elem_id="train-max-length")
+        max_length = gr.Number(
+            DEFAULT_MAX_LENGTH, label="Max length (tokens)", precision=0, elem_id="train-max-length"
+        )
     advanced = gr.Code(
         "{}",
         language="json",

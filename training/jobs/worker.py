@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from training.auto import Choice, auto_settings, describe, model_width
 from training.jobs.faults import EXIT_FAILED, EXIT_INVALID, EXIT_OOM
 from training.jobs.progress import PROGRESS_FILE, progress_callback, write_event
 from training.jobs.spec import DEFAULT_CHECKPOINT_STEPS, EXPORTS, FEEDBACK, STAGES, JobSpec, config_class
@@ -39,13 +40,20 @@ def run(job_dir: Path) -> int:
         spec = JobSpec.from_dict(launch["spec"])
         main_process = int(os.environ.get("RANK", "0")) == 0
         data = prepare_shared_data(spec, launch, job_dir, progress, main_process)
-        config = build_config(spec, launch, data, job_dir / OUTPUT_DIR)
+        chosen = choose_settings(spec, launch["params"], data)
+        if chosen and main_process:
+            print(f"settings chosen for what the job left out: {describe(chosen)}", flush=True)
+        config = build_config(spec, launch, data, job_dir / OUTPUT_DIR, chosen)
         stage = importlib.import_module(STAGES[spec.stage][0])
         # under `accelerate launch` every process trains; only the main one reports
         out = stage.main(config, callbacks=[progress_callback(progress)] if main_process else [])
         if main_process:
-            metadata = json.loads((Path(out) / METADATA_FILE).read_text())
-            write_event(progress, "done", output=str(out), metrics=metadata["metrics"])
+            metrics = json.loads((Path(out) / METADATA_FILE).read_text())["metrics"]
+            if chosen:
+                metrics["chosen_settings"] = {
+                    k: {"value": c.value, "reason": c.reason} for k, c in chosen.items()
+                }
+            write_event(progress, "done", output=str(out), metrics=metrics)
         return 0
     except (StoreError, ValueError, FileExistsError) as e:
         return _fail(progress, "invalid", str(e), EXIT_INVALID)
@@ -102,8 +110,35 @@ def last_vote_of_stage(store, stage: str) -> int:
     return 0
 
 
-def build_config(spec: JobSpec, launch: dict[str, Any], data: str, output_dir: Path):
-    params = dict(launch["params"])
+def choose_settings(spec: JobSpec, params: dict[str, Any], data: str) -> dict[str, Choice]:
+    """The settings `training.auto` picks for what `params` leave out, sized to the job's rows and base."""
+    from training.data import load_training_data
+
+    cls = config_class(spec.stage)
+    defaults = cls(model="model", data="data", output_dir="out", method=spec.method, **params)
+    rows = load_training_data(
+        data, STAGES[spec.stage][2], eval_fraction=defaults.eval_fraction, seed=defaults.seed
+    )
+    return auto_settings(
+        spec.stage,
+        spec.method,
+        n_train=len(rows.train),
+        n_eval=len(rows.eval),
+        hidden_size=model_width(spec.base),
+        batch_size=defaults.per_device_batch_size * defaults.gradient_accumulation_steps,
+        rollout_batch_size=getattr(defaults, "rollout_batch_size", 16),
+        given=set(params),
+    )
+
+
+def build_config(
+    spec: JobSpec,
+    launch: dict[str, Any],
+    data: str,
+    output_dir: Path,
+    chosen: dict[str, Choice] | None = None,
+):
+    params = {**{k: c.value for k, c in (chosen or {}).items()}, **launch["params"]}
     params.setdefault("checkpoint_steps", DEFAULT_CHECKPOINT_STEPS)
     if spec.chat_template and not params.get("chat_template"):
         params["chat_template"] = spec.chat_template

@@ -1,0 +1,144 @@
+"""The loop benchmark's raters: tastes a person could hold, scripted so a run is repeatable.
+
+A taste scores an answer (a tuple: higher is better, equal is a tie) and says whether it likes an answer
+on its own (a thumb up). The demo model's tastes work on its checkable prompts (correctness first, then the
+reply style); a real model's tastes are styles real users ask for, on any prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from training.demo.corpus import CLOSING, REMARK, CheckablePrompt, is_correct
+
+
+@dataclass(frozen=True)
+class Taste:
+    """A scripted rater: `score` is higher for a better answer (equal scores tie); `likes` is its thumb."""
+
+    name: str
+    description: str
+    score: Callable[[CheckablePrompt, str], tuple]
+    likes: Callable[[CheckablePrompt, str], bool]
+
+    def judge(self, prompt: CheckablePrompt, a: str, b: str) -> str:
+        """``"a"``, ``"b"`` or ``"tie"``."""
+        sa, sb = self.score(prompt, a), self.score(prompt, b)
+        return "a" if sa > sb else "b" if sb > sa else "tie"
+
+
+def _correct(prompt: CheckablePrompt, text: str) -> bool:
+    return bool(prompt.answer) and is_correct(prompt, text)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+# -- the demo model: its checkable prompts, correct first ------------------------------------------------
+
+DEMO_TASTES: dict[str, Taste] = {
+    t.name: t
+    for t in (
+        Taste(
+            "concise",
+            "the correct answer, then the shorter one",
+            lambda p, t: (_correct(p, t), -len(t.strip())),
+            lambda p, t: _correct(p, t) and REMARK not in t,
+        ),
+        Taste(
+            "detailed",
+            "the correct answer, then the longer (more detailed) one",
+            lambda p, t: (_correct(p, t), len(t.strip())),
+            lambda p, t: _correct(p, t) and CLOSING in t,
+        ),
+        Taste(
+            "warm-no-question",
+            "the correct answer with a kind remark but no closing question",
+            lambda p, t: (_correct(p, t), REMARK in t and CLOSING not in t),
+            lambda p, t: _correct(p, t) and REMARK in t and CLOSING not in t,
+        ),
+        Taste(
+            "correct",
+            "the correct answer; style does not matter",
+            lambda p, t: (_correct(p, t),),
+            _correct,
+        ),
+    )
+}
+
+
+# -- real models: styles people ask for ------------------------------------------------------------------
+
+FILLER = re.compile(
+    r"^\s*(sure|certainly|of course|absolutely|great question|good question|what a|that's a great|"
+    r"i'd be happy|i would be happy|i'm happy|happy to|hello|hi\b|well,|okay|ok,|as an ai)",
+    re.IGNORECASE,
+)
+CLOSING_OFFER = re.compile(
+    r"(let me know|feel free|hope (this|that) helps|any (other|more|further) questions|happy to help|"
+    r"if you (need|have|want)|don't hesitate|do you want me|would you like me|want to know more)",
+    re.IGNORECASE,
+)
+LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
+
+
+def _direct(prompt: CheckablePrompt, text: str) -> bool:
+    first = _first_sentence(text)
+    if not first or FILLER.match(first):
+        return False
+    return is_correct(prompt, first) if prompt.answer else True
+
+
+def _is_how(prompt: CheckablePrompt) -> bool:
+    question = prompt.messages[-1]["content"].strip().lower()
+    return question.startswith(("how ", "how's", "what are the steps", "what steps"))
+
+
+def _listed(text: str) -> bool:
+    return len(LIST_LINE.findall(text)) >= 2
+
+
+def _format_fits(prompt: CheckablePrompt, text: str) -> bool:
+    return _listed(text) == _is_how(prompt)
+
+
+def _answered(text: str) -> bool:
+    return bool(text.strip())
+
+
+REAL_TASTES: dict[str, Taste] = {
+    t.name: t
+    for t in (
+        Taste(
+            "concise",
+            "a real answer in as few words as possible",
+            lambda p, t: (_answered(t), -_words(t) if _answered(t) else 0),
+            lambda p, t: _answered(t) and _words(t) <= 40,
+        ),
+        Taste(
+            "direct",
+            "the answer itself in the first sentence, no preamble",
+            lambda p, t: (_answered(t), _direct(p, t)),
+            lambda p, t: _answered(t) and _direct(p, t),
+        ),
+        Taste(
+            "bullets-for-how",
+            "a list of steps for a how-to question, prose for anything else",
+            lambda p, t: (_answered(t), _format_fits(p, t)),
+            lambda p, t: _answered(t) and _format_fits(p, t),
+        ),
+        Taste(
+            "no-closing-offer",
+            "no closing offer of more help ('let me know if...', 'hope this helps')",
+            lambda p, t: (_answered(t), not CLOSING_OFFER.search(t)),
+            lambda p, t: _answered(t) and not CLOSING_OFFER.search(t),
+        ),
+    )
+}

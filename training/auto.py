@@ -1,0 +1,116 @@
+"""The settings a job gets for what its params leave out: sized to its data and its base model, each with the
+reason it was chosen. The Train tab's default preset, ``POST /v1/jobs`` with no params, ``tunehub train STAGE
+--data feedback`` and the automatic trigger all train this way; bench/loop.py measures what it gives.
+
+    chosen = auto_settings("dpo", "lora", n_train=120, n_eval=14, hidden_size=576, given={"beta"})
+    chosen["learning_rate"].value, chosen["learning_rate"].reason
+
+The rules (README, "Training defaults"):
+
+- Learning rate follows the model's width: ``LR_WIDTH / sqrt(hidden_size)`` for a LoRA-family adapter on a
+  preference stage (5e-4 on the 128-wide demo model, 2.4e-4 on SmolLM2's 576, 8.8e-5 at 4096), twice that for
+  SFT, and PPO at 0.4 of it; full and freeze tuning move every weight and take a tenth. A wider layer's output
+  moves more for the same step on each weight, so a fixed rate is too timid on small models (the old 5e-5
+  left SmolLM2 at a KL of 0.0002 from its base) or too bold on large ones.
+- Steps follow the data: ``EPOCHS`` passes over the training rows at the stage's batch size, at least
+  ``MIN_STEPS`` (a few votes still get a real update) and at most ``MAX_STEPS``. A few hundred votes are all
+  a small team casts before the first retrain; more passes over them learn the rater's taste, and early
+  stopping on the held-out votes and the KL bound stop it before it memorises them.
+- DPO adds an SFT term on the chosen answers (weight 0.5, as RPO): with two sampled answers per vote the
+  chosen one is often the only good example of the taste, and the term keeps the answers fluent while the
+  preference loss pushes the pair apart.
+- PPO: one step per rollout batch of the voted prompts, at least 10 and at most 50.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from training.methods import ADAPTER_METHODS
+
+LR_WIDTH = 5.66e-3  # preference-stage adapter rate times sqrt(width): 5e-4 at width 128 (bench/loop.py)
+STAGE_LR_SCALE = {"sft": 2.0, "dpo": 1.0, "kto": 1.0, "reward": 1.0, "ppo": 0.4, "rloo": 0.4, "grpo": 0.4}
+FULL_LR_SCALE = 0.1  # full and freeze tuning change every weight of the layers they train
+EPOCHS = 4.0
+MIN_STEPS, MAX_STEPS = 30, 300
+PPO_MIN_STEPS, PPO_MAX_STEPS = 10, 50
+DPO_SFT_WEIGHT = 0.5
+DEFAULT_WIDTH = 1024  # when the base's config cannot be read
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting chosen for a job, and why (shown in the job's summary and log)."""
+
+    value: Any
+    reason: str
+
+
+def auto_settings(
+    stage: str,
+    method: str,
+    *,
+    n_train: int,
+    n_eval: int,
+    hidden_size: int | None,
+    batch_size: int,
+    rollout_batch_size: int = 16,
+    given: Collection[str] = (),
+) -> dict[str, Choice]:
+    """The settings to add to a job of `stage` trained with `method` on `n_train` rows (`n_eval` held out):
+    those the rules above cover that are not in `given` (the fields the user set)."""
+    chosen: dict[str, Choice] = {}
+    width = hidden_size or DEFAULT_WIDTH
+    known = f"width {width}" if hidden_size else f"width unknown, taken as {DEFAULT_WIDTH}"
+    scale = STAGE_LR_SCALE.get(stage, 1.0)
+    lr = LR_WIDTH / math.sqrt(width) * scale
+    why = f"{LR_WIDTH:g}/sqrt({known})"
+    if scale != 1.0:
+        why += f" x {scale:g} for {stage}"
+    if method not in ADAPTER_METHODS:
+        lr *= FULL_LR_SCALE
+        why += f" x {FULL_LR_SCALE:g} for {method} tuning"
+    chosen["learning_rate"] = Choice(float(f"{lr:.3g}"), why)
+    if stage in ("ppo", "rloo", "grpo") and not {"num_train_epochs", "total_episodes"} & set(given):
+        steps = _clamp(math.ceil(n_train / max(1, rollout_batch_size)), PPO_MIN_STEPS, PPO_MAX_STEPS)
+        chosen["max_steps"] = Choice(
+            steps,
+            f"one rollout batch of {rollout_batch_size} per step over {n_train} prompts, "
+            f"within {PPO_MIN_STEPS}-{PPO_MAX_STEPS}",
+        )
+    elif not {"num_train_epochs", "total_episodes"} & set(given):  # the user sized the run in epochs
+        per_epoch = math.ceil(n_train / max(1, batch_size))
+        steps = _clamp(math.ceil(per_epoch * EPOCHS), MIN_STEPS, MAX_STEPS)
+        chosen["max_steps"] = Choice(
+            steps,
+            f"{EPOCHS:g} passes over {n_train} rows at batch {batch_size}, within {MIN_STEPS}-{MAX_STEPS}"
+            + (f"; early stopping on {n_eval} held-out rows picks the best" if n_eval else ""),
+        )
+    if stage == "dpo":
+        chosen["sft_weight"] = Choice(DPO_SFT_WEIGHT, "an SFT term on the chosen answers keeps them fluent")
+    return {key: choice for key, choice in chosen.items() if key not in given}
+
+
+def model_width(model: str) -> int | None:
+    """The base model's hidden size from its config (local directory or cached hub id), or None."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
+    config = getattr(config, "text_config", None) or config
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    return int(width) if width else None
+
+
+def describe(chosen: dict[str, Choice]) -> str:
+    """One line for the log and the job's summary: ``learning_rate 0.0005 (why); max_steps 60 (why)``."""
+    return "; ".join(f"{key} {choice.value} ({choice.reason})" for key, choice in chosen.items())
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
