@@ -103,8 +103,12 @@ def ask(http: httpx.Client, model: str, prompt: CheckablePrompt, n: int, samplin
     return completion["id"], [choice["message"]["content"] or "" for choice in completion["choices"]]
 
 
-def vote(http: httpx.Client, taste: Taste, prompt: CheckablePrompt, kind: str, max_tokens: int) -> str:
-    """Cast one vote of `kind` on answers sampled at the UI's settings; returns what it was."""
+def vote(
+    http: httpx.Client, taste: Taste, prompt: CheckablePrompt, kind: str, max_tokens: int
+) -> tuple[str, list[bool]]:
+    """Cast one vote of `kind` on answers sampled at the UI's settings; returns what it was and, for each
+    answer an SFT job will train on (thumbs up, a pairwise winner, a ranking's best), whether the rater likes
+    it on its own."""
     if kind == "thumbs":
         gid, (answer,) = ask(http, BASE, prompt, 1, CHAT, max_tokens)
         liked = taste.likes(prompt, answer)
@@ -113,13 +117,14 @@ def vote(http: httpx.Client, taste: Taste, prompt: CheckablePrompt, kind: str, m
             "generation": {"generation_id": gid, "choice": 0},
             "value": "up" if liked else "down",
         }
-        result = "up" if liked else "down"
+        result, trained = ("up" if liked else "down"), [liked] if liked else []
     elif kind == "pairwise":
         gid, answers = ask(http, BASE, prompt, 2, ARENA, max_tokens)
         winner = taste.judge(prompt, *answers)
         ref = lambda i: {"generation_id": gid, "choice": i}  # noqa: E731
         body = {"type": "pairwise", "a": ref(0), "b": ref(1), "winner": winner}
         result = "pair" if winner != "tie" else "tie"
+        trained = [taste.likes(prompt, answers[0 if winner == "a" else 1])] if winner != "tie" else []
     else:
         gid, answers = ask(http, BASE, prompt, RANK_SIZE, RANK, max_tokens)
         scores = [taste.score(prompt, a) for a in answers]
@@ -132,11 +137,12 @@ def vote(http: httpx.Client, taste: Taste, prompt: CheckablePrompt, kind: str, m
             for s in sorted(groups, reverse=True)
         ]
         if len(order) == 1:  # all tied: a person would not submit this ranking
-            return "tie"
+            return "tie", []
         body = {"type": "ranking", "order": order}
         result = "ranking"
+        trained = [taste.likes(prompt, answers[i]) for i in groups[max(groups)]]
     http.post("/v1/feedback", json=body).raise_for_status()
-    return result
+    return result, trained
 
 
 def vote_kind(i: int) -> str:
@@ -211,6 +217,7 @@ class TasteRun:
     taste: str
     headroom: float = 0.0
     votes: dict[str, int] = field(default_factory=dict)
+    sft_liked: float = 0.0  # share of the answers an SFT job trains on that the rater likes on their own
     stages: list[StageResult] = field(default_factory=list)
 
 
@@ -266,8 +273,10 @@ def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, a
                     zip(setup.vote_prompts, kinds),
                 )
             )
-        for c in cast:
-            run.votes[c] = run.votes.get(c, 0) + 1
+        for kind, _ in cast:
+            run.votes[kind] = run.votes.get(kind, 0) + 1
+        trained = [liked for _, answers_ in cast for liked in answers_]
+        run.sft_liked = sum(trained) / len(trained) if trained else 0.0
         last_vote = time.monotonic()
         for stage in stages:
             result = StageResult(taste.name, stage, run.headroom)
@@ -374,7 +383,10 @@ def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
     for run in runs:
         votes = ", ".join(f"{n} {k}" for k, n in sorted(run.votes.items()))
         chosen = "; ".join(f"{r.stage}: {r.chosen}" for r in run.stages if r.chosen)
-        print(f"  {run.taste}: prefers {setup.tastes[run.taste].description}; votes {votes}; chosen {chosen}")
+        print(
+            f"  {run.taste}: prefers {setup.tastes[run.taste].description}; votes {votes}; "
+            f"{run.sft_liked:.0%} of the answers sft trains on are ones the rater likes on their own; chosen {chosen}"
+        )
     target = TARGETS[setup.kind]
     extra = (
         f"accuracy within {TARGET_ACCURACY_DROP * 100:.0f} points, last vote -> live <= {TARGET_LATENCY_S:.0f} s"

@@ -228,6 +228,7 @@ def test_an_admin_trains_from_the_train_tab_and_finds_the_adapter(train_hub, sft
         sign_in(page, train_hub, ADMIN)
         page.get_by_role("tab", name="Train").click()
         page.locator("#train-estimate").get_by_text("lora").first.wait_for(timeout=15_000)
+        choose(page, "train-stage", "sft")
         page.locator("#train-name textarea").fill("ui-km")
         page.locator("#train-source").get_by_label("file or directory").check()
         page.locator("#train-data-path textarea").fill(str(sft_file))
@@ -277,3 +278,31 @@ def test_a_rater_sees_neither_train_nor_adapters(train_hub):
         sign_in(page, train_hub, RATER)
         tabs = page.get_by_role("tab").all_inner_texts()
         assert "Chat" in tabs and not {"Train", "Adapters", "Data"} & set(tabs), tabs
+
+
+def test_start_training_with_nothing_changed_trains_dpo_sized_to_the_votes(train_hub):
+    """Issue 13: an admin names the adapter and clicks Start training; the job trains DPO on the votes with the
+    settings it chose for their number and the model, and its summary says what and why, and how well the
+    result ranks held-out votes."""
+    from tests.support.browser import browser_page
+
+    collect_votes(train_hub, prompts=12)
+    with browser_page(ARTIFACTS, "ui-train-defaults") as page:
+        sign_in(page, train_hub, ADMIN)
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-estimate").get_by_text("lora").first.wait_for(timeout=15_000)
+        # nothing filled in: the auto preset leaves the numbers to the job
+        assert page.locator("#train-lr input").input_value() == "0"
+        page.locator("#train-name textarea").fill("ui-auto")
+        page.locator("#train-start").click()
+        page.locator("#train-message").get_by_text("dpo lora → ui-auto").wait_for(timeout=30_000)
+        seen = watch_job(page, "ui-auto", timeout=400)
+        assert "succeeded" in seen[-1], seen[-1]
+        wait_text(page, "#train-job-status", "Chosen for what was left empty", timeout=30_000)
+        text = page.locator("#train-job-status").inner_text()
+    assert "learning_rate 0.001" in text and "sqrt(width 128)" in text, text
+    assert "max_steps 40" in text and "sft_weight 0.5" in text, text
+    with Store(train_hub.data_dir / "feedback.db") as store:
+        job = next(j for j in store.list_jobs() if j.params.get("name") == "ui-auto")
+    assert job.params["params"] == {"max_length": 512}  # what the form sent: nothing else
+    assert job.metrics["chosen_settings"]["learning_rate"]["value"] == 0.001

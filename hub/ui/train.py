@@ -31,7 +31,8 @@ ROW_NAMES = {
     "prompts": "prompts",
 }
 POLL_S = 1.0
-DEFAULT_STAGE, DEFAULT_METHOD, DEFAULT_MAX_LENGTH = "sft", "lora", 512
+# DPO first: it learns what votes say (this one over that one); SFT only imitates the preferred answers.
+DEFAULT_STAGE, DEFAULT_METHOD, DEFAULT_MAX_LENGTH = "dpo", "lora", 512
 JOB_HEADERS = ["Job", "Stage", "Method", "Name", "Status", "Progress", "Adapter"]
 
 
@@ -73,8 +74,8 @@ def build_params(
     max_length: float | None,
     advanced: str,
 ) -> dict[str, Any]:
-    """The job's params: the form's fields the stage has, then the advanced JSON object on top; `JobError`
-    on bad JSON or an unknown stage."""
+    """The job's params: the form's fields the stage has (0 or empty: the job chooses it, training/auto.py),
+    then the advanced JSON object on top; `JobError` on bad JSON or an unknown stage."""
     if stage not in STAGES:
         raise JobError(f"stage {stage!r} is not one of {', '.join(STAGES)}", "stage")
     known = {f.name for f in dataclasses.fields(config_class(stage))}
@@ -86,9 +87,9 @@ def build_params(
         ("per_device_batch_size", batch_size, int),
         ("max_length", max_length, int),
     ):
-        if value is not None and key in known:
+        if value and key in known:  # empty or 0: left to the job (no setting takes 0)
             params[key] = kind(value)
-    if lora_rank is not None and method in LORA_METHODS and "lora_rank" in known:
+    if lora_rank and method in LORA_METHODS and "lora_rank" in known:
         params["lora_rank"] = int(lora_rank)
     text = (advanced or "").strip()
     if text:
@@ -189,22 +190,27 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
         list(PRESETS),
         value=DEFAULT_PRESET,
         label="Preset",
-        info="auto: the job sizes what is left empty to its data and model (the summary says what and why)",
+        info="auto: the job sizes what is left at 0 to its data and model (its summary says what and why)",
         elem_id="train-preset",
     )
     with gr.Row():
         max_steps = gr.Number(
             first["max_steps"],
-            label="Max steps (-1: epochs; empty: auto)",
+            label="Max steps (-1: epochs; 0: auto)",
             precision=0,
             elem_id="train-max-steps",
         )
-        epochs = gr.Number(first["num_train_epochs"], label="Epochs", elem_id="train-epochs")
-        learning_rate = gr.Number(first["learning_rate"], label="Learning rate", elem_id="train-lr")
+        epochs = gr.Number(first["num_train_epochs"], label="Epochs (0: auto)", elem_id="train-epochs")
+        learning_rate = gr.Number(first["learning_rate"], label="Learning rate (0: auto)", elem_id="train-lr")
         batch_size = gr.Number(
-            first["per_device_batch_size"], label="Batch size", precision=0, elem_id="train-batch"
+            first["per_device_batch_size"],
+            label="Batch size (0: default)",
+            precision=0,
+            elem_id="train-batch",
         )
-        lora_rank = gr.Number(first["lora_rank"], label="LoRA rank", precision=0, elem_id="train-rank")
+        lora_rank = gr.Number(
+            first["lora_rank"], label="LoRA rank (0: default)", precision=0, elem_id="train-rank"
+        )
         max_length = gr.Number(
             DEFAULT_MAX_LENGTH, label="Max length (tokens)", precision=0, elem_id="train-max-length"
         )
