@@ -18,11 +18,29 @@ from pathlib import Path
 from training.demo.facts import CAPITALS
 
 OUT = Path(__file__).with_name("general.jsonl")
-ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen"
-).split()
-TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
 def in_words(n: int) -> str:
@@ -50,11 +68,7 @@ def row(family: str, question: str, answer: object, accept: tuple[str, ...] = ()
 
 def capitals(rng: random.Random, n: int) -> list[dict]:
     def named(country: str) -> str:  # "the Netherlands", "the United States"
-        return (
-            f"the {country}"
-            if country.startswith(("United", "Netherlands", "Philippines"))
-            else country
-        )
+        return f"the {country}" if country.startswith(("United", "Netherlands", "Philippines")) else country
 
     return [
         row("capital", f"What is the capital of {named(c)}?", city) for c, city in rng.sample(CAPITALS, n)
@@ -117,8 +131,21 @@ def spelling(rng: random.Random, n: int) -> list[dict]:
 
 
 def calendar() -> list[dict]:
-    days = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-    months = "January February March April May June July August September October November December".split()
+    days = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+    months = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ]
     lengths = dict(zip(months, (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31), strict=True))
     rows = [
         row("calendar", "How many days are there in a week?", 7),
