@@ -62,12 +62,14 @@ class AdapterInfo:
 @dataclass
 class ScoreRequest:
     """A token sequence to score: the prompt (chat `messages`, templated with the generation prompt as
-    `generate` does, or a raw `prompt`), then `continuation_ids` appended as they are."""
+    `generate` does, or a raw `prompt`), then `continuation_ids` appended as they are (or the tokens of the
+    `continuation` text, for an engine whose answers come without token ids)."""
 
     messages: list[dict] | None = None
     prompt: str | None = None
     continuation_ids: list[int] = field(default_factory=list)
     adapter: str | None = None  # None: the base model
+    continuation: str | None = None  # text tokenised and appended after `continuation_ids`
 
 
 @dataclass

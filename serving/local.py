@@ -242,6 +242,8 @@ class LocalEngine:
         for request in requests:
             prompt = self.prompt_ids(GenerationRequest(messages=request.messages, prompt=request.prompt))
             sequence = prompt + list(request.continuation_ids)
+            if request.continuation:
+                sequence += self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
             if len(sequence) > self.max_context:
                 raise ContextTooLong(
                     f"this model's maximum context length is {self.max_context} tokens; a sequence to score "

@@ -124,10 +124,17 @@ async def engine_kl(engine, prompts: list[CheckablePrompt], answers, adapter: st
     from serving.engine import ScoreRequest
 
     requests = []
-    for prompt, (_, ids) in zip(prompts, answers, strict=True):
-        if ids:
+    for prompt, (text, ids) in zip(prompts, answers, strict=True):
+        if ids or text:  # an engine that streams no token ids (vLLM here) has the text tokenised
             for side in (adapter, None):
-                requests.append(ScoreRequest(messages=prompt.messages, continuation_ids=ids, adapter=side))
+                requests.append(
+                    ScoreRequest(
+                        messages=prompt.messages,
+                        continuation_ids=ids,
+                        continuation=None if ids else text,
+                        adapter=side,
+                    )
+                )
     if not requests:
         return 0.0
     scored = await engine.score(requests)
