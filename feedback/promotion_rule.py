@@ -15,7 +15,9 @@ Rules (``kind``):
   wins at least ``win_rate`` of them (ties half; ``both_bad`` counts as no decision and is left out).
 
 The guard (:func:`guard_reasons`) refuses a candidate whose accuracy on checkable prompts is more than
-``max_accuracy_drop`` below the incumbent's, or whose mean per-token KL from the base exceeds ``max_kl``.
+``max_accuracy_drop`` below the incumbent's, whose mean per-token KL from the base exceeds ``max_kl``, or
+whose perplexity on the replay's held-out text (real models) is more than ``max_perplexity_rise`` above the
+incumbent's.
 A refusal from the guard outweighs any amount of votes: preference training learns to please a rater while
 losing skills (DESIGN.md, "Preference training over-optimises easily").
 """
@@ -43,6 +45,9 @@ class PromotionRule:
     min_votes: int = 30  # votes between the candidate and the incumbent before either rule decides
     max_accuracy_drop: float = 0.05  # the guard: checkable accuracy may fall at most this (0.05 = 5 points)
     max_kl: float = 2.0  # the guard: mean per-token KL(candidate || base) in nats on the replay prompts
+    # the guard: perplexity on the replay's held-out text (real models) may rise at most this share over the
+    # incumbent's (0.10 = 10%)
+    max_perplexity_rise: float = 0.10
     auto: bool = False  # promote automatically when the rule says so (off: an admin promotes)
 
     def __post_init__(self) -> None:
@@ -59,11 +64,16 @@ class PromotionRule:
             )
         if not self.max_kl > 0:
             raise Invalid(f"max_kl must be > 0, got {self.max_kl!r}", param="max_kl")
+        if not self.max_perplexity_rise >= 0:
+            raise Invalid(
+                f"max_perplexity_rise must be 0 or more (0.10 = 10%), got {self.max_perplexity_rise!r}",
+                param="max_perplexity_rise",
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PromotionRule:
-        """From TUNEHUB_PROMOTION_RULE, _WIN_RATE, _MIN_VOTES, _MAX_ACCURACY_DROP, _MAX_KL and
-        TUNEHUB_AUTO_PROMOTE (1/true/yes); unset ones keep their defaults."""
+        """From TUNEHUB_PROMOTION_RULE, _WIN_RATE, _MIN_VOTES, _MAX_ACCURACY_DROP, _MAX_KL,
+        _MAX_PERPLEXITY_RISE and TUNEHUB_AUTO_PROMOTE (1/true/yes); unset ones keep their defaults."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for key, name, cast in (
@@ -72,6 +82,7 @@ class PromotionRule:
             ("TUNEHUB_PROMOTION_MIN_VOTES", "min_votes", int),
             ("TUNEHUB_PROMOTION_MAX_ACCURACY_DROP", "max_accuracy_drop", float),
             ("TUNEHUB_PROMOTION_MAX_KL", "max_kl", float),
+            ("TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE", "max_perplexity_rise", float),
         ):
             if env.get(key):
                 try:
@@ -125,8 +136,9 @@ def guard_reasons(
     rule: PromotionRule, candidate: Mapping[str, Any] | None, incumbent: Mapping[str, Any] | None
 ) -> list[str]:
     """Why the replay refuses the candidate (empty: it passes). ``candidate``/``incumbent`` are the replay
-    report's model summaries: ``{"name", "accuracy", "kl"}`` (accuracy 0-1 on checkable prompts; kl the
-    mean per-token KL from the base, None when not measured)."""
+    report's model summaries: ``{"name", "accuracy", "kl", "perplexity"}`` (accuracy 0-1 on checkable
+    prompts; kl the mean per-token KL from the base; perplexity on the held-out text; None or absent when
+    not measured)."""
     if candidate is None:
         return []
     reasons = []
@@ -141,6 +153,13 @@ def guard_reasons(
     if kl is not None and kl > rule.max_kl:
         reasons.append(
             f"KL divergence from the base is {kl:.3g} nats per token, above the bound of {rule.max_kl:g}"
+        )
+    perplexity, was = candidate.get("perplexity"), (incumbent or {}).get("perplexity")
+    if perplexity is not None and was and perplexity > was * (1 + rule.max_perplexity_rise) + 1e-9:
+        reasons.append(
+            f"perplexity on the held-out text rose from {was:.3g} ({incumbent.get('name')}) to "
+            f"{perplexity:.3g} ({candidate.get('name')}): {100 * (perplexity / was - 1):.0f}% more, above the "
+            f"allowed {100 * rule.max_perplexity_rise:.0f}%"
         )
     return reasons
 

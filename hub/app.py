@@ -131,6 +131,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await engine.start()
+        promotion.attach_engine(engine, asyncio.get_running_loop())  # the replay answers through it
         # adapters registered before this start (earlier jobs, `tunehub train`) are served again; the
         # runner only loads those of jobs that finish from now on
         await adapters.reload_registered()

@@ -9,10 +9,13 @@ guard, automatic promotion, and the default model name that serves whatever is p
     promotion.default_adapter()        # the served name `tunehub-default` routes to (None: the base)
 
 Replay reports live in ``DATA_DIR/replay/NAME-vN.json``. Every method blocks: async callers use a thread.
+In the hub the replay runs on the serving engine (`attach_engine`: batched answers and scoring under the
+adapters' served names); without one (the CLI) it starts a local engine of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -30,6 +33,7 @@ from .feedback_service import FeedbackService
 from .service import DEFAULT_MODEL  # noqa: F401  (re-exported: the name the API and Chat tab use)
 
 log = logging.getLogger("tunehub.promotion")
+REPLAY_TIMEOUT_S = 1800.0  # a replay on a real model on CPU takes minutes
 
 
 class PromotionService:
@@ -48,8 +52,14 @@ class PromotionService:
         self.feedback = feedback
         self.data_dir = Path(data_dir)
         self.rule = rule or PromotionRule()
-        # a JSONL prompt set for the replay; None: the demo corpus's held-out checkable prompts
+        # a JSONL prompt set for the replay; None: the set chosen for the base (training.replay_sets)
         self.replay_prompts = replay_prompts or os.environ.get("TUNEHUB_REPLAY_PROMPTS") or None
+        self.engine = None  # the serving engine the replay runs on (`attach_engine`); None: one of its own
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach_engine(self, engine, loop: asyncio.AbstractEventLoop) -> None:
+        """Replay on the engine the hub serves with (its event loop `loop`), not on a second model copy."""
+        self.engine, self.loop = engine, loop
 
     # ----- who is promoted ---------------------------------------------------------------------------
 
@@ -89,7 +99,8 @@ class PromotionService:
     def replay(self, ref: str) -> dict[str, Any]:
         """Answer the replay set with ``ref`` and with the promoted model (or the base); store and return
         the report. Blocking: seconds on the demo model, more on a real one."""
-        from training.replay import load_prompts, run_replay
+        from training.replay import add_rewards, run_replay
+        from training.replay_sets import replay_set
 
         adapter = self.adapters.get(ref)
         if not Path(adapter.path).is_dir():
@@ -98,15 +109,26 @@ class PromotionService:
         if promoted is not None and (promoted.id == adapter.id or not Path(promoted.path).is_dir()):
             promoted = None  # replayed against the base
         reward = self.reward_model()
-        report = run_replay(
-            adapter.base,
-            adapter.path,
-            promoted.path if promoted else None,
-            prompts=load_prompts(self.replay_prompts),
-            candidate_name=adapter.ref,
-            incumbent_name=promoted.ref if promoted else "base",
-            reward_model=reward.path if reward else None,
-        )
+        replay = replay_set(adapter.base, self.replay_prompts)
+        if self.engine is not None and self.loop is not None:
+            if _running_loop() is self.loop:
+                raise RuntimeError("PromotionService.replay blocks: call it from a worker thread")
+            future = asyncio.run_coroutine_threadsafe(
+                self._replay_served(adapter, promoted, replay), self.loop
+            )
+            report = future.result(timeout=REPLAY_TIMEOUT_S)
+            if reward is not None:
+                add_rewards(report, replay.prompts, reward.path, adapter.base)
+        else:  # no engine here (`tunehub adapters promote`): a local engine of its own
+            report = run_replay(
+                adapter.base,
+                adapter.path,
+                promoted.path if promoted else None,
+                replay=replay,
+                candidate_name=adapter.ref,
+                incumbent_name=promoted.ref if promoted else "base",
+                reward_model=reward.path if reward else None,
+            )
         report["adapter"] = adapter.ref
         report["against"] = promoted.ref if promoted else "base"
         path = self.replay_path(adapter)
@@ -117,6 +139,40 @@ class PromotionService:
             tmp.write(json.dumps(report, ensure_ascii=False, indent=1))
         Path(tmp.name).replace(path)
         return report
+
+    async def _replay_served(self, adapter: Adapter, promoted: Adapter | None, replay) -> dict[str, Any]:
+        """The replay on the hub's engine, under the served names of the candidate and the promoted adapter;
+        one not served now is loaded for the replay under a name of its own and unloaded after."""
+        from training.replay import replay_on_engine
+
+        served = self.adapters.served_names()
+        loaded: list[str] = []
+
+        async def serve(a: Adapter) -> str:
+            name = served.get(str(Path(a.path).resolve()))
+            if name is None:
+                name = f"replay.{a.name}@v{a.version}"[:64]
+                await self.engine.load_adapter(name, Path(a.path))
+                loaded.append(name)
+            return name
+
+        try:
+            candidate = await serve(adapter)
+            incumbent = await serve(promoted) if promoted is not None else None
+            return await replay_on_engine(
+                self.engine,
+                replay,
+                candidate=candidate,
+                incumbent=incumbent,
+                candidate_name=adapter.ref,
+                incumbent_name=promoted.ref if promoted else "base",
+            )
+        finally:
+            for name in loaded:
+                try:
+                    await self.engine.unload_adapter(name)
+                except Exception as e:  # the replay's answer stands; a stale replay name is only untidy
+                    log.warning("replay adapter %s not unloaded: %s", name, e)
 
     def current_report(self, adapter: Adapter) -> dict[str, Any]:
         """The stored report if it was made against the model promoted now, else a fresh replay."""
@@ -184,6 +240,13 @@ class PromotionService:
                 log.info("promoted %s automatically: %s", row.ref, "; ".join(decision.reasons))
                 break
         return decisions
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def run_auto_promotion(promotion: PromotionService, interval_s: float | None = None) -> None:

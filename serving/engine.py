@@ -1,4 +1,9 @@
-"""The engine interface every backend implements, and the request/stream types it speaks."""
+"""The engine interface every backend implements, and the request/stream types it speaks.
+
+Besides generation, an engine scores: `score` returns the log-probability of every token of a given
+sequence (a prompt, then optional continuation tokens) under the base or an adapter, by teacher forcing.
+The regression replay measures KL and perplexity with it (`training.replay`), so the served engine answers
+and judges, and no second copy of the model is loaded for that."""
 
 from __future__ import annotations
 
@@ -54,6 +59,33 @@ class AdapterInfo:
     loaded_at: float
 
 
+@dataclass
+class ScoreRequest:
+    """A token sequence to score: the prompt (chat `messages`, templated with the generation prompt as
+    `generate` does, or a raw `prompt`), then `continuation_ids` appended as they are (or the tokens of the
+    `continuation` text, for an engine whose answers come without token ids)."""
+
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    continuation_ids: list[int] = field(default_factory=list)
+    adapter: str | None = None  # None: the base model
+    continuation: str | None = None  # text tokenised and appended after `continuation_ids`
+
+
+@dataclass
+class TokenScores:
+    """Log-probabilities of a scored sequence: ``logprobs[i]`` is log p(token_ids[i] | token_ids[:i]) in
+    nats; the first token has none (None). The continuation starts at `prompt_tokens`."""
+
+    token_ids: list[int]
+    logprobs: list[float | None]
+    prompt_tokens: int
+
+    @property
+    def continuation_logprobs(self) -> list[float]:
+        return [lp for lp in self.logprobs[self.prompt_tokens :] if lp is not None]
+
+
 class Engine(Protocol):
     """What the hub needs from a serving backend."""
 
@@ -67,6 +99,8 @@ class Engine(Protocol):
     async def unload_adapter(self, name: str) -> None: ...
 
     def adapters(self) -> list[AdapterInfo]: ...
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TokenScores]: ...
 
     async def start(self) -> None: ...
 

@@ -32,7 +32,7 @@ from .adapters import (
     check_weight_shapes,
     inspect_adapter,
 )
-from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest
+from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest, ScoreRequest, TokenScores
 from .errors import (
     AdapterConflict,
     ContextTooLong,
@@ -43,6 +43,7 @@ from .errors import (
 )
 from .lora_model import MultiLoraModel
 from .sampling import make_generator, sample_next
+from .scoring import score_sequences
 from .textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,46 @@ class LocalEngine:
         finally:
             if not finished:
                 job.cancelled = True  # the client went away: the worker drops the row at its next step
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
+        """Each sequence's token log-probabilities under its adapter (or the base), batched in the worker."""
+        if not self.ready:
+            raise EngineUnavailable("the local engine is not running")
+        sequences, prompt_lengths = [], []
+        for request in requests:
+            prompt = self.prompt_ids(GenerationRequest(messages=request.messages, prompt=request.prompt))
+            sequence = prompt + list(request.continuation_ids)
+            if request.continuation:
+                sequence += self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+            if len(sequence) > self.max_context:
+                raise ContextTooLong(
+                    f"this model's maximum context length is {self.max_context} tokens; a sequence to score "
+                    f"has {len(sequence)}",
+                    param="prompt",
+                )
+            sequences.append(sequence)
+            prompt_lengths.append(len(prompt))
+        with self._lock:
+            adapters = [self._resolve_adapter(r.adapter) for r in requests]
+            for adapter in adapters:
+                if adapter is not None:
+                    adapter.users += 1  # not unloaded while scored
+        keys = [a.key if a is not None else BASE_ADAPTER for a in adapters]
+        vocab = int(getattr(self._model.base.config, "vocab_size", 0) or len(self.tokenizer))
+        try:
+            scored = await self._call_in_worker(
+                lambda: score_sequences(self._model, sequences, keys, self._pad_id, self._device, vocab)
+            )
+        finally:
+            with self._lock:
+                for adapter in adapters:
+                    if adapter is not None:
+                        adapter.users -= 1
+            self._inbox.put(_Command(self._collect_retired))
+        return [
+            TokenScores(sequence, logprobs, length)
+            for sequence, logprobs, length in zip(sequences, scored, prompt_lengths, strict=True)
+        ]
 
     # ----- adapters -------------------------------------------------------------------------------------
 

@@ -147,6 +147,19 @@ class MultiLoraModel:
         return out.logits[:, -1, :].float().cpu()
 
     @torch.inference_mode()
+    def token_logprobs(self, ids, mask, adapter_names: list[str]) -> torch.Tensor:
+        """Teacher forcing over right-padded rows: [rows, length - 1] log p(ids[:, t + 1] | ids[:, :t + 1])."""
+        slots = [0 if name == BASE_ADAPTER else self.slots[name] for name in adapter_names]
+        unique = frozenset(slots)
+        index = torch.tensor(slots, device=self.device) if len(unique) > 1 else None
+        self.rows = _Rows(unique, index, tokens=ids.shape[1])
+        try:
+            logits = self.base(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        finally:
+            self.rows = None
+        return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
+
+    @torch.inference_mode()
     def load(self, key: str, path: Path) -> None:
         """Load the adapter at `path` under `key`; on failure the model is as it was."""
         try:

@@ -6,7 +6,9 @@ one this engine starts and supervises (managed: restarted with backoff when it d
     await engine.start()
     async for delta in engine.generate(GenerationRequest(messages=[...])): ...
 
-The same code is tested on CPU against `tunehub engine`, which speaks the same protocol.
+The same code is tested on CPU against `tunehub engine`, which speaks the same protocol; `score` (vLLM's
+/tokenize and the ``prompt_logprobs`` of /v1/completions, which `tunehub engine` does not answer) is tested
+against a stand-in transport that answers as vLLM documents, from a real local engine.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from .adapters import AdapterSpec, LoraSupport, check_adapter_name, check_lora_support, inspect_adapter
-from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest
+from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest, ScoreRequest, TokenScores
 from .errors import (
     AdapterConflict,
     ContextTooLong,
@@ -317,6 +319,43 @@ class VLLMEngine:
         if final is None:
             raise EngineUnavailable(f"the vLLM server at {self.url} ended a stream without a finish reason")
         yield final  # held back until the usage chunk that follows it
+
+    # ----- scoring --------------------------------------------------------------------------------------
+
+    async def _tokens(self, model: str, request: ScoreRequest) -> list[int]:
+        """The prompt's tokens as vLLM templates them (its /tokenize), then the continuation's."""
+        if request.messages is not None:
+            body = {"model": model, "messages": request.messages, "add_generation_prompt": True}
+        else:
+            body = {"model": model, "prompt": request.prompt or "", "add_special_tokens": False}
+        tokens = list((await self._request("POST", "/tokenize", json=body)).json()["tokens"])
+        prompt_tokens = len(tokens)
+        tokens += list(request.continuation_ids)
+        if request.continuation:
+            body = {"model": model, "prompt": request.continuation, "add_special_tokens": False}
+            tokens += list((await self._request("POST", "/tokenize", json=body)).json()["tokens"])
+        return [prompt_tokens, *tokens]
+
+    async def _score_one(self, request: ScoreRequest) -> TokenScores:
+        adapter = request.adapter
+        model = adapter if adapter and adapter != BASE_ADAPTER else self.model_name
+        prompt_tokens, *tokens = await self._tokens(model, request)
+        # vLLM's prompt_logprobs (a sampling extra of /v1/completions): for each prompt position after the
+        # first, the log-probability of the token there, keyed by its id; max_tokens 1 is the least it takes
+        body = {"model": model, "prompt": tokens, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
+        choice = (await self._request("POST", "/v1/completions", json=body)).json()["choices"][0]
+        logprobs: list[float | None] = []
+        for token, entry in zip(tokens, choice.get("prompt_logprobs") or [], strict=True):
+            found = (entry or {}).get(str(token))
+            logprobs.append(None if found is None else float(found["logprob"]))
+        return TokenScores(tokens, logprobs, prompt_tokens)
+
+    async def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
+        """Each sequence's token log-probabilities, one /v1/completions request each, sent together (vLLM
+        batches them)."""
+        if not self.ready or self._client is None:
+            raise EngineUnavailable(f"the vLLM server at {self.url} is not ready (starting or restarting)")
+        return list(await asyncio.gather(*(self._score_one(r) for r in requests)))
 
     # ----- adapters -------------------------------------------------------------------------------------
 

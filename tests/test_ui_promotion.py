@@ -37,6 +37,15 @@ def promotion_hub(tmp_path_factory, full_demo_model):
         dataset = store.add_dataset(
             kind="pairs", format="trl", content_hash="h", n_rows=1, vote_ids=[vote.id]
         )
+        # a weak reward model: its held-out accuracy shows, flagged (issue 13); its directory is not on disk,
+        # so the replay does not score with it
+        store.add_adapter(
+            "rm",
+            base=str(full_demo_model),
+            method="lora",
+            path=str(root / "rm-not-on-disk"),
+            metrics={"stage": "reward", "heldout_accuracy": 0.55, "heldout_pairs": 20},
+        )
         for name, scale in (("harmless", 0.0), ("broken", 30.0)):
             targets = ("q_proj", "k_proj", "v_proj", "o_proj")
             path = make_lora_adapter(
@@ -66,6 +75,7 @@ def test_replay_guard_override_and_vote_lineage_in_the_adapters_tab(promotion_hu
 
         page.get_by_role("tab", name="Adapters").click()
         wait_text(page, "#adapters-table", "broken@1")  # the newest: selected
+        wait_text(page, "#adapters-table", "held-out accuracy 0.55 on 20 pairs (below 0.6")
         page.locator("#adapters-replay").click()
         wait_text(page, "#adapters-replay-summary", "broken@1", timeout=120_000)
         summary = page.locator("#adapters-replay-summary").inner_text()

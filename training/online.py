@@ -5,7 +5,8 @@ trained (merged into a plain sequence-classification model, which TRL's trainers
 template, as the reward model was trained), and push up the answers that beat their group. TRL's own
 defaults are for GPUs and big models; the ones here fit the CPU and small adapters: no bf16 off CUDA, no
 gradient checkpointing on CPU, no vLLM, a learning rate for LoRA, short answers, no loss-flatness check
-(a policy-gradient loss is not a progress measure: it hovers around 0 while the reward climbs).
+(a policy-gradient loss is not a progress measure: it hovers around 0 while the reward climbs). A reward
+model below 0.6 held-out accuracy is refused before anything loads (`training.reward_check`).
 
 `training.rloo` and `training.grpo` each add their method's own fields and call `run_online`.
 """
@@ -31,6 +32,7 @@ from training.common import (
 from training.config import StageConfig
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.reward_check import check_reward_model, quality_metrics
 
 RewardFn = Callable[..., list[float]]
 
@@ -59,6 +61,13 @@ class OnlineConfig(StageConfig):
     reward_base: str | None = field(
         default=None,
         metadata={"help": "base model of a reward adapter (default: the base its adapter_config.json names)"},
+    )
+    allow_weak_reward_model: bool = field(
+        default=False,
+        metadata={
+            "help": "use a reward model whose held-out pairwise accuracy is below 0.6 (refused by default: "
+            "a policy trained on it learns its noise)"
+        },
     )
     num_generations: int = field(
         default=4,
@@ -107,6 +116,10 @@ def run_online(
             f"{stage.upper()} needs a reward model: give --reward-model DIR (`tunehub train reward`)",
             param="reward_model",
         )
+    reward_quality = None
+    if reward_fn is None:
+        reward_quality = check_reward_model(config.reward_model, allow_weak=config.allow_weak_reward_model)
+        print(f"{stage}: {reward_quality.summary()}", flush=True)
     run = prepare_run(stage, config, "prompts")
     from datasets import Dataset
 
@@ -155,6 +168,8 @@ def run_online(
         )
         metrics = run_training(trainer, run)
         metrics.update(reward_summary(trainer.state.log_history))
+        if reward_quality is not None:
+            metrics.update(quality_metrics(reward_quality))
         return save_result(trainer, run, plan, metrics, task="causal_lm")
     finally:
         cleanup(run_dir)

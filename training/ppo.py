@@ -1,6 +1,7 @@
 """Proximal policy optimisation, written here (TRL removed its PPOTrainer in 1.13): sample answers to
 prompts, score them with the reward model, and move the policy towards the better ones while a per-token
-KL penalty keeps it near the reference.
+KL penalty keeps it near the reference. A reward model whose held-out accuracy is below 0.6 is refused
+before anything loads (`training.reward_check`; ``--allow-weak-reward-model`` overrides).
 
 - Policy: the base with a LoRA (or other PEFT) adapter, new or from `--parent-adapter`. Full and freeze
   tuning work too, against a frozen copy of the starting weights.
@@ -41,6 +42,7 @@ from training.common import TrainingFailed, cleanup, prepare_run, run_cli, run_d
 from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import precision_kwargs, resolve_method
+from training.reward_check import check_reward_model, quality_metrics
 
 DESCRIPTION = (
     "PPO on prompts with a reward model: LoRA policy, value head, KL to the base, GAE, clipped losses."
@@ -68,6 +70,13 @@ class PPOConfig(StageConfig):
     reward_base: str | None = field(
         default=None,
         metadata={"help": "base model of a reward adapter (default: the base its adapter_config.json names)"},
+    )
+    allow_weak_reward_model: bool = field(
+        default=False,
+        metadata={
+            "help": "use a reward model whose held-out pairwise accuracy is below 0.6 (refused by default: "
+            "a policy trained on it learns its noise)"
+        },
     )
     total_episodes: int | None = field(
         default=None, metadata={"help": "answers to sample in all; sets the steps when --max-steps is -1"}
@@ -135,6 +144,10 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
             "PPO needs a reward model: give --reward-model DIR (`tunehub train reward`)",
             param="reward_model",
         )
+    reward_quality = None
+    if reward_fn is None:
+        reward_quality = check_reward_model(config.reward_model, allow_weak=config.allow_weak_reward_model)
+        print(f"ppo: {reward_quality.summary()}", flush=True)
     run = prepare_run("ppo", config, "prompts")
     import torch
     from accelerate import PartialState
@@ -199,6 +212,8 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
     finally:
         cleanup(run_dir)
     metrics["dropped_too_long"] = dropped
+    if reward_quality is not None:
+        metrics.update(quality_metrics(reward_quality))
     if not all(math.isfinite(value) for value in loop.last_losses()):
         raise TrainingFailed(
             f"the PPO loss became {loop.last_losses()}: lower --learning-rate (now {config.learning_rate:g}) "

@@ -8,8 +8,13 @@ beside the adapter. The loss is Bradley-Terry, ``-log sigmoid(r_chosen - r_rejec
 - ``weight`` is not supported by TRL 1.16's RewardTrainer; `WeightedRewardTrainer` here adds it, as a
   weighted mean of the per-pair losses in each batch.
 
-Held-out pairwise accuracy (chosen scored above rejected) is reported as ``eval_accuracy``; early
-stopping watches the eval loss, which keeps improving after the accuracy reaches 1. TRL drops pairs longer than --max-length; the count is checked and recorded first.
+Held-out pairwise accuracy (chosen scored above rejected) is reported as ``eval_accuracy``, and again as
+``heldout_accuracy`` with ``heldout_pairs`` (how many held-out pairs it was measured on): the figure
+`training.reward_check` holds PPO, RLOO and GRPO to (at least 0.6). The held-out pairs are the export's
+eval split (by conversation), else a seeded ``--eval-fraction`` (0.1) of the prompts; they also choose the
+checkpoint kept, so the figure is slightly optimistic. Early stopping watches the eval loss, which keeps
+improving after the accuracy reaches 1. TRL drops pairs longer than --max-length; the count is checked
+and recorded first.
 
     python -m training.reward --model ./demo --data exports/pairs --output-dir adapters/rm-1
 """
@@ -35,6 +40,7 @@ from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.reward_check import heldout_metrics
 
 DESCRIPTION = "Train a reward model on preference pairs (TRL RewardTrainer); reports held-out pair accuracy."
 
@@ -113,6 +119,10 @@ def main(config: RewardConfig, callbacks: list | None = None) -> Path:
         )
         metrics = run_training(trainer, run)
         metrics["dropped_too_long"] = too_long
+        heldout = len(eval_rows) - count_too_long(eval_rows, tokenizer, config.max_length)
+        metrics.update(heldout_metrics(metrics.get("eval_accuracy"), heldout))
+        if metrics["heldout_accuracy"] is not None:
+            print(f"reward: held-out pairwise accuracy {metrics['heldout_accuracy']:.3f} on {heldout} pairs")
         return save_result(trainer, run, plan, metrics, task="seq_cls")
     finally:
         cleanup(run_dir)

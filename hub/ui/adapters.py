@@ -1,5 +1,6 @@
 """The Adapters tab (admins only): every registered adapter version with its status (candidate, promoted,
-retired), the name the engine serves it under, method, stage, parent, metrics and age; the selected one's
+retired), the name the engine serves it under, method, stage, parent, metrics (a reward model's held-out
+accuracy, flagged when too weak for PPO/RLOO/GRPO) and age; the selected one's
 lineage down to its job, dataset snapshot and votes; load/unload into the running engine; promote and
 rollback (a promotion the replay guard refuses needs the override box); the selected one's regression replay
 beside the promoted model's answers and the promotion rule's decision; the adapters a vote trained;
@@ -15,6 +16,7 @@ import gradio as gr
 
 from feedback.errors import StoreError
 from training.merge import QUANTIZE
+from training.reward_check import MIN_HELDOUT_ACCURACY
 
 from . import UiServices
 from .login import require_admin, shown_to_user
@@ -32,7 +34,23 @@ def _metrics(metrics: dict) -> str:
             shown.append(f"{key} {value:.4g}")
         elif value is not None:
             shown.append(f"{key} {value}")
+    quality = reward_quality_text(metrics)
+    if quality:
+        shown.append(quality)
     return ", ".join(shown)
+
+
+def reward_quality_text(metrics: dict) -> str:
+    """A reward model's held-out pairwise accuracy, flagged when PPO/RLOO/GRPO would refuse it."""
+    if metrics.get("stage") != "reward" or "heldout_pairs" not in metrics:
+        return ""
+    accuracy, pairs = metrics.get("heldout_accuracy"), metrics.get("heldout_pairs")
+    if accuracy is None:
+        return "held-out accuracy not measured (no held-out pairs)"
+    text = f"held-out accuracy {accuracy:.2f} on {pairs} pairs"
+    if accuracy < MIN_HELDOUT_ACCURACY:
+        text += f" (below {MIN_HELDOUT_ACCURACY:g}: too weak for PPO/RLOO/GRPO)"
+    return text
 
 
 VERDICTS = {

@@ -5,7 +5,9 @@
     queue.cancel(job.id)          # a running job's worker is stopped by the runner that follows it
 
 A prompt stage (ppo, rloo, grpo) that names no ``params.reward_model`` is scored by the newest registered
-reward model, written into its params; with none registered it is refused, naming that field.
+reward model, written into its params; with none registered it is refused, naming that field. A reward
+model whose recorded held-out accuracy is below 0.6 is refused too (`training.reward_check`), unless
+``params.allow_weak_reward_model`` is true.
 
 A job row keeps the whole spec in ``params`` (stage and method also have columns). Cancelling only marks
 the job: the runner that runs it sees the mark on its next poll and stops the worker's process group, so
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from feedback.errors import Conflict
+from feedback.errors import Conflict, Invalid
 from feedback.records import JOB_FINISHED, Job
 from training.jobs.publish import newest_reward_model, resolve_parent
 from training.jobs.spec import STAGES, JobError, JobSpec, check_spec
+from training.reward_check import check_reward_model
 
 
 def job_spec(job: Job) -> JobSpec:
@@ -28,9 +31,22 @@ def job_spec(job: Job) -> JobSpec:
 
 def with_reward_model(store, spec: JobSpec) -> JobSpec:
     """`spec` with the newest registered reward model in ``params.reward_model`` when it is a prompt stage
-    that names none; raises `JobError` when there is none to take."""
-    if STAGES[spec.stage][2] != "prompts" or spec.params.get("reward_model"):
+    that names none; raises `JobError` when there is none to take, or when the reward model's held-out
+    accuracy is below the bar and ``params.allow_weak_reward_model`` is not set."""
+    if STAGES[spec.stage][2] != "prompts":
         return spec
+    if not spec.params.get("reward_model"):
+        spec = _newest_reward_model(store, spec)
+    try:
+        check_reward_model(
+            spec.params["reward_model"], allow_weak=bool(spec.params.get("allow_weak_reward_model"))
+        )
+    except Invalid as e:
+        raise JobError(e.message, "params.reward_model") from None
+    return spec
+
+
+def _newest_reward_model(store, spec: JobSpec) -> JobSpec:
     reward = newest_reward_model(store)
     if reward is None:
         raise JobError(

@@ -21,7 +21,8 @@ hub first answered after the baseline, which is a time (when the stage's last su
 prompts, or when a later triggered job was queued). Their job trains on every prompt the hub answered
 (online RL samples its own answers; old prompts are still the traffic's distribution), scored by the rule's
 ``params.reward_model`` or else the newest registered reward model (a `reward` job's adapter); with neither,
-the rule waits.
+the rule waits, and so it does while that reward model's held-out accuracy is below 0.6 (`training.reward_check`)
+unless the rule sets ``params.allow_weak_reward_model``.
 
     {"triggers": [{"stage": "reward", "min_new": 50}, {"stage": "ppo", "min_new": 30}]}
 """
@@ -39,6 +40,7 @@ from training.jobs.publish import newest_reward_model
 from training.jobs.queue import JobQueue, job_spec
 from training.jobs.spec import EXPORTS, FEEDBACK, NAME, STAGES, JobError, JobSpec, check_params
 from training.methods import METHODS
+from training.reward_check import reward_model_quality
 
 log = logging.getLogger("tunehub.jobs")
 
@@ -242,6 +244,18 @@ class AutoTrigger:
                     )
                 return None
             params["reward_model"] = reward.path
+        quality = reward_model_quality(params["reward_model"])
+        if quality.weak and not params.get("allow_weak_reward_model"):
+            if rule.stage not in self._waiting:
+                self._waiting.add(rule.stage)
+                log.warning(
+                    "auto-train: %d new prompts for %s, but %s: train a better one (stage reward, more "
+                    "votes) or set params.allow_weak_reward_model in the rule",
+                    count,
+                    rule.stage,
+                    quality.summary(),
+                )
+            return None
         self._waiting.discard(rule.stage)
         trigger = {"min_new": rule.min_new, "new_rows": count, "newest_generation_at": newest}
         return self._spec(rule, params, only_new=False, trigger=trigger)
