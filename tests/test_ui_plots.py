@@ -33,7 +33,7 @@ def add_votes(store: Store, matches) -> None:
 
 
 def spec(plot) -> dict:
-    assert plot is not None and plot.type == "altair"
+    assert plot is not None and (plot.type, plot.chart) == ("altair", "scatter")
     return json.loads(plot.plot)
 
 
@@ -73,9 +73,15 @@ def seed_promotions(store: Store, root: Path, demo_model: Path, data_dir: Path) 
         store.promote_adapter("km", version)
         replay = data_dir / "replay" / f"km-v{version}.json"
         replay.parent.mkdir(parents=True, exist_ok=True)
-        replay.write_text(
-            json.dumps({"adapter": f"km@{version}", "against": "base", "candidate": {"accuracy": accuracy}})
-        )
+        side = {"kl": 0.01, "checkable": 10, "reward": None}
+        report = {  # the shape training/replay.py writes, without the answers
+            "adapter": f"km@{version}",
+            "against": "base",
+            "candidate": {"name": f"km@{version}", "accuracy": accuracy, **side},
+            "incumbent": {"name": "base", "accuracy": 0.7, **side},
+            "rows": [],
+        }
+        replay.write_text(json.dumps(report))
 
 
 def test_the_promotion_history_has_each_version_s_rating_and_replay_accuracy(tmp_path: Path, demo_model):
@@ -137,15 +143,16 @@ def test_the_plots_render_with_data_and_redraw_after_votes_and_a_rollback(plots_
     from tests.support.browser import browser_page
     from tests.test_ui_feedback import sign_in
 
-    points = "#lb-ratings svg .mark-symbol path"
-    intervals = "#lb-ratings svg .mark-rule line"
-    cells = "#winrate svg .mark-rect path"
+    # the marks of the data (role-mark), not the legend's symbols or the axes' rules
+    points = "#lb-ratings svg g.role-mark.mark-symbol > path"
+    intervals = "#lb-ratings svg g.role-mark.mark-rule > line"
+    cells = "#winrate svg g.role-mark.mark-rect > path"
     with browser_page(ARTIFACTS, "ui-plots") as page:
         sign_in(page, plots_hub, ADMIN)
         page.get_by_role("tab", name="Leaderboard").click()
         wait_marks(page, points, 3)
         assert marks(page, intervals) == 3 and marks(page, cells) == 6
-        labels = page.locator("#lb-ratings svg").inner_html()
+        labels = page.locator("#lb-ratings svg.marks").inner_html()
         assert all(name in labels for name in ("base", "km", "km@v2"))
 
         with Store(plots_hub.data_dir / "feedback.db") as store:  # a newcomer that met only the base
@@ -153,11 +160,11 @@ def test_the_plots_render_with_data_and_redraw_after_votes_and_a_rollback(plots_
         page.locator("#lb-refresh").click()
         wait_marks(page, points, 4)
         wait_marks(page, cells, 8)
-        assert "newcomer" in page.locator("#lb-ratings svg").inner_html()
+        assert "newcomer" in page.locator("#lb-ratings svg.marks").inner_html()
         page.screenshot(path=str(ARTIFACTS / "ui-plots-leaderboard.png"), full_page=True)
 
         page.get_by_role("tab", name="Adapters").click()
-        history = "#adapters-promotions svg .mark-symbol path"
+        history = "#adapters-promotions svg g.role-mark.mark-symbol > path"
         wait_marks(page, history, 4)  # two promotions: a rating point and an accuracy square each
         page.locator("#adapters-rollback").click()
         page.locator("#adapters-message").get_by_text("Rolled back").wait_for(timeout=30_000)

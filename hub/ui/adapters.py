@@ -54,9 +54,7 @@ def verdict_text(decision) -> str:
 def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
     adapters, auth = services.adapters, services.auth
     table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="adapters-table")
-    promotions = gr.Plot(
-        label="Promotions over time: rating and replay accuracy", elem_id="adapters-promotions"
-    )
+    promotions = gr.Plot(label="Promotions over time", show_label=False, elem_id="adapters-promotions")
     with gr.Row():
         chosen = gr.Dropdown([], label="Adapter", elem_id="adapters-select", scale=3, interactive=True)
         refresh = gr.Button("Refresh", elem_id="adapters-refresh", scale=1)

@@ -4,7 +4,7 @@ error bars, as Chatbot Arena draws them), the win-rate matrix as a heatmap, and 
 Gradio's own plots (ScatterPlot, LinePlot, BarPlot) draw one kind of mark and no error bars or heatmap cells,
 and neither matplotlib nor plotly is installed. Gradio's Plot component renders an Altair chart by handing its
 Vega-Lite JSON to vega-embed in the browser; a spec written here goes the same way (``PlotData`` of type
-"altair") without the altair package. The browser draws SVG (``usermeta.embedOptions``), so tests can count
+"altair") without the altair package, themed and sized by Gradio as its own scatter plots are. The browser draws SVG (``usermeta.embedOptions``), so tests can count
 the marks: one ``.mark-symbol path`` per model, one ``.mark-rect path`` per pair of models that met.
 """
 
@@ -13,20 +13,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gradio.components.plot import PlotData
+from gradio.components.plot import AltairPlotData
 
 from feedback.leaderboard import Leaderboard
 
 VEGA_LITE = "https://vega.github.io/schema/vega-lite/v5.json"
 EMBED = {"embedOptions": {"renderer": "svg", "actions": False}}
-ROW_HEIGHT = 28  # pixels per model in the rating and win-rate plots
+ROW_HEIGHT = 34  # pixels per model in the rating and win-rate plots
+AXES_HEIGHT = 90  # the title, the x axis and its title (the height given is the whole plot's: autosize fit)
 
 
-def _plot(spec: dict[str, Any]) -> PlotData:
-    return PlotData(type="altair", plot=json.dumps({"$schema": VEGA_LITE, "usermeta": EMBED, **spec}))
+def _plot(spec: dict[str, Any]) -> AltairPlotData:
+    # chart "scatter": Gradio then themes the plot (fonts, colours) and sizes it to the width of its block;
+    # its theme gives every mark an accent-coloured stroke, so the marks here set their own strokes
+    plot = json.dumps({"$schema": VEGA_LITE, "usermeta": EMBED, **spec})
+    return AltairPlotData(type="altair", chart="scatter", plot=plot)
 
 
-def rating_intervals(board: Leaderboard) -> PlotData | None:
+def rating_intervals(board: Leaderboard) -> AltairPlotData | None:
     """Each model's rating as a point on a line from the lower to the upper end of its 95% interval, best
     first; provisional models (few votes) in grey. None without ratings."""
     if not board.ratings:
@@ -47,21 +51,21 @@ def rating_intervals(board: Leaderboard) -> PlotData | None:
     x_title = "rating (1000 = " + (board.anchor or "the average model") + "), 95% interval"
     return _plot(
         {
-            "width": "container",
-            "height": ROW_HEIGHT * len(values) + 20,
+            "height": ROW_HEIGHT * len(values) + AXES_HEIGHT,
+            "title": "Ratings with 95% intervals",
             "data": {"values": values},
             "encoding": {"y": y},
             "layer": [
                 {
                     "transform": [{"filter": "datum.lower != null"}],
-                    "mark": {"type": "rule", "strokeWidth": 2, "color": "#64748b"},
+                    "mark": {"type": "rule", "strokeWidth": 2, "stroke": "#64748b"},
                     "encoding": {
                         "x": {"field": "lower", "type": "quantitative", "scale": {"zero": False}},
                         "x2": {"field": "upper"},
                     },
                 },
                 {
-                    "mark": {"type": "point", "filled": True, "size": 90},
+                    "mark": {"type": "point", "filled": True, "size": 90, "strokeWidth": 0},
                     "encoding": {
                         "x": {
                             "field": "rating",
@@ -90,7 +94,7 @@ def rating_intervals(board: Leaderboard) -> PlotData | None:
     )
 
 
-def win_rate_heatmap(board: Leaderboard) -> PlotData | None:
+def win_rate_heatmap(board: Leaderboard) -> AltairPlotData | None:
     """The observed win-rate matrix: a cell per pair of models that met, coloured red (the row model always
     lost) through yellow to green (it always won), labelled with the percentage. None under two models."""
     if len(board.models) < 2:
@@ -104,8 +108,7 @@ def win_rate_heatmap(board: Leaderboard) -> PlotData | None:
     axis = {"type": "nominal", "sort": board.models, "scale": {"domain": board.models}}
     return _plot(
         {
-            "width": "container",
-            "height": ROW_HEIGHT * len(board.models) + 40,
+            "height": ROW_HEIGHT * len(board.models) + AXES_HEIGHT + 20,
             "title": "Win rate of the row model against the column model (ties count half)",
             "data": {"values": values},
             "encoding": {
@@ -114,7 +117,7 @@ def win_rate_heatmap(board: Leaderboard) -> PlotData | None:
             },
             "layer": [
                 {
-                    "mark": {"type": "rect"},
+                    "mark": {"type": "rect", "strokeWidth": 0},
                     "encoding": {
                         "color": {
                             "field": "win_rate",
@@ -129,13 +132,16 @@ def win_rate_heatmap(board: Leaderboard) -> PlotData | None:
                         ],
                     },
                 },
-                {"mark": {"type": "text", "color": "#111"}, "encoding": {"text": {"field": "label"}}},
+                {
+                    "mark": {"type": "text", "fill": "#111", "strokeWidth": 0},
+                    "encoding": {"text": {"field": "label"}},
+                },
             ],
         }
     )
 
 
-def promotion_history(history: list[dict[str, Any]]) -> PlotData | None:
+def promotion_history(history: list[dict[str, Any]]) -> AltairPlotData | None:
     """Each promotion (and rollback) over time with the promoted version's rating (left axis, 95% interval as
     a bar) and its replay accuracy on the checkable prompts (right axis, 0-100%). None before any."""
     if not history:
@@ -178,8 +184,8 @@ def promotion_history(history: list[dict[str, Any]]) -> PlotData | None:
     replayed = [{"filter": "datum.accuracy != null"}]
     return _plot(
         {
-            "width": "container",
-            "height": 260,
+            "height": 300,
+            "title": "Promotions over time: rating (left) and replay accuracy (right) of each promoted version",
             "data": {"values": values},
             "encoding": {"x": x},
             "layer": [
@@ -187,17 +193,23 @@ def promotion_history(history: list[dict[str, Any]]) -> PlotData | None:
                     "layer": [
                         {
                             "transform": [{"filter": "datum.lower != null"}],
-                            "mark": {"type": "rule", "color": "#93c5fd", "strokeWidth": 2},
+                            "mark": {"type": "rule", "stroke": "#93c5fd", "strokeWidth": 2},
                             "encoding": {"y": {**rating_y, "field": "lower"}, "y2": {"field": "upper"}},
                         },
                         {
                             "transform": rated,
-                            "mark": {"type": "line", "color": "#2563eb", "point": False},
+                            "mark": {"type": "line", "stroke": "#2563eb"},
                             "encoding": {"y": rating_y},
                         },
                         {
                             "transform": rated,
-                            "mark": {"type": "point", "filled": True, "size": 70, "color": "#2563eb"},
+                            "mark": {
+                                "type": "point",
+                                "filled": True,
+                                "size": 70,
+                                "fill": "#2563eb",
+                                "strokeWidth": 0,
+                            },
                             "encoding": {"y": rating_y, "tooltip": tooltip},
                         },
                     ]
@@ -206,12 +218,18 @@ def promotion_history(history: list[dict[str, Any]]) -> PlotData | None:
                     "layer": [
                         {
                             "transform": replayed,
-                            "mark": {"type": "line", "color": "#ea580c", "strokeDash": [4, 3]},
+                            "mark": {"type": "line", "stroke": "#ea580c", "strokeDash": [4, 3]},
                             "encoding": {"y": accuracy_y},
                         },
                         {
                             "transform": replayed,
-                            "mark": {"type": "square", "filled": True, "size": 70, "color": "#ea580c"},
+                            "mark": {
+                                "type": "square",
+                                "filled": True,
+                                "size": 70,
+                                "fill": "#ea580c",
+                                "strokeWidth": 0,
+                            },
                             "encoding": {"y": accuracy_y, "tooltip": tooltip},
                         },
                     ]

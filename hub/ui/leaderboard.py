@@ -56,8 +56,8 @@ def leaderboard_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> Non
     feedback = services.feedback
     text = gr.Markdown(elem_id="lb-summary")
     table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="leaderboard", wrap=True)
-    ratings = gr.Plot(label="Ratings with 95% intervals", elem_id="lb-ratings")
-    heatmap = gr.Plot(label="Win-rate matrix", elem_id="winrate")
+    ratings = gr.Plot(label="Ratings with 95% intervals", show_label=False, elem_id="lb-ratings")
+    heatmap = gr.Plot(label="Win-rate matrix", show_label=False, elem_id="winrate")
     refresh = gr.Button("Refresh", elem_id="lb-refresh")
 
     def show():
