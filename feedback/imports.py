@@ -7,12 +7,18 @@
 Accepted rows (the forms of LLaMA-Factory's demo data and TRL's docs), detected from the first row:
 
 - TRL: ``messages``; ``prompt``+``chosen``+``rejected`` (also without ``prompt``: the shared start of
-  chosen and rejected becomes the prompt); ``prompt``+``completion``+``label``; ``prompt``+``completion``;
-  ``prompt``. Columns may be message lists (conversational) or plain strings (standard).
+  chosen and rejected becomes the prompt; a prompt repeated at the start of both is taken off them, as
+  HuggingFaceH4/ultrafeedback_binarized has it, whose ``messages`` column then is ignored);
+  ``prompt``+``completion``+``label``; ``prompt``+``completion``; ``prompt``. Columns may be message lists
+  (conversational) or plain strings (standard).
+- LLaMA-Factory KTO (kto_en_demo.json): ``messages`` plus a boolean ``label``; the last assistant message is
+  the completion, the messages before it the prompt.
 - alpaca: ``instruction``, ``input``, ``output``, optional ``system`` and ``history`` ``[[q, a], ...]``;
   ``chosen``/``rejected`` instead of ``output`` for preferences, ``kto_tag`` for KTO labels.
 - sharegpt: ``conversations`` of ``{"from": "human"|"gpt"|"system", "value"}``, optional ``system``;
   ``chosen``/``rejected`` turns for preferences, ``kto_tag`` for KTO labels.
+- ultrafeedback: a prompt (``prompt`` or ``instruction``) with several scored ``completions`` (or distilabel's
+  ``generations`` and ``ratings``), turned into pairs by score (`feedback.scored_completions`).
 
 Rows normalise to the export kinds: ``sft`` ``{"messages"}`` (prompt+completion rows become messages),
 ``pairs`` ``{"prompt", "chosen", "rejected"}``, ``kto`` ``{"prompt", "completion", "label"}``, ``prompts``
@@ -40,10 +46,22 @@ from feedback.formats import (
     sharegpt_turn,
     trl_messages,
 )
+from feedback.scored_completions import is_scored_completions, scored_pairs
 from feedback.store import Store
 from feedback.validation import canonical_json
 
 MAX_REPORTED = 20  # errors listed in the message; the count says how many more there were
+LAYOUTS = (  # what a file may hold, said in the errors of a file that holds something else
+    "messages (SFT)",
+    "prompt + chosen + rejected (pairs)",
+    "prompt + completion + label (KTO)",
+    "messages + label (LLaMA-Factory KTO)",
+    "prompt + completion (SFT)",
+    "prompt (prompts)",
+    "alpaca instruction + output | chosen/rejected | kto_tag",
+    "sharegpt conversations [+ chosen/rejected | kto_tag]",
+    "ultrafeedback prompt/instruction + completions with scores",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,7 @@ class ImportResult:
     content_hash: str
     dataset_id: str | None
     source: str
+    columns: tuple[str, ...] = ()  # the first row's fields, for errors that name what a file holds
 
 
 def import_dataset(
@@ -68,14 +87,14 @@ def import_dataset(
 ) -> ImportResult:
     """Read, check and normalise a dataset file or ``save_to_disk`` directory.
 
-    ``format`` (trl, alpaca, sharegpt) insists on one format; by default the first row decides. ``split``
+    ``format`` (trl, alpaca, sharegpt, ultrafeedback) insists on one format; by default the first row decides. ``split``
     picks the split of a saved ``DatasetDict``. With ``out`` the normalised rows are written there as
     JSONL; with ``store`` a dataset snapshot (source ``import``) is recorded. Raises ``Invalid`` for an
     unreadable file or any bad row, before writing or recording anything.
     """
     path = Path(path)
     if format is not None and format not in _DETECT_ORDER:
-        raise Invalid(f"format {format!r} is not one of trl, alpaca, sharegpt", param="format")
+        raise Invalid(f"format {format!r} is not one of {', '.join(_DETECT_ORDER)}", param="format")
     records = _read_rows(path, split)
     if not records:
         raise Invalid(f"{path}: no rows to import", param="path")
@@ -98,7 +117,11 @@ def import_dataset(
                     "one file holds one format",
                 )
             # Same format, other kind: a field is missing, and the first row's normaliser says which.
-            rows.append(_NORMALISERS[expected](record))
+            normalised = _NORMALISERS[expected](record)
+            if isinstance(normalised, list):  # a row of scored completions gives several pairs
+                rows.extend(normalised)
+            else:
+                rows.append(normalised)
         except RowError as e:
             errors.append(f"row {number}: {e}")
     if errors:
@@ -110,6 +133,10 @@ def import_dataset(
         )
     assert expected is not None
     source_format, kind = expected
+    if not rows:  # only scored rows can give nothing: every row's completions tied
+        raise Invalid(
+            f"{path}: no preference pairs: in every row the completions have the same score", param="path"
+        )
     content_hash = hashlib.sha256("\n".join(canonical_json(r) for r in rows).encode()).hexdigest()
     if out is not None:
         _write_jsonl(Path(out), rows)
@@ -125,7 +152,8 @@ def import_dataset(
             params={"source_path": str(path), "split": split},
         )
         dataset_id = snapshot.id
-    return ImportResult(kind, source_format, rows, content_hash, dataset_id, str(path))
+    columns = tuple(records[0][1]) if isinstance(records[0][1], dict) else ()
+    return ImportResult(kind, source_format, rows, content_hash, dataset_id, str(path), columns)
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -201,7 +229,7 @@ def _write_jsonl(out: Path, rows: list[dict[str, Any]]) -> None:
 
 # -- detecting and normalising rows -------------------------------------------------------------------
 
-_DETECT_ORDER = ("trl", "alpaca", "sharegpt")
+_DETECT_ORDER = ("trl", "alpaca", "sharegpt", "ultrafeedback")
 
 
 def _present(row: dict[str, Any], field: str) -> bool:
@@ -210,15 +238,17 @@ def _present(row: dict[str, Any], field: str) -> bool:
 
 def _detect(row: dict[str, Any]) -> tuple[str, str, str]:
     """(format, kind, the field that decided) of one row."""
+    if is_scored_completions(row):
+        return "ultrafeedback", "pairs", "completions" if _present(row, "completions") else "generations"
     if _present(row, "instruction") or (_present(row, "output") and not _present(row, "conversations")):
         field = "instruction" if _present(row, "instruction") else "output"
         return "alpaca", _alpaca_or_sharegpt_kind(row), field
     if _present(row, "conversations"):
         return "sharegpt", _alpaca_or_sharegpt_kind(row), "conversations"
-    if _present(row, "messages"):
-        return "trl", "sft", "messages"
-    if _present(row, "chosen") or _present(row, "rejected"):
+    if _present(row, "chosen") or _present(row, "rejected"):  # before messages: ultrafeedback_binarized
         return "trl", "pairs", "chosen" if _present(row, "chosen") else "rejected"
+    if _present(row, "messages"):
+        return "trl", "kto" if _present(row, "label") else "sft", "messages"
     if _present(row, "label"):
         return "trl", "kto", "label"
     if _present(row, "completion"):
@@ -228,11 +258,7 @@ def _detect(row: dict[str, Any]) -> tuple[str, str, str]:
     if _present(row, "text"):
         raise RowError("text", "holds plain text, not chat data; convert it to messages")
     fields = ", ".join(map(repr, row)) or "none"
-    raise RowError(
-        "(row)",
-        f"has no known fields (it has {fields}); expected messages, prompt, chosen/rejected, completion, "
-        "instruction or conversations",
-    )
+    raise RowError("(row)", f"has no known fields (it has {fields}); accepted layouts: {'; '.join(LAYOUTS)}")
 
 
 def _alpaca_or_sharegpt_kind(row: dict[str, Any]) -> str:
@@ -291,6 +317,10 @@ def _trl_pairs(row: dict[str, Any]) -> dict[str, Any]:
     rejected = trl_messages(row.get("rejected"), "rejected", default_role="assistant")
     if _present(row, "prompt"):
         prompt = trl_messages(row["prompt"], "prompt", default_role="user")
+        n = len(prompt)
+        if all(len(c) > n and c[:n] == prompt for c in (chosen, rejected)):
+            # ultrafeedback_binarized repeats the prompt in chosen and rejected: keep it once
+            chosen, rejected = chosen[n:], rejected[n:]
     else:
         # Implicit prompt (TRL accepts it): the shared start of both conversations.
         shared = 0
@@ -303,6 +333,12 @@ def _trl_pairs(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trl_kto(row: dict[str, Any]) -> dict[str, Any]:
+    if _present(row, "messages"):  # LLaMA-Factory's KTO layout: the last assistant message is the completion
+        messages = trl_messages(row["messages"], "messages", default_role="user")
+        _ends_with(messages, "assistant", "messages")
+        if len(messages) < 2:
+            raise RowError("messages", "must hold a prompt before the assistant message it labels")
+        return {"prompt": messages[:-1], "completion": messages[-1:], "label": _label(row, "label")}
     return {
         "prompt": trl_messages(row.get("prompt"), "prompt", default_role="user"),
         "completion": trl_messages(row.get("completion"), "completion", default_role="assistant"),
@@ -357,7 +393,7 @@ def _sharegpt_kto(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": messages[:-1], "completion": messages[-1:], "label": _label(row, "kto_tag")}
 
 
-_NORMALISERS: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {
+_NORMALISERS: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any] | list[dict[str, Any]]]] = {
     ("trl", "sft"): _trl_sft,
     ("trl", "pairs"): _trl_pairs,
     ("trl", "kto"): _trl_kto,
@@ -368,4 +404,5 @@ _NORMALISERS: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] 
     ("sharegpt", "sft"): _sharegpt_sft,
     ("sharegpt", "pairs"): _sharegpt_pairs,
     ("sharegpt", "kto"): _sharegpt_kto,
+    ("ultrafeedback", "pairs"): scored_pairs,
 }

@@ -4,10 +4,12 @@ walk back through the history one step at a time.
 
     store.promote_adapter("km", 2)     # km@2 promoted, km@1 (promoted before) retired
     store.rollback_adapter()           # km@1 promoted again, km@2 retired
+    store.promotion_history()          # [Promotion(km@2, "promote", at), Promotion(km@1, "rollback", at)]
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlite_utils import Database
@@ -28,6 +30,15 @@ def _adapter_row(db: Database, name: str, version: int) -> dict[str, Any]:
 def _promoted_rows(db: Database, base: str | None) -> list[dict[str, Any]]:
     where, params = ("AND base = ?", [base]) if base is not None else ("", [])
     return list(db.query(f"SELECT * FROM adapters WHERE status = 'promoted' {where} ORDER BY id", params))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """One change of the promoted version: ``adapter`` became promoted at ``at`` by a promote or a rollback."""
+
+    adapter: Adapter
+    action: str  # "promote" or "rollback"
+    at: str
 
 
 class PromotionMethods(StoreConnections):
@@ -97,3 +108,14 @@ class PromotionMethods(StoreConnections):
                 }
             )
         return self.get_adapter(target["name"], target["version"])
+
+    def promotion_history(self) -> list[Promotion]:
+        """Every promotion and rollback, oldest first, with the version that became promoted."""
+        db = self._read()
+        rows = list(
+            db.query(
+                "SELECT a.*, p.action AS promotion_action, p.at AS promotion_at FROM promotions p "
+                "JOIN adapters a ON a.id = p.adapter_id ORDER BY p.id"
+            )
+        )
+        return [Promotion(adapter_from_row(r), r["promotion_action"], r["promotion_at"]) for r in rows]

@@ -7,6 +7,7 @@ guard, automatic promotion, and the default model name that serves whatever is p
     promotion.guard(adapter)           # raises Conflict naming why a manual promotion is refused
     promotion.auto_promote()           # promote every candidate the rule accepts (when rule.auto)
     promotion.default_adapter()        # the served name `tunehub-default` routes to (None: the base)
+    promotion.history()                # each promotion over time with its rating and replay accuracy
 
 Replay reports live in ``DATA_DIR/replay/NAME-vN.json``. Every method blocks: async callers use a thread.
 In the hub the replay runs on the serving engine (`attach_engine`: batched answers and scoring under the
@@ -26,7 +27,7 @@ from typing import Any
 from feedback.errors import Conflict, NotFound
 from feedback.promotion_rule import Decision, PromotionRule, decide, guard_reasons
 from feedback.records import Adapter
-from training.jobs.publish import newest_reward_model
+from training.jobs.publish import newest_reward_model, served_name
 
 from .adapters_service import AdapterService
 from .feedback_service import FeedbackService
@@ -182,6 +183,38 @@ class PromotionService:
         if report is None or report.get("against") != against:
             report = self.replay(adapter.ref)
         return report
+
+    # ----- history -----------------------------------------------------------------------------------
+
+    def history(self) -> list[dict[str, Any]]:
+        """Each promotion and rollback, oldest first: the version promoted, its rating now on the leaderboard
+        (with the 95% interval; None when no arena vote rated it) and its replay accuracy (None: never
+        replayed). A version is rated under the name it is served as (``NAME`` or ``NAME@vN``)."""
+        events = self.store.promotion_history()
+        if not events:
+            return []
+        ratings = {r.model: r for r in self.feedback.leaderboard().ratings}
+        served = self.adapters.served_names()
+        history = []
+        for event in events:
+            adapter = event.adapter
+            name = served.get(str(Path(adapter.path).resolve())) or served_name(adapter, set())
+            rating = ratings.get(name)
+            report = self.report(adapter.ref)
+            accuracy = ((report or {}).get("candidate") or {}).get("accuracy")
+            history.append(
+                {
+                    "at": event.at,
+                    "adapter": adapter.ref,
+                    "action": event.action,
+                    "rated_as": name,
+                    "rating": rating.rating if rating else None,
+                    "lower": rating.lower if rating else None,
+                    "upper": rating.upper if rating else None,
+                    "accuracy": accuracy,
+                }
+            )
+        return history
 
     # ----- decisions ---------------------------------------------------------------------------------
 

@@ -132,7 +132,7 @@ def test_bad_rows_and_wrong_kinds_are_named(tmp_path):
     with pytest.raises(Invalid, match='row 2: field "rejected" is missing'):
         load_training_data(missing, "pairs")
     sft = write_jsonl(tmp_path / "sft.jsonl", [sft_row(0)])
-    with pytest.raises(Invalid, match="holds sft rows \\(trl format\\), not kto"):
+    with pytest.raises(Invalid, match="holds sft rows \\(trl format; columns messages\\), not kto"):
         load_training_data(sft, "kto")
     with pytest.raises(Invalid, match="does not exist"):
         load_training_data(tmp_path / "nowhere.jsonl", "sft")

@@ -117,6 +117,9 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "listing_4": (ADMIN, "Adapters: the table (after unload)"),
     "on_rollback": (ADMIN, "Adapters: roll back the promotion"),
     "listing_5": (ADMIN, "Adapters: the table (after rollback)"),
+    "show_promotions": (ADMIN, "Adapters: the promotions plot (refresh)"),
+    "show_promotions_1": (ADMIN, "Adapters: the promotions plot (tab selected)"),
+    "show_promotions_2": (ADMIN, "Adapters: the promotions plot (the table changed)"),
     # the page
     "lambda_2": (RATERS, "stop the Train poll timer (Chat tab)"),
     "lambda_3": (RATERS, "stop the Train poll timer (Arena tab)"),

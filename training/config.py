@@ -46,7 +46,8 @@ class StageConfig(MethodOptions):
     data: str | None = field(
         default=None,
         metadata={
-            "help": "training data: a JSON/JSONL/parquet file or directory in TRL, alpaca or sharegpt format "
+            "help": "training data: a JSON/JSONL/parquet file or directory in TRL, alpaca, sharegpt, LLaMA-Factory KTO "
+            "or UltraFeedback layout "
             "(an export directory with train.jsonl and eval.jsonl works as is)",
             "required": True,
         },

@@ -3,7 +3,8 @@
 A stage names the rows it needs (sft: ``{"messages"}``, pairs: ``{"prompt", "chosen", "rejected"}``,
 kto: ``{"prompt", "completion", "label"}``, prompts: ``{"prompt"}`` for PPO, RLOO and GRPO) and
 `load_training_data` reads them through `feedback.imports.import_dataset`, so every format the hub
-imports (TRL, alpaca, sharegpt; JSON, JSONL, parquet, `datasets` directories) trains, and a bad row fails
+imports (TRL, alpaca, sharegpt, LLaMA-Factory KTO, UltraFeedback; JSON, JSONL, parquet, `datasets`
+directories) trains, and a bad row fails
 the run before training with ``row 17: field "chosen" is missing``. Where the eval rows come from, in order:
 
 1. `eval_path`, when given;
@@ -159,7 +160,7 @@ def _read(path: Path, split: str, kind: str) -> tuple[str, list[dict[str, Any]]]
     result = import_dataset(path, split=split)
     if result.kind == kind:
         rows = result.rows
-        if kind == "pairs":
+        if kind == "pairs" and result.format != "ultrafeedback":  # its rows are not one pair per record
             rows = _with_pair_extras(path, split, rows)
         if kind == "sft" and result.format == "trl":
             rows = _plain_text_rows(path, split) or rows
@@ -170,11 +171,15 @@ def _read(path: Path, split: str, kind: str) -> tuple[str, list[dict[str, Any]]]
         return result.format, distinct_prompts(result.rows)
     hint = {
         "sft": "SFT needs conversations ending in an assistant reply (messages, alpaca output, sharegpt gpt turn)",
-        "pairs": "reward and DPO training need preference pairs (prompt, chosen, rejected)",
-        "kto": "KTO needs prompt, completion and a true/false label (or preference pairs)",
+        "pairs": "reward and DPO training need preference pairs; accepted layouts: prompt + chosen + rejected "
+        "(TRL), sharegpt conversations + chosen/rejected turns, alpaca instruction + chosen/rejected, "
+        "ultrafeedback prompt/instruction + completions with scores",
+        "kto": "KTO needs labelled answers; accepted layouts: prompt + completion + label (TRL), messages + "
+        "label (LLaMA-Factory), alpaca/sharegpt with kto_tag, or any preference pairs",
     }[kind]
+    columns = f"; columns {', '.join(result.columns)}" if result.columns else ""
     raise Invalid(
-        f"{path} holds {result.kind} rows ({result.format} format), not {kind}: {hint}; "
+        f"{path} holds {result.kind} rows ({result.format} format{columns}), not {kind}: {hint}; "
         f"export them with `tunehub export {'pairs' if kind == 'pairs' else kind}`",
         param="data",
     )

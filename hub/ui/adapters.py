@@ -4,7 +4,8 @@ accuracy, flagged when too weak for PPO/RLOO/GRPO) and age; the selected one's
 lineage down to its job, dataset snapshot and votes; load/unload into the running engine; promote and
 rollback (a promotion the replay guard refuses needs the override box); the selected one's regression replay
 beside the promoted model's answers and the promotion rule's decision; the adapters a vote trained;
-merge-and-export of full or 8-bit/4-bit weights (in a worker thread). Thin handlers over `AdapterService` and
+merge-and-export of full or 8-bit/4-bit weights (in a worker thread); the promotions over time with each
+promoted version's rating and replay accuracy (a plot, hub/ui/charts.py). Thin handlers over `AdapterService` and
 `PromotionService`, the same ones `tunehub adapters` and /v1/adapters use."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from training.merge import QUANTIZE
 from training.reward_check import MIN_HELDOUT_ACCURACY
 
 from . import UiServices
+from .charts import promotion_history
 from .login import require_admin, shown_to_user
 
 REPLAY_HEADERS = ["Prompt", "Expected", "Candidate", "✓", "Promoted model", "✓ "]
@@ -70,6 +72,7 @@ def verdict_text(decision) -> str:
 def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
     adapters, auth = services.adapters, services.auth
     table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="adapters-table")
+    promotions = gr.Plot(label="Promotions over time", show_label=False, elem_id="adapters-promotions")
     with gr.Row():
         chosen = gr.Dropdown([], label="Adapter", elem_id="adapters-select", scale=3, interactive=True)
         refresh = gr.Button("Refresh", elem_id="adapters-refresh", scale=1)
@@ -299,3 +302,14 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         (rollback, on_rollback, []),
     ):
         button.click(handler, inputs, message).then(listing, [chosen], shown)
+
+    def show_promotions(request: gr.Request):
+        require_admin(auth, request)
+        if services.promotion is None:
+            return None
+        with shown_to_user():
+            return promotion_history(services.promotion.history())
+
+    # redrawn with the tab, on Refresh, and whenever the table changes (a promote, rollback, load, unload)
+    for trigger in (refresh.click, tab.select, table.change):
+        trigger(show_promotions, None, promotions)
