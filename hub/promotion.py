@@ -2,7 +2,7 @@
 guard, automatic promotion, and the default model name that serves whatever is promoted.
 
     promotion = PromotionService(store, adapters, feedback, data_dir, PromotionRule.from_env())
-    promotion.replay("km@2")           # blocking (seconds): answers, accuracy, KL; stored as JSON
+    promotion.replay("km@2")           # blocking (seconds): answers, accuracy, KL, flips; stored as JSON
     promotion.decision("km@2")         # Decision: promote / not_yet / refuse, with reasons
     promotion.guard(adapter)           # raises Conflict naming why a manual promotion is refused
     promotion.auto_promote()           # promote every candidate the rule accepts (when rule.auto)
@@ -78,9 +78,17 @@ class PromotionService:
         return self.data_dir / "replay" / f"{adapter.name}-v{adapter.version}.json"
 
     def report(self, ref: str) -> dict[str, Any] | None:
-        """The stored replay report of ``ref``, or None when it was never replayed."""
+        """The stored replay report of ``ref`` with its per-prompt flip report, or None when it was never
+        replayed (a report stored before flips were kept gets them computed from its rows)."""
         path = self.replay_path(self.adapters.get(ref))
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        report = json.loads(path.read_text())
+        if "flips" not in report:
+            from training.replay_flips import flip_report
+
+            report["flips"] = flip_report(report)
+        return report
 
     def reward_model(self) -> Adapter | None:
         """The newest registered reward model that is not retired, if any (the one triggered PPO uses too)."""

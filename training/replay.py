@@ -1,6 +1,7 @@
 """Regression replay: a fixed prompt set answered greedily by a candidate adapter and by the promoted model
 (or the base), with accuracy on checkable prompts, the mean per-token KL divergence from the base and the
-reward model's scores when one is given. The promotion guard (feedback/promotion_rule.py) reads the result.
+reward model's scores when one is given; the base's answers are kept too, for the per-prompt flip report
+(training/replay_flips.py) against both. The promotion guard (feedback/promotion_rule.py) reads the result.
 
     report = run_replay(base, candidate="/adapters/km-v2", incumbent=None)   # blocking: seconds on CPU
     report["candidate"]["accuracy"], report["candidate"]["kl"], report["rows"][0]["candidate"]
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from training.demo.corpus import CheckablePrompt, checkable_prompts, is_correct
+from training.replay_flips import flip_report
 
 DEFAULT_PROMPTS = 50
 DEFAULT_SEED = 4321  # not evaluate_checkable's, so the replay is not the set the demo build was tuned on
@@ -136,10 +138,13 @@ def run_replay(
         with model.disable_adapter():
             incumbent_replies = greedy_answers(model, tokenizer, prompts, max_new_tokens)
         incumbent_kl = 0.0
+        base_replies = incumbent_replies
     else:
         model.set_adapter("incumbent")
         incumbent_replies = greedy_answers(model, tokenizer, prompts, max_new_tokens)
         incumbent_kl = mean_kl(model, tokenizer, prompts, incumbent_replies)
+        with model.disable_adapter():  # the base's answers too: the flip report compares against both
+            base_replies = greedy_answers(model, tokenizer, prompts, max_new_tokens)
     report: dict[str, Any] = {
         "candidate": _summary(candidate_name, prompts, candidate_replies, candidate_kl),
         "incumbent": _summary(incumbent_name, prompts, incumbent_replies, incumbent_kl),
@@ -151,8 +156,10 @@ def run_replay(
                 "incumbent": i,
                 "candidate_correct": is_correct(p, c) if p.answer else None,
                 "incumbent_correct": is_correct(p, i) if p.answer else None,
+                "base": b,
+                "base_correct": is_correct(p, b) if p.answer else None,
             }
-            for p, c, i in zip(prompts, candidate_replies, incumbent_replies, strict=True)
+            for p, c, i, b in zip(prompts, candidate_replies, incumbent_replies, base_replies, strict=True)
         ],
         "max_new_tokens": max_new_tokens,
     }
@@ -167,4 +174,6 @@ def run_replay(
             for row, score in zip(report["rows"], scores, strict=True):
                 row[f"{side}_reward"] = score
         report["reward_model"] = str(reward_model)
+    report["against"] = incumbent_name if incumbent is not None else "base"
+    report["flips"] = flip_report(report)
     return report
