@@ -72,10 +72,19 @@ def test_f16_answers_as_the_merged_model_and_carries_tokenizer_template_and_mode
     path = adapters.export("km", format="gguf")
     assert path == adapters.export_dir("km", "f16", "gguf") / "km-v1-f16.gguf" and path.is_file()
     model, tokenizer = load_gguf(path)
-    # the tokenizer came along: same ids for the chat-templated prompts, same special tokens and template
-    assert tokenizer.chat_template == merged_tokenizer.chat_template
+    # the tokenizer came along: the template renders the same text (less the {% generation %} markers
+    # llama.cpp does not know), the text gets the same ids, the special tokens are the same
+    template = tokenizer.chat_template
+    assert "<|im_start|>" in template and "endgeneration" not in template and "- generation" not in template
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|pad|>")
+    conversations = [p.messages + [{"role": "assistant", "content": "Paris."}] for p in prompts[:5]]
+    assert tokenizer.apply_chat_template(
+        conversations, tokenize=False
+    ) == merged_tokenizer.apply_chat_template(conversations, tokenize=False)
     texts = merged_tokenizer.apply_chat_template(
+        [p.messages for p in prompts], add_generation_prompt=True, tokenize=False
+    )
+    assert texts == tokenizer.apply_chat_template(
         [p.messages for p in prompts], add_generation_prompt=True, tokenize=False
     )
     for text in texts[:20]:

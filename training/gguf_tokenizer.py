@@ -1,6 +1,6 @@
 """A transformers tokenizer written as GGUF tokenizer metadata, the way llama.cpp's convert_hf_to_gguf writes
 a byte-level BPE vocabulary: ``tokenizer.ggml.model = "gpt2"``, the pre-tokenizer's name, every token with its
-type (normal, control, user-defined, unused padding), the merges, the special token ids and the chat template.
+type (normal, control, user-defined, unused padding), the merges, the special token ids and the chat template (less transformers' training-only {% generation %} markers).
 
     write_tokenizer(writer, tokenizer, vocab_size=config.vocab_size)
 
@@ -13,7 +13,12 @@ way; another split would tokenize differently once loaded, so it is refused too.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+# transformers' {% generation %} ... {% endgeneration %} (assistant-token masks for training) is no Jinja that
+# llama.cpp or Ollama know; without it the template renders the same text
+GENERATION_MARKERS = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
 # transformers' qwen2 split (models/qwen2/tokenization_qwen2.py) and llama.cpp's llama-bpe (Llama 3) split
 QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -108,7 +113,7 @@ def write_tokenizer(writer, tokenizer, *, vocab_size: int, config=None) -> dict[
     # chat prompts carry their own markers: a BOS added to every text would change what the model saw
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
     writer.add_add_eos_token(False)
-    template = tokenizer.chat_template
+    template = GENERATION_MARKERS.sub("", tokenizer.chat_template or "")
     if template:
         writer.add_chat_template(template)
     return {"pre": pre, "special": {kind: tokens[i] for kind, i in special.items()}, "tokens": len(tokens)}
