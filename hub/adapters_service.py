@@ -1,12 +1,14 @@
 """Registered adapters as the Adapters tab and `tunehub adapters` see them: the store's versions with their
 status and whether the engine serves them, lineage down to the votes, load/unload, promote and rollback,
-merge-and-export of full or quantized weights, and the re-load of registered adapters when the hub starts.
+merge-and-export of full or quantized weights (a transformers directory, or one GGUF file for llama.cpp and
+Ollama), and the re-load of registered adapters when the hub starts.
 
     adapters = AdapterService(store, chat_service)       # chat_service None: store-only (the CLI)
     adapters.rows()                                      # every version, newest name first
     adapters.lineage("km@2")                             # job, dataset snapshot, votes, parents
     adapters.promote("km@2"); adapters.rollback()
     adapters.export("km@2", "/exports/km", quantize="4bit")   # merged full weights (blocking: use a thread)
+    adapters.export("km@2", format="gguf", quantize="q8_0")  # DATA_DIR/exports/km-v2-gguf-q8_0/km-v2-q8_0.gguf
     await adapters.load("km@2"); await adapters.reload_registered()
 """
 
@@ -27,6 +29,7 @@ from training.methods import ADAPTER_METHODS
 log = logging.getLogger("tunehub.adapters")
 
 _REF = re.compile(r"(?P<name>.+?)(?:@v?(?P<version>\d+))?")
+EXPORT_FORMATS = ("transformers", "gguf")
 RELOADED_STATUSES = ("candidate", "promoted")  # retired versions stay on disk but are not served at start
 
 
@@ -150,20 +153,40 @@ class AdapterService:
 
     # ----- merge-and-export ----------------------------------------------------------------------------
 
-    def export_dir(self, ref: str, quantize: str = "none") -> Path:
-        """Where an export goes unless told: ``DATA_DIR/exports/NAME-vN[-8bit|-4bit]``."""
+    def export_dir(self, ref: str, quantize: str = "none", format: str = "transformers") -> Path:
+        """Where an export goes unless told: ``DATA_DIR/exports/NAME-vN[-8bit|-4bit]``, or for GGUF
+        ``DATA_DIR/exports/NAME-vN-gguf-f16|q8_0``."""
         adapter = self.get(ref)
-        suffix = "" if quantize == "none" else f"-{quantize}"
+        if format == "gguf":
+            suffix = f"-gguf-{quantize}"
+        else:
+            suffix = "" if quantize == "none" else f"-{quantize}"
         return Path(self.store.path).parent / "exports" / f"{adapter.name}-v{adapter.version}{suffix}"
 
-    def export(self, ref: str, out: str | Path | None = None, quantize: str = "none") -> Path:
-        """Merge a version into its base and save full (or 8-bit/4-bit) weights to a new directory; returns
-        it. Blocking (seconds to minutes): the hub calls it in a worker thread. `Invalid` with the reason."""
+    def export(
+        self,
+        ref: str,
+        out: str | Path | None = None,
+        quantize: str | None = None,
+        format: str = "transformers",
+    ) -> Path:
+        """Merge a version into its base and save it to a new directory: full (or 8-bit/4-bit) weights for
+        transformers, or one GGUF file (f16 or q8_0) with an Ollama Modelfile beside it. Returns the directory
+        (transformers) or the GGUF file. Blocking (seconds to minutes): the hub calls it in a worker thread.
+        `Invalid` with the reason."""
         from training.merge import ExportError, export_merged
 
+        if format not in EXPORT_FORMATS:
+            raise Invalid(f"format {format!r} is not one of {', '.join(EXPORT_FORMATS)}", param="format")
+        quantize = quantize or ("f16" if format == "gguf" else "none")
         adapter = self.get(ref)
-        target = Path(out).expanduser() if out else self.export_dir(ref, quantize)
+        target = Path(out).expanduser() if out else self.export_dir(ref, quantize, format)
         try:
+            if format == "gguf":
+                from training.gguf_export import export_gguf
+
+                name = f"{adapter.name}-v{adapter.version}"
+                return export_gguf(adapter.path, base=adapter.base, out=target, quantize=quantize, name=name)
             return export_merged(adapter.path, base=adapter.base, out=target, quantize=quantize)
         except ExportError as e:
             raise Invalid(f"{adapter.ref} cannot be exported: {e}", param="out") from None

@@ -1,14 +1,18 @@
 """`tunehub adapters`: registered adapter versions in the data dir's store.
 
 tunehub adapters list [--status STATUS] [--data-dir DIR]
-tunehub adapters show ADAPTER [--data-dir DIR]        lineage as JSON: job, dataset snapshot, votes, parents
+tunehub adapters show ADAPTER [--data-dir DIR]        lineage as JSON: job, dataset snapshot, votes, parents,
+                                                     and its stored regression replay's summary with the
+                                                     per-prompt flips against the promoted model and the base
 tunehub adapters promote ADAPTER [--override] [--data-dir DIR]
                                                      the version promoted before it is retired; refused
                                                      when its regression replay lost accuracy or drifted
                                                      (KL) too far, unless --override
 tunehub adapters rollback [--data-dir DIR]            promote again the version the promoted one replaced
-tunehub adapters export ADAPTER [--out DIR] [--quantize none|8bit|4bit] [--data-dir DIR]
-                                                     merged full weights; prints the new directory
+tunehub adapters export ADAPTER [--out DIR] [--format transformers|gguf] [--quantize ...] [--data-dir DIR]
+                                                     merged weights; prints the new directory (transformers:
+                                                     --quantize none|8bit|4bit) or the GGUF file (gguf:
+                                                     --quantize f16|q8_0, an Ollama Modelfile beside it)
 
 tunehub adapters load|unload ADAPTER [--url http://127.0.0.1:7860] [--admin-password PW]
                                                      in the running hub, over HTTP (/v1/adapters/ADAPTER/load)
@@ -67,10 +71,29 @@ def _run(args: argparse.Namespace, action) -> int:
 
 def cmd_adapters_show(args: argparse.Namespace) -> int:
     def show(adapters) -> int:
-        print(json.dumps(adapters.lineage(args.adapter), indent=2))
+        shown = adapters.lineage(args.adapter)
+        shown["replay"] = _replay_summary(adapters, args.adapter)
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
 
     return _run(args, show)
+
+
+def _replay_summary(adapters, ref: str) -> dict | None:
+    """The stored replay's accuracies and flip report (nothing is replayed here), or None without one."""
+    from .feedback_service import FeedbackService
+    from .promotion import PromotionService
+
+    store = adapters.store
+    report = PromotionService(store, adapters, FeedbackService(store), Path(store.path).parent).report(ref)
+    if report is None:
+        return None
+    return {
+        "against": report.get("against"),
+        "candidate": report.get("candidate"),
+        "incumbent": report.get("incumbent"),
+        "flips": report.get("flips"),
+    }
 
 
 def cmd_adapters_promote(args: argparse.Namespace) -> int:
@@ -100,7 +123,7 @@ def cmd_adapters_rollback(args: argparse.Namespace) -> int:
 
 def cmd_adapters_export(args: argparse.Namespace) -> int:
     def export(adapters) -> int:
-        out = adapters.export(args.adapter, args.out, quantize=args.quantize)
+        out = adapters.export(args.adapter, args.out, quantize=args.quantize, format=args.format)
         print(out)
         return 0
 
@@ -177,15 +200,23 @@ def add_adapter_commands(sub) -> None:
     rollback = adapters_sub.add_parser("rollback", help="promote again the version the promoted one replaced")
     export = adapters_sub.add_parser(
         "export",
-        help="merge a version into its base and save full (or 8-bit/4-bit) weights to a new directory",
+        help="merge a version into its base and save it to a new directory (transformers weights or GGUF)",
     )
     export.add_argument("adapter", help="name, name@N or name@vN")
-    export.add_argument("--out", help="a new directory (default: DATA_DIR/exports/NAME-vN[-QUANTIZE])")
+    export.add_argument(
+        "--out", help="a new directory (default: DATA_DIR/exports/NAME-vN[-QUANTIZE], NAME-vN-gguf-QUANTIZE)"
+    )
+    export.add_argument(
+        "--format",
+        default="transformers",
+        choices=("transformers", "gguf"),
+        help="a transformers directory, or one GGUF file for llama.cpp / Ollama / LM Studio (default transformers)",
+    )
     export.add_argument(
         "--quantize",
-        default="none",
-        choices=("none", "8bit", "4bit"),
-        help="bitsandbytes weights (default none)",
+        default=None,
+        choices=("none", "8bit", "4bit", "f16", "q8_0"),
+        help="transformers: none (default), 8bit or 4bit (bitsandbytes); gguf: f16 (default) or q8_0",
     )
     for action, func, words in (
         ("load", cmd_adapters_load, "load a registered version into the running hub's engine"),

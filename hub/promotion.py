@@ -2,7 +2,7 @@
 guard, automatic promotion, and the default model name that serves whatever is promoted.
 
     promotion = PromotionService(store, adapters, feedback, data_dir, PromotionRule.from_env())
-    promotion.replay("km@2")           # blocking (seconds): answers, accuracy, KL; stored as JSON
+    promotion.replay("km@2")           # blocking (seconds): answers, accuracy, KL, flips; stored as JSON
     promotion.decision("km@2")         # Decision: promote / not_yet / refuse, with reasons
     promotion.guard(adapter)           # raises Conflict naming why a manual promotion is refused
     promotion.auto_promote()           # promote every candidate the rule accepts (when rule.auto)
@@ -28,6 +28,7 @@ from feedback.errors import Conflict, NotFound
 from feedback.promotion_rule import Decision, PromotionRule, decide, guard_reasons
 from feedback.records import Adapter
 from training.jobs.publish import newest_reward_model, served_name
+from training.replay_flips import flip_report
 
 from .adapters_service import AdapterService
 from .feedback_service import FeedbackService
@@ -89,9 +90,15 @@ class PromotionService:
         return self.data_dir / "replay" / f"{adapter.name}-v{adapter.version}.json"
 
     def report(self, ref: str) -> dict[str, Any] | None:
-        """The stored replay report of ``ref``, or None when it was never replayed."""
+        """The stored replay report of ``ref`` with its per-prompt flip report, or None when it was never
+        replayed (a report stored before flips were kept gets them computed from its rows)."""
         path = self.replay_path(self.adapters.get(ref))
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        report = json.loads(path.read_text())
+        if "flips" not in report:
+            report["flips"] = flip_report(report)
+        return report
 
     def reward_model(self) -> Adapter | None:
         """The newest registered reward model that is not retired, if any (the one triggered PPO uses too)."""
@@ -132,6 +139,7 @@ class PromotionService:
             )
         report["adapter"] = adapter.ref
         report["against"] = promoted.ref if promoted else "base"
+        report["flips"] = flip_report(report)
         path = self.replay_path(adapter)
         path.parent.mkdir(parents=True, exist_ok=True)
         # written aside and renamed, so a half-written report is never read (one temp name per replay:

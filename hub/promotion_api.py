@@ -1,7 +1,9 @@
 """Promotion routes (admin only), through `PromotionService`:
 
     GET  /v1/adapters/{adapter}/replay     the stored regression replay: answers beside the promoted model's,
-                                           checkable accuracy, KL from the base, reward scores (404: none yet)
+                                           checkable accuracy, KL from the base, reward scores, and `flips`:
+                                           the prompts that flipped against the promoted model and the base,
+                                           with both answers and their lengths (404: none yet)
     POST /v1/adapters/{adapter}/replay     replay it now against the promoted model (or the base); the report
     GET  /v1/adapters/{adapter}/promotion  the rule's decision: {"verdict": promote|not_yet|refuse, "reasons"}
     POST /v1/adapters/auto-promote         run the automatic check now; the decisions (promotes only when

@@ -116,8 +116,8 @@ def test_the_adapters_tab_exports_off_the_event_loop(adapters, tmp_path):
     button = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "adapters-export")
     handler = next(f for f in blocks.fns.values() if any(t[0] == button._id for t in f.targets)).fn
     assert inspect.iscoroutinefunction(handler)  # awaits the merge in a thread: the server keeps answering
-    shown = asyncio.run(handler("km", str(tmp_path / "from-ui"), "4bit", None))
+    shown = asyncio.run(handler("km", str(tmp_path / "from-ui"), "4bit", "transformers", None))
     assert "4bit weights" in shown and str(tmp_path / "from-ui") in shown
     assert (tmp_path / "from-ui" / "config.json").is_file()
     with pytest.raises(gr.Error, match="already exists"):
-        asyncio.run(handler("km", str(tmp_path / "from-ui"), "none", None))
+        asyncio.run(handler("km", str(tmp_path / "from-ui"), "none", "transformers", None))

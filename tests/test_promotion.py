@@ -154,6 +154,15 @@ def test_a_broken_candidate_is_refused_naming_the_accuracy_drop(guarded):
     report = promotion.report("broken")  # stored for the Adapters tab and GET /v1/adapters/broken/replay
     assert report["candidate"]["accuracy"] < report["incumbent"]["accuracy"] - 0.05
     assert report["against"] == "base" and len(report["rows"]) == 50
+    # issue 16: the prompts it broke, with both answers and their lengths; no promoted model to compare with
+    flips = report["flips"]
+    assert flips["against_promoted"] is None and flips["against_base"]["against"] == "base"
+    broke = flips["against_base"]["pass_to_fail"]
+    assert len(broke) >= 5 and flips["against_base"]["net"] < 0
+    first = broke[0]
+    assert first["prompt"] and first["expected"] and first["other"] and first["candidate"] != first["other"]
+    assert first["candidate_length"] == len(first["candidate"])
+    assert flips["against_base"]["mean_length"]["other"] > 0
     assert promotion.decision("broken").verdict == "refuse"
     assert adapters.get("broken").status == "candidate"
     assert adapters.promote("broken", override=True).status == "promoted"  # an admin's override
@@ -168,6 +177,24 @@ def test_a_harmless_candidate_passes_with_zero_kl(guarded):
     assert [r["candidate"] for r in report["rows"]] == [r["incumbent"] for r in report["rows"]]
     assert promotion.decision("harmless").verdict == "not_yet"  # the guard passes; no votes yet
     assert adapters.promote("harmless").status == "promoted"
+    against_base = report["flips"]["against_base"]
+    assert against_base["pass_to_fail"] == against_base["fail_to_pass"] == []
+    assert against_base["length_ratio"] == pytest.approx(1.0)
+
+
+def test_the_flip_report_compares_with_the_promoted_model_and_the_base(guarded):
+    """Issue 16: against a promoted adapter, the replay keeps the base's answers too, and flips against both."""
+    adapters, promotion = guarded
+    adapters.promote("harmless", override=True)
+    report = promotion.replay("broken")
+    assert report["against"] == "harmless@1"
+    flips = report["flips"]
+    promoted, base = flips["against_promoted"], flips["against_base"]
+    assert promoted["against"] == "harmless@1" and base["against"] == "base"
+    assert all("base" in row and row["base_correct"] is not None for row in report["rows"])
+    # harmless is a zero adapter: it answers as the base, so both comparisons see the same flips
+    assert promoted["pass_to_fail"] == base["pass_to_fail"] and len(base["pass_to_fail"]) >= 5
+    assert promotion.report("broken")["flips"] == flips  # stored as replayed
 
 
 # ----- tunehub-default through the real server ----------------------------------------------------------
@@ -242,6 +269,12 @@ def test_replay_and_decision_routes(hub):
     assert made["candidate"]["kl"] > 0
     stored = httpx.get(f"{hub.url}/v1/adapters/km@2/replay", headers=ADMIN, timeout=30).json()
     assert stored["candidate"] == made["candidate"]
+    # issue 16: the per-prompt flip report, against the promoted model (when there is one) and the base
+    flips = stored["flips"]
+    assert flips == made["flips"] and flips["against_base"]["against"] == "base"
+    assert flips["against_base"]["mean_length"]["candidate"] > 0
+    if made["against"] != "base":
+        assert flips["against_promoted"]["against"] == made["against"]
     decision = httpx.get(f"{hub.url}/v1/adapters/km@2/promotion", headers=ADMIN, timeout=300).json()
     assert decision["verdict"] in ("not_yet", "refuse") and decision["reasons"]
     assert httpx.get(f"{hub.url}/v1/adapters/km@2/replay", timeout=30).status_code == 403

@@ -105,6 +105,7 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "on_vote_lineage": (ADMIN, "Adapters: which adapters a vote trained (any rater's vote)"),
     "show_replay": (ADMIN, "Adapters: the stored replay"),
     "on_export": (ADMIN, "Adapters: merge and export weights"),
+    "weights_for": (ADMIN, "Adapters: the weight types the export format offers (format changed)"),
     "listing": (ADMIN, "Adapters: the table (refresh)"),
     "listing_1": (ADMIN, "Adapters: the table (tab selected)"),
     "show_lineage": (ADMIN, "Adapters: lineage"),

@@ -81,6 +81,10 @@ def test_replay_guard_override_and_vote_lineage_in_the_adapters_tab(promotion_hu
         summary = page.locator("#adapters-replay-summary").inner_text()
         assert "base" in summary and "accuracy" in summary and "KL" in summary
         wait_text(page, "#adapters-replay-table", "✗")
+        # issue 16: the prompts the candidate broke, with both answers and the answers' lengths
+        wait_text(page, "#adapters-replay-flips", "pass → fail")
+        flips = page.locator("#adapters-replay-flips").inner_text()
+        assert "Against the base" in flips and "mean answer length" in flips and " ch)" in flips
 
         page.locator("#adapters-promote").click()
         page.get_by_text("is not promoted: checkable accuracy fell").first.wait_for(timeout=60_000)
@@ -96,3 +100,25 @@ def test_replay_guard_override_and_vote_lineage_in_the_adapters_tab(promotion_hu
 
     with Store(promotion_hub.data_dir / "feedback.db") as store:
         assert store.get_adapter("broken").status == "promoted"
+
+
+def test_the_adapters_tab_exports_a_gguf_file(promotion_hub):
+    """Issue 16: Format gguf, weights q8_0, Merge and export: the GGUF file and its Modelfile are written."""
+    from tests.support.browser import browser_page
+
+    out = promotion_hub.data_dir / "ui-gguf"
+    with browser_page(ARTIFACTS, "ui-gguf-export") as page:
+        sign_in(page, promotion_hub, ADMIN)
+        page.get_by_role("tab", name="Adapters").click()
+        wait_text(page, "#adapters-table", "harmless@1")
+        page.locator("#adapters-format").get_by_label("gguf").check()
+        page.locator("#adapters-quantize").get_by_label("q8_0").wait_for(timeout=15_000)  # the choices follow
+        assert page.locator("#adapters-quantize").get_by_label("4bit").count() == 0
+        page.locator("#adapters-quantize").get_by_label("q8_0").check()
+        page.locator("#adapters-export-out textarea, #adapters-export-out input").first.fill(str(out))
+        page.locator("#adapters-export").click()
+        page.locator("#adapters-message").get_by_text("as GGUF (q8_0)").wait_for(timeout=120_000)
+        shown = page.locator("#adapters-message").inner_text()
+    (gguf,) = out.glob("*.gguf")
+    assert gguf.name.endswith("-q8_0.gguf") and gguf.name in shown
+    assert f"FROM ./{gguf.name}" in (out / "Modelfile").read_text()

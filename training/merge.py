@@ -82,6 +82,20 @@ def export_merged(adapter: str | Path, *, base: str | None, out: str | Path, qua
     return out
 
 
+def load_merged(adapter: str | Path, base: str | None):
+    """``(model, tokenizer, task)``: ``adapter`` merged into ``base`` (or, for a full model tunehub trained,
+    the model itself), in memory. Raises `ExportError` with the reason. The GGUF export starts from this."""
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise ExportError(f"adapter directory {str(adapter)!r} does not exist")
+    peft_adapter = (adapter / ADAPTER_CONFIG).is_file()
+    if peft_adapter and not base:
+        raise ExportError(f"{str(adapter)!r} is an adapter: give the base model it was trained on")
+    task = _task(adapter)
+    model = _merged_model(adapter, base, task) if peft_adapter else _load(adapter, task)
+    return model, _tokenizer(adapter, base), task
+
+
 def _task(adapter: Path) -> str:
     try:
         return json.loads((adapter / TRAINING_FILE).read_text()).get("task") or "causal_lm"

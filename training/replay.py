@@ -1,6 +1,7 @@
 """Regression replay: a prompt set answered greedily by a candidate adapter and by the promoted model (or the
 base), with accuracy on checkable prompts, the mean per-token KL from the base, perplexity on a held-out
-text (real models) and the reward model's scores when one is given. The promotion guard
+text (real models) and the reward model's scores when one is given; the base's answers are kept too, for the
+per-prompt flip report (training/replay_flips.py) against both. The promotion guard
 (feedback/promotion_rule.py) reads the result.
 
     report = await replay_on_engine(engine, replay_set(base), candidate="km@v2", incumbent=None)
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from training.demo.corpus import CheckablePrompt
+from training.replay_flips import flip_report
 from training.replay_sets import DEMO_MAX_NEW_TOKENS, ReplaySet, check_reply, demo_prompts, load_prompts_file
 
 DEFAULT_PROMPTS = 50
@@ -187,9 +189,10 @@ async def replay_on_engine(
     adapter, or None for the base) on `engine`; returns the report (JSON-ready): per-model ``accuracy``,
     ``kl`` (from the base), ``perplexity`` (when the set has a text), and one row per prompt."""
     prompts, max_new = replay.prompts, replay.max_new_tokens
-    candidate_answers, incumbent_answers = await asyncio.gather(
-        engine_answers(engine, prompts, candidate, max_new),
-        engine_answers(engine, prompts, incumbent, max_new),
+    # the base's answers too when the incumbent is an adapter: the flip report compares against both
+    models = [candidate, incumbent] + ([None] if incumbent is not None else [])
+    candidate_answers, incumbent_answers, *base_answers = await asyncio.gather(
+        *(engine_answers(engine, prompts, model, max_new) for model in models)
     )
     candidate_kl = await engine_kl(engine, prompts, candidate_answers, candidate)
     incumbent_kl = (
@@ -197,6 +200,7 @@ async def replay_on_engine(
     )
     candidate_replies = [text for text, _ in candidate_answers]
     incumbent_replies = [text for text, _ in incumbent_answers]
+    base_replies = [text for text, _ in base_answers[0]] if base_answers else incumbent_replies
     report: dict[str, Any] = {
         "candidate": _summary(candidate_name, prompts, candidate_replies, candidate_kl),
         "incumbent": _summary(incumbent_name, prompts, incumbent_replies, incumbent_kl),
@@ -208,8 +212,10 @@ async def replay_on_engine(
                 "incumbent": i,
                 "candidate_correct": check_reply(p, c) if p.answer else None,
                 "incumbent_correct": check_reply(p, i) if p.answer else None,
+                "base": b,
+                "base_correct": check_reply(p, b) if p.answer else None,
             }
-            for p, c, i in zip(prompts, candidate_replies, incumbent_replies, strict=True)
+            for p, c, i, b in zip(prompts, candidate_replies, incumbent_replies, base_replies, strict=True)
         ],
         "max_new_tokens": max_new,
         "replay_set": {"kind": replay.kind, "source": replay.source, "prompts": len(prompts)},
@@ -224,6 +230,8 @@ async def replay_on_engine(
         report["perplexity"] = perplexity
         report["candidate"]["perplexity"] = perplexity["candidate"]
         report["incumbent"]["perplexity"] = perplexity["incumbent"]
+    report["against"] = incumbent_name if incumbent is not None else "base"
+    report["flips"] = flip_report(report)
     return report
 
 

@@ -3,9 +3,11 @@ retired), the name the engine serves it under, method, stage, parent, metrics (a
 accuracy, flagged when too weak for PPO/RLOO/GRPO) and age; the selected one's
 lineage down to its job, dataset snapshot and votes; load/unload into the running engine; promote and
 rollback (a promotion the replay guard refuses needs the override box); the selected one's regression replay
-beside the promoted model's answers and the promotion rule's decision; the adapters a vote trained;
-merge-and-export of full or 8-bit/4-bit weights (in a worker thread); the promotions over time with each
-promoted version's rating and replay accuracy (a plot, hub/ui/charts.py). Thin handlers over `AdapterService` and
+beside the promoted model's answers, the prompts that flipped (against the promoted model and the base, with
+the answers' lengths) and the promotion rule's decision; the adapters a vote trained;
+merge-and-export of full or 8-bit/4-bit weights, or a GGUF file (f16/q8_0) for llama.cpp and Ollama (in a
+worker thread); the promotions over time with each promoted version's rating and replay accuracy (a plot,
+hub/ui/charts.py). Thin handlers over `AdapterService` and
 `PromotionService`, the same ones `tunehub adapters` and /v1/adapters use."""
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 import gradio as gr
 
 from feedback.errors import StoreError
+from training.gguf_export import GGUF_QUANTIZE
 from training.merge import QUANTIZE
+from training.replay_flips import flip_lines, flip_report
 from training.reward_check import MIN_HELDOUT_ACCURACY
 
 from . import UiServices
@@ -87,6 +91,9 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             elem_id="adapters-export-out",
             scale=3,
         )
+        export_format = gr.Radio(
+            ["transformers", "gguf"], value="transformers", label="Format", elem_id="adapters-format", scale=1
+        )
         quantize = gr.Radio(
             list(QUANTIZE), value="none", label="Weights", elem_id="adapters-quantize", scale=2
         )
@@ -105,6 +112,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         check = gr.Button("Check the promotion rule", elem_id="adapters-check")
     replay_summary = gr.Markdown(elem_id="adapters-replay-summary")
     replay_table = gr.Dataframe(headers=REPLAY_HEADERS, interactive=False, elem_id="adapters-replay-table")
+    replay_flips = gr.Markdown(elem_id="adapters-replay-flips")  # which checkable prompts flipped, lengths
     with gr.Row():
         vote_id = gr.Number(label="Vote id", precision=0, elem_id="adapters-vote-id", scale=1)
         vote_find = gr.Button("Which adapters did this vote train?", elem_id="adapters-vote-find", scale=2)
@@ -132,7 +140,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         refs = [r.ref for r in rows]
         if ref not in refs:
             ref = refs[0] if refs else None
-        summary, replay_rows = show_replay(ref, request)  # the selected one's replay, without a click
+        summary, replay_rows, flips = show_replay(ref, request)  # the selected one's replay, without a click
         return (
             data,
             gr.update(choices=refs, value=ref),
@@ -140,6 +148,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             summary,
             replay_rows,
             current_verdict(ref),
+            flips,
         )
 
     def show_verdict(ref: str | None, request: gr.Request) -> str:
@@ -207,17 +216,29 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             adapter = adapters.rollback()
         return f"Rolled back: **{adapter.ref}** is promoted again."
 
-    async def on_export(ref: str | None, out: str | None, quantize_: str, request: gr.Request) -> str:
+    async def on_export(
+        ref: str | None, out: str | None, quantize_: str, format_: str | None, request: gr.Request
+    ) -> str:
         require_admin(auth, request)
         ref = need(ref)
         with shown_to_user():  # a merge takes seconds to minutes: off the event loop
-            path = await asyncio.to_thread(adapters.export, ref, (out or "").strip() or None, quantize_)
+            path = await asyncio.to_thread(
+                adapters.export, ref, (out or "").strip() or None, quantize_, format_ or "transformers"
+            )
+        if format_ == "gguf":
+            return f"**{ref}** merged into its base as GGUF ({quantize_}), an Ollama Modelfile beside it: `{path}`"
         weights = "full" if quantize_ == "none" else quantize_
         return f"**{ref}** merged into its base ({weights} weights): `{path}`"
 
-    def replay_view(report: dict | None) -> tuple[str, list[list]]:
+    def weights_for(format_: str, request: gr.Request):
+        """The weight types the chosen format offers (bitsandbytes for transformers, f16/q8_0 for GGUF)."""
+        require_admin(auth, request)
+        choices = list(GGUF_QUANTIZE) if format_ == "gguf" else list(QUANTIZE)
+        return gr.update(choices=choices, value=choices[0])
+
+    def replay_view(report: dict | None) -> tuple[str, list[list], str]:
         if not report:
-            return "No replay yet: press **Replay now**.", []
+            return "No replay yet: press **Replay now**.", [], ""
         parts = []
         for side in ("candidate", "incumbent"):
             m = report[side]
@@ -238,7 +259,8 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             ]
             for r in report["rows"]
         ]
-        return " · ".join(parts), rows
+        flips = report.get("flips") or flip_report(report)
+        return " · ".join(parts), rows, "\n".join(flip_lines(flips))
 
     def show_replay(ref: str | None, request: gr.Request):
         require_admin(auth, request)
@@ -247,7 +269,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         try:
             return replay_view(services.promotion.report(ref))
         except StoreError as e:
-            return f"{e.message}", []
+            return f"{e.message}", [], ""
 
     async def on_replay(ref: str | None, request: gr.Request):
         require_admin(auth, request)
@@ -282,14 +304,16 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
             indent=1,
         )
 
-    replay.click(on_replay, [chosen], [replay_summary, replay_table])
+    replay_shown = [replay_summary, replay_table, replay_flips]
+    replay.click(on_replay, [chosen], replay_shown)
     check.click(on_check, [chosen], verdict)
     vote_find.click(on_vote_lineage, [vote_id], vote_lineage)
-    chosen.input(show_replay, [chosen], [replay_summary, replay_table])
+    chosen.input(show_replay, [chosen], replay_shown)
     chosen.input(show_verdict, [chosen], verdict)
 
-    shown = [table, chosen, lineage, replay_summary, replay_table, verdict]
-    export.click(on_export, [chosen, export_out, quantize], message)
+    shown = [table, chosen, lineage, replay_summary, replay_table, verdict, replay_flips]
+    export.click(on_export, [chosen, export_out, quantize, export_format], message)
+    export_format.change(weights_for, [export_format], quantize)
     for trigger in (refresh.click, tab.select):
         trigger(listing, [chosen], shown)
     chosen.input(show_lineage, [chosen], lineage)
