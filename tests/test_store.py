@@ -41,6 +41,7 @@ MIGRATIONS = [
     "0003_job_adapter",
     "0004_promotions",
     "0005_vote_withdrawn_at",
+    "0006_vote_triage",
 ]
 
 
