@@ -211,7 +211,7 @@ class VoteSearchMethods(StoreConnections):
         """Active pairwise votes counted per (model of a, model of b, outcome), for the leaderboard: a
         million votes arrive as a few hundred rows."""
         sql = (
-            "SELECT model_a, model_b, value, count(*) FROM votes INDEXED BY idx_votes_pairwise "
+            "SELECT model_a, model_b, value, count(*) FROM votes INDEXED BY idx_votes_pairwise_cells "
             "WHERE kind = 'pairwise' AND active = 1 GROUP BY model_a, model_b, value"
         )
         return [tuple(row) for row in self._read().execute(sql).fetchall()]

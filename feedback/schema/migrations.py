@@ -229,6 +229,12 @@ def vote_triage(db: Database) -> None:
     db.execute("CREATE INDEX idx_votes_recent ON votes (created_at, id)")
     db.execute("CREATE INDEX idx_votes_kind_recent ON votes (kind, created_at, id)")
     db.execute("CREATE INDEX idx_votes_rater_recent ON votes (rater, created_at, id)")
+    # the leaderboard counts active pairwise votes per (model, model, outcome) in SQL: in this order the
+    # GROUP BY streams through the index instead of sorting a million rows (bench/store.py: 1,000,000 votes)
+    db.execute(
+        "CREATE INDEX idx_votes_pairwise_cells ON votes (model_a, model_b, value) "
+        "WHERE kind = 'pairwise' AND active = 1"
+    )
 
 
 def apply_migrations(db: Database) -> list[str]:
