@@ -83,7 +83,6 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "search_votes": (ADMIN, "Data: search votes with filters"),
     "next_votes": (ADMIN, "Data: the next page of votes"),
     "open_vote": (ADMIN, "Data: open a vote's answers and lineage"),
-    "pick_vote": (ADMIN, "Data: open the vote of a clicked row"),
     # Train (admin)
     "apply_preset": (ADMIN, "Train: preset changed"),
     "apply_preset_1": (ADMIN, "Train: stage changed"),

@@ -140,6 +140,7 @@ def vote_browser(services: UiServices) -> None:
         return page_of(query, None, 1, request)
 
     def next_votes(state: dict | None, request: gr.Request):
+        require_admin(auth, request)  # before looking at the input: a rater is refused, not told to search
         if not state or not state.get("cursor"):
             raise gr.Error("no next page: search first")
         return page_of(VoteQuery(**state["query"]), state["cursor"], state["page"] + 1, request)
@@ -152,16 +153,7 @@ def vote_browser(services: UiServices) -> None:
             found = feedback.vote_detail(int(id), viewer)
         return detail_markdown(found)
 
-    def pick_vote(event: gr.SelectData, request: gr.Request):
-        """A click on a row puts its vote id in the box and opens it."""
-        require_admin(auth, request)
-        row = event.row_value or []
-        if not row:
-            raise gr.Error("pick a row of the table")
-        return row[0], open_vote(float(row[0]), request)
-
     page_outputs = [table, status, paging, more]
     search.click(search_votes, [kind, model, rater, reason, value, since, until], page_outputs)
     more.click(next_votes, [paging], page_outputs)
     open_button.click(open_vote, [vote_id], detail)
-    table.select(pick_vote, None, [vote_id, detail])
