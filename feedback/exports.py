@@ -16,7 +16,11 @@ Kinds and what they hold (only active votes count; a revote replaces the earlier
   edits True and their originals False.
 - ``prompts``: ``{"prompt"}``: every distinct prompt the hub answered (for PPO, RLOO, GRPO).
 
-Duplicate rows are removed (the vote ids of all copies are kept). Rows are split into train and eval by
+Every row made from votes carries a ``reasons`` column: the reason tags its vote gave (thumbs-down reasons
+such as "too long" included), so the signal survives the export; ``exclude_reasons`` leaves out the votes
+that gave any of those reasons (matched in any spelling, feedback/reasons.py).
+
+Duplicate rows are removed (the vote ids and reasons of all copies are kept). Rows are split into train and eval by
 conversation, with a deterministic hash, so no conversation's rows land on both sides. Each export
 records a dataset snapshot (content hash, vote ids) in the store.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +38,7 @@ from typing import Any, Literal
 from feedback.errors import Invalid
 from feedback.formats import assistant, messages_to_alpaca, messages_to_sharegpt, normalise_messages
 from feedback.pairs import PairMode, expand_ranking
+from feedback.reasons import excluded, parse_reasons
 from feedback.records import Generation, Vote
 from feedback.store import Store
 from feedback.validation import canonical_json, check_choice
@@ -78,6 +83,7 @@ def export_dataset(
     split_salt: str = "tunehub",
     snapshot: bool = True,
     after_vote: int = 0,
+    exclude_reasons: str | Sequence[str] | None = None,
 ) -> Export:
     """Export the store's votes as a dataset of ``kind`` and record a snapshot; returns the rows.
 
@@ -87,7 +93,8 @@ def export_dataset(
     ``margin`` adds the ranking gap as ``margin`` and ``weight`` each pair's weight, to pair rows.
     ``eval_fraction`` of conversations (by hash of ``split_salt`` and the conversation id) go to eval.
     ``snapshot=False`` records nothing (a preview). ``after_vote`` keeps only votes with a larger id (what
-    is new since an earlier snapshot; prompts ignore it). Raises ``Invalid`` for a bad argument or when there is
+    is new since an earlier snapshot; prompts ignore it). ``exclude_reasons`` (``"too_long,wrong"`` or a
+    list) leaves out every vote that gave one of those reasons. Raises ``Invalid`` for a bad argument or when there is
     nothing to export.
     """
     check_choice(kind, KINDS, "kind")
@@ -96,10 +103,14 @@ def export_dataset(
         raise Invalid(f"format {format!r} holds SFT data only; export {kind} as trl", param="format")
     if not 0 <= eval_fraction < 1:
         raise Invalid(f"eval_fraction must be in [0, 1), got {eval_fraction!r}", param="eval_fraction")
+    dropped = parse_reasons(exclude_reasons)
     if kind == "prompts":
         rows = _prompt_rows(store.list_generations())
     else:
-        votes = sorted((v for v in store.list_votes() if v.id > after_vote), key=lambda vote: vote.id)
+        votes = sorted(
+            (v for v in store.list_votes() if v.id > after_vote and not excluded(v.tags, dropped)),
+            key=lambda vote: vote.id,
+        )
         generations = store.get_generations(g for vote in votes for g in vote.generation_ids)
         if kind == "sft":
             rows = _sft_rows(votes, generations)
@@ -110,13 +121,16 @@ def export_dataset(
     rows = _dedupe(rows)
     if not rows:
         since = f" after vote {after_vote}" if after_vote else ""
+        since += f" without reasons {', '.join(dropped)}" if dropped else ""
         raise Invalid(
             f"nothing to export as {kind}: no votes of the kinds it uses{since} yet; rate some answers first"
         )
-    if format == "alpaca":
-        rows = [_Row(messages_to_alpaca(r.data["messages"]), r.conversation_id, r.vote_ids) for r in rows]
-    elif format == "sharegpt":
-        rows = [_Row(messages_to_sharegpt(r.data["messages"]), r.conversation_id, r.vote_ids) for r in rows]
+    if format in ("alpaca", "sharegpt"):
+        convert = messages_to_alpaca if format == "alpaca" else messages_to_sharegpt
+        rows = [
+            _Row({**convert(r.data["messages"]), "reasons": r.data["reasons"]}, r.conversation_id, r.vote_ids)
+            for r in rows
+        ]
     train = [r for r in rows if not _in_eval(r.conversation_id, eval_fraction, split_salt)]
     evaluation = [r for r in rows if _in_eval(r.conversation_id, eval_fraction, split_salt)]
     splits = {"train": [r.data for r in train], "eval": [r.data for r in evaluation]}
@@ -142,6 +156,7 @@ def export_dataset(
             "eval_fraction": eval_fraction,
             "split_salt": split_salt,
             "after_vote": after_vote,
+            "exclude_reasons": list(dropped),
         },
     )
     return Export(kind, format, splits["train"], splits["eval"], vote_ids, content_hash, record.id, paths)
@@ -162,7 +177,9 @@ def _sft_rows(votes: list[Vote], generations: dict[str, Generation]) -> list[_Ro
             answers = [(generations[id], generations[id].text) for id in vote.ranking[0]]
         for generation, text in answers:
             messages = [*normalise_messages(generation.prompt), *assistant(text)]
-            rows.append(_Row({"messages": messages}, vote.conversation_id, {vote.id}))
+            rows.append(
+                _Row({"messages": messages, "reasons": list(vote.tags)}, vote.conversation_id, {vote.id})
+            )
     return rows
 
 
@@ -194,6 +211,7 @@ def _pair_rows(
                 data["margin"] = float(pair.gap)
             if weight:
                 data["weight"] = pair.weight
+            data["reasons"] = list(vote.tags)
             rows.append(_Row(data, vote.conversation_id, {vote.id}))
     return rows
 
@@ -221,7 +239,12 @@ def _kto_rows(votes: list[Vote], generations: dict[str, Generation]) -> list[_Ro
         for text, label in labelled:
             rows.append(
                 _Row(
-                    {"prompt": prompt, "completion": assistant(text), "label": label},
+                    {
+                        "prompt": prompt,
+                        "completion": assistant(text),
+                        "label": label,
+                        "reasons": list(vote.tags),
+                    },
                     vote.conversation_id,
                     {vote.id},
                 )
@@ -234,12 +257,16 @@ def _prompt_rows(generations: Iterable[Generation]) -> list[_Row]:
 
 
 def _dedupe(rows: list[_Row]) -> list[_Row]:
-    """Drop repeated rows (same content, ignoring weight and margin), merging their vote ids."""
+    """Drop repeated rows (same content, ignoring weight, margin and reasons), merging their vote ids and
+    reasons."""
     kept: dict[str, _Row] = {}
     for row in rows:
-        key = canonical_json({k: v for k, v in row.data.items() if k not in ("weight", "margin")})
+        key = canonical_json({k: v for k, v in row.data.items() if k not in ("weight", "margin", "reasons")})
         if key in kept:
             kept[key].vote_ids |= row.vote_ids
+            if "reasons" in row.data:
+                reasons = kept[key].data["reasons"]
+                reasons.extend(r for r in row.data["reasons"] if r not in reasons)
         else:
             kept[key] = row
     return list(kept.values())

@@ -98,7 +98,7 @@ def fit_bradley_terry(
 
 
 def fit_leaderboard(
-    comparisons: Iterable[tuple[str, str, str]],
+    comparisons: Iterable[tuple[str, str, str] | tuple[str, str, str, int]],
     *,
     anchor: str | None = "base",
     prior: float = 0.1,
@@ -106,19 +106,24 @@ def fit_leaderboard(
     seed: int = 0,
     min_votes: int = 20,
 ) -> Leaderboard:
-    """Rate models from ``(model_a, model_b, outcome)`` votes (``Store.pairwise_comparisons()``).
+    """Rate models from ``(model_a, model_b, outcome)`` votes (``Store.pairwise_comparisons()``), or from
+    ``(model_a, model_b, outcome, count)`` rows of counted votes (``Store.pairwise_counts()``: a million votes
+    come as a few hundred rows, and the board is the same).
 
     ``anchor`` rates 1000; ``prior`` is the L2 penalty on log-strengths; ``rounds`` bootstrap resamples
     (0 for none) seeded by ``seed`` give the 95% intervals; models with fewer than ``min_votes`` votes are
     marked ``provisional``.
     """
-    names_a, names_b, outcomes = _columns(comparisons)
+    names_a, names_b, outcomes, weights = _columns(comparisons)
     counted = [i for i, (a, b) in enumerate(zip(names_a, names_b)) if a != b]
-    uncounted = len(outcomes) - len(counted)
-    if uncounted:  # a model only ever voted against itself gets no row (it would show 0 votes)
+    uncounted = sum(weights) - sum(weights[i] for i in counted)
+    if len(counted) < len(
+        outcomes
+    ):  # a model only ever voted against itself gets no row (it would show 0 votes)
         names_a = [names_a[i] for i in counted]
         names_b = [names_b[i] for i in counted]
         outcomes = [outcomes[i] for i in counted]
+        weights = [weights[i] for i in counted]
     models = sorted(set(names_a) | set(names_b))
     if not models:
         return Leaderboard([], [], [], [], None, 0, rounds, uncounted)
@@ -130,10 +135,12 @@ def fit_leaderboard(
         code = np.fromiter((_OUTCOMES[o] for o in outcomes), dtype=np.int64, count=n)
     except KeyError as e:
         raise Invalid(f"outcome {e.args[0]!r} is not one of a, b, tie, both_bad", param="outcome") from None
+    weight = np.fromiter(weights, dtype=np.int64, count=n)
     keep = ia != ib
-    ia, ib, code = ia[keep], ib[keep], code[keep]
+    ia, ib, code, weight = ia[keep], ib[keep], code[keep], weight[keep]
+    n = int(weight.sum())
 
-    cells = np.bincount((ia * k + ib) * 4 + code, minlength=k * k * 4)
+    cells = np.bincount((ia * k + ib) * 4 + code, weights=weight, minlength=k * k * 4).astype(np.int64)
     present = np.flatnonzero(cells)
     cell_pair, cell_outcome = np.divmod(present, 4)
     cell_i, cell_j = np.divmod(cell_pair, k)
@@ -166,8 +173,8 @@ def fit_leaderboard(
     tally = np.zeros((k, 4), dtype=np.int64)  # wins, losses, ties, both_bad per model
     for outcome, column_a, column_b in ((0, 0, 1), (1, 1, 0), (2, 2, 2), (3, 3, 3)):
         mask = code == outcome
-        np.add.at(tally, (ia[mask], column_a), 1)
-        np.add.at(tally, (ib[mask], column_b), 1)
+        np.add.at(tally, (ia[mask], column_a), weight[mask])
+        np.add.at(tally, (ib[mask], column_b), weight[mask])
     order = np.argsort(-ratings, kind="stable")
     games = wins + wins.T
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -202,13 +209,18 @@ def fit_leaderboard(
 
 
 def _columns(
-    comparisons: Iterable[tuple[str, str, str]],
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    comparisons: Iterable[tuple[str, str, str] | tuple[str, str, str, int]],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], list[int]]:
+    """Model a, model b, outcome and count columns; a row without a count is one vote."""
     rows = list(comparisons)
     if not rows:
-        return (), (), ()
-    a, b, outcomes = zip(*rows, strict=True)
-    return a, b, outcomes
+        return (), (), (), []
+    a, b, outcomes = (tuple(row[i] for row in rows) for i in range(3))
+    weights = [row[3] if len(row) > 3 else 1 for row in rows]
+    for row, count in zip(rows, weights):
+        if len(row) not in (3, 4) or isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise Invalid(f"comparison {row!r:.80} is not (model_a, model_b, outcome[, count >= 0])")
+    return a, b, outcomes, weights
 
 
 def _to_scale(theta: np.ndarray, models: list[str], anchor: str | None) -> np.ndarray:

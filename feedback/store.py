@@ -15,12 +15,15 @@ from feedback.accounts import AccountMethods
 from feedback.generations import GenerationMethods, generation_id
 from feedback.lineage import LineageMethods
 from feedback.promotions import PromotionMethods
+from feedback.vote_search import VoteSearchMethods
 from feedback.votes import VoteMethods
 
 __all__ = ["Store", "generation_id"]
 
 
-class Store(AccountMethods, GenerationMethods, VoteMethods, LineageMethods, PromotionMethods):
+class Store(
+    AccountMethods, GenerationMethods, VoteMethods, VoteSearchMethods, LineageMethods, PromotionMethods
+):
     """The feedback database. ``Store(path)`` opens or creates it; ``close()`` (or ``with``) closes it.
 
     Method groups, each in its own module:
@@ -33,6 +36,8 @@ class Store(AccountMethods, GenerationMethods, VoteMethods, LineageMethods, Prom
       ``get_generations``, ``list_generations``;
     - votes (:mod:`feedback.votes`): ``add_thumbs``, ``add_pairwise``, ``add_ranking``, ``add_edit``,
       ``get_vote``, ``list_votes``, ``pairwise_comparisons``, ``counts``;
+    - vote search (:mod:`feedback.vote_search`): ``search_votes`` (keyset pages, filters), ``vote_models``,
+      ``pairwise_counts``, ``thumbs_reason_counts``, ``adapter_for_model``;
     - lineage (:mod:`feedback.lineage`): ``add_dataset``, ``get_dataset``, ``list_datasets``,
       ``create_job``, ``get_job``, ``list_jobs``, ``update_job``, ``add_adapter``, ``get_adapter``,
       ``list_adapters``, ``set_adapter_status``, ``adapter_vote_ids``;

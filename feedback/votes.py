@@ -34,6 +34,7 @@ from feedback.validation import (
     check_tags,
     check_text,
 )
+from feedback.vote_search import write_facets
 
 _VOTE_COLUMNS = (
     "kind, rater, item_key, generation_id, generation_ids, value, ranking, edited_text, tags, comment, "
@@ -110,6 +111,7 @@ class VoteMethods(StoreConnections):
                 comment=comment_,
                 conversation_id=rows[generation_id]["conversation_id"],
                 source=source,
+                answer_models=[rows[generation_id]["model"]],
             )
 
     def add_pairwise(
@@ -149,6 +151,7 @@ class VoteMethods(StoreConnections):
                 conversation_id=rows[generation_a]["conversation_id"],
                 source=source,
                 models=(rows[generation_a]["model"], rows[generation_b]["model"]),
+                answer_models=[rows[id]["model"] for id in ids],
             )
 
     def add_ranking(
@@ -181,6 +184,7 @@ class VoteMethods(StoreConnections):
                 comment=comment_,
                 conversation_id=rows[ids[0]]["conversation_id"],
                 source=source,
+                answer_models=[rows[id]["model"] for id in ids],
             )
 
     def add_edit(
@@ -213,6 +217,7 @@ class VoteMethods(StoreConnections):
                 comment=comment_,
                 conversation_id=rows[generation_id]["conversation_id"],
                 source=source,
+                answer_models=[rows[generation_id]["model"]],
             )
 
     def _insert_vote(
@@ -231,6 +236,7 @@ class VoteMethods(StoreConnections):
         conversation_id: str,
         source: str,
         models: tuple[str, str] | None = None,
+        answer_models: Sequence[str] = (),
     ) -> Vote:
         check_text(rater, "rater", max_chars=200)
         check_choice(source, SOURCES, "source")
@@ -270,6 +276,7 @@ class VoteMethods(StoreConnections):
         cursor = conn.execute(
             f"INSERT INTO votes ({_VOTE_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row
         )
+        write_facets(conn, cursor.lastrowid, answer_models, tags, created_at)
         return Vote(
             id=cursor.lastrowid,
             kind=kind,

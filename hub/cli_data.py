@@ -1,6 +1,7 @@
 """`tunehub export`, `tunehub users` and `tunehub leaderboard`: the feedback store from the command line.
 
 tunehub export {sft,pairs,kto,prompts} --out FILE [--format trl|alpaca|sharegpt] [--mode dpo|reward]
+               [--exclude-reasons too_long,...]
 tunehub users add NAME [--role rater|admin] [--password PW | --password-stdin]
 tunehub users list | passwd NAME | key NAME [--label TEXT] | keys [NAME] | revoke KEY_ID
 tunehub leaderboard [--rounds 200] [--anchor MODEL] [--json]
@@ -62,6 +63,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             mode=args.mode,
             margin=args.margin,
             eval_fraction=args.eval_fraction,
+            exclude_reasons=args.exclude_reasons,
         )
     print(
         f"exported {len(export.train) + len(export.eval)} {args.kind} rows ({args.format}) from "
@@ -169,7 +171,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         board = fit_leaderboard(
-            store.pairwise_comparisons(), anchor=args.anchor, rounds=args.rounds, min_votes=args.min_votes
+            store.pairwise_counts(), anchor=args.anchor, rounds=args.rounds, min_votes=args.min_votes
         )
     if args.json:
         from .feedback_api import leaderboard_body
@@ -212,6 +214,11 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--margin", action="store_true", help="add each pair's rank gap as 'margin'")
     export.add_argument("--eval-fraction", type=float, default=0.1, help="share of conversations held out")
+    export.add_argument(
+        "--exclude-reasons",
+        metavar="REASONS",
+        help="leave out votes that gave any of these reasons, comma-separated (e.g. too_long,wrong)",
+    )
     data_dir(export)
     export.set_defaults(func=_reporting_store_errors(cmd_export))
 

@@ -3,7 +3,7 @@
 tunehub train {sft,reward,dpo,kto,ppo,rloo,grpo} --data (feedback|PATH) --method METHOD --name NAME [--base MODEL]
               [--data-dir DIR] [--parent ADAPTER] [--max-steps N] [--epochs N] [--learning-rate LR]
               [--batch-size N] [--dtype auto|float32|bfloat16|float16] [--chat-template FILE|NAME]
-              [--only-new] [--gpus N [--strategy ddp|zero2|zero3|fsdp]] [--set KEY=VALUE ...]
+              [--only-new] [--exclude-reasons too_long,...] [--gpus N [--strategy ddp|zero2|zero3|fsdp]] [--set KEY=VALUE ...]
 tunehub jobs list [--status STATUS] | show JOB_ID [--log] | cancel JOB_ID
 
 `tunehub train` runs the job in the foreground, in a worker process as the hub does (OOM retry included),
@@ -42,7 +42,9 @@ def _params(args: argparse.Namespace) -> dict:
         if getattr(args, flag) is not None:
             params[key] = getattr(args, flag)
     if args.dtype is not None:
-        params["precision"] = args.dtype  # the stage config takes the torch names too
+        params["precision"] = args.dtype
+    if args.exclude_reasons:
+        params["exclude_reasons"] = args.exclude_reasons  # the stage config takes the torch names too
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -226,6 +228,12 @@ def add_train_commands(sub) -> None:
         "--chat-template",
         help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for a base without one "
         "(plain prompt/completion strings train without one)",
+    )
+    train.add_argument(
+        "--exclude-reasons",
+        metavar="REASONS",
+        help="leave out the votes (and rows) that gave any of these reasons, comma-separated, e.g. "
+        "too_long,wrong ('too long' and too_long are one reason)",
     )
     train.add_argument("--only-new", action="store_true", help="feedback data: only votes since the last run")
     train.add_argument(

@@ -21,10 +21,14 @@ class DatasetService:
     def counts(self) -> VoteCounts:
         return self.store.counts()
 
-    def preview(self, kind: str, format: str = "trl", mode: str = "dpo") -> Export:
+    def preview(
+        self, kind: str, format: str = "trl", mode: str = "dpo", exclude_reasons: list[str] | None = None
+    ) -> Export:
         """The export as it would be now, without writing files or recording a snapshot (``mode``: how a
-        ranking becomes pairs)."""
-        return export_dataset(self.store, kind, format=format, mode=mode, snapshot=False)
+        ranking becomes pairs; ``exclude_reasons``: votes with any of these reasons left out)."""
+        return export_dataset(
+            self.store, kind, format=format, mode=mode, snapshot=False, exclude_reasons=exclude_reasons
+        )
 
     def export(self, kind: str, format: str = "trl") -> Export:
         """Write ``<kind>-<format>-<time>.jsonl`` (and its ``.eval.jsonl``) and record the snapshot."""

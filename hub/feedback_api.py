@@ -1,5 +1,5 @@
-"""Feedback routes: POST /v1/feedback (thumbs, pairwise, ranking, edit), GET /v1/feedback (the caller's own
-votes), GET /v1/feedback/{id}, GET /v1/feedback/{id}/lineage (the adapters the vote trained), GET
+"""Feedback routes: POST /v1/feedback (thumbs, pairwise, ranking, edit), GET /v1/feedback (votes newest
+first by cursor, filtered: an admin's view of everyone's, a rater's of their own), GET /v1/feedback/{id}, GET /v1/feedback/{id}/lineage (the adapters the vote trained), GET
 /v1/leaderboard.
 
 A generation reference is ``{"generation_id": "<response id>", "choice": 0}``: the ``id`` of a chat or text
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 from feedback.errors import NotFound
 from feedback.leaderboard import Leaderboard
 from feedback.records import Vote
+from feedback.vote_search import VoteQuery
 
 from .auth import Auth, Principal
 from .errors import ApiError
@@ -241,33 +242,47 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
 
     @router.get("/v1/feedback", response_model=None)
     def list_feedback(
+        request: Request,
         type: Literal["thumbs", "pairwise", "ranking", "edit"] | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
-        include_replaced: bool = False,
+        model: Annotated[str | None, Query(max_length=200)] = None,
         rater: Annotated[str | None, Query(max_length=200)] = None,
+        reason: Annotated[str | None, Query(max_length=64)] = None,
+        value: Annotated[str | None, Query(max_length=20)] = None,
+        since: Annotated[str | None, Query(max_length=40)] = None,
+        until: Annotated[str | None, Query(max_length=40)] = None,
+        include_replaced: bool = False,
+        cursor: Annotated[str | None, Query(max_length=400)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         principal: Principal = api,
     ):
-        """The caller's own votes, newest first; an admin may name another ``rater``."""
-        if rater is not None and rater != principal.name and not principal.is_admin:
+        """Votes newest first, a page at a time (``next_cursor``): an admin sees everyone's, anyone else
+        their own. Filters: type, model (any answer's model or adapter), rater, reason, value, since
+        (inclusive) and until (exclusive)."""
+        if "offset" in request.query_params:
             raise ApiError(
-                403,
-                f"you are {principal.name!r}: only an admin may read another rater's votes",
-                param="rater",
+                400,
+                f"offset {request.query_params['offset']!r} is not supported: pages go by cursor; pass the "
+                "previous page's next_cursor as cursor",
+                param="offset",
             )
-        votes = service.votes(
-            rater or principal.name,
+        query = VoteQuery(
             kind=type,
-            limit=limit + 1,
-            offset=offset,
+            rater=rater,
+            model=model,
+            reason=reason,
+            value=value,
+            since=since,
+            until=until,
             include_replaced=include_replaced,
         )
-        refs = service.refs(votes[:limit])
+        page = service.search(principal, query, cursor=cursor, limit=limit)
+        refs = service.refs(page.votes)
         return JSONResponse(
             {
                 "object": "list",
-                "data": [vote_body(v, refs) for v in votes[:limit]],
-                "has_more": len(votes) > limit,
+                "data": [vote_body(v, refs) for v in page.votes],
+                "has_more": page.next_cursor is not None,
+                "next_cursor": page.next_cursor,
             }
         )
 
@@ -284,12 +299,18 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
 
     @router.get("/v1/feedback/{vote_id}/lineage", response_model=None)
     def get_feedback_lineage(vote_id: VoteId, principal: Principal = api):
-        """The vote and the adapters it trained (``trained_adapters``: those whose dataset held it)."""
-        found = service.lineage(vote_id, principal)
+        """The vote, its answers (which model, adapter version and generation produced each) and the
+        adapters it trained (``trained_adapters``: those whose dataset held it)."""
+        found = service.vote_detail(vote_id, principal)
         vote = found["vote"]
         body = vote_body(vote, service.refs([vote]))
         return JSONResponse(
-            {"object": "vote_lineage", "vote": body, "trained_adapters": found["trained_adapters"]}
+            {
+                "object": "vote_lineage",
+                "vote": body,
+                "answers": found["answers"],  # each answer's model, adapter version and generation
+                "trained_adapters": found["trained_adapters"],
+            }
         )
 
     @router.get("/v1/leaderboard", response_model=None)

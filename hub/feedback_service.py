@@ -9,14 +9,16 @@ admin. Store calls block, so async callers run these methods in a thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from feedback.errors import NotFound
 from feedback.leaderboard import Leaderboard, fit_leaderboard
 from feedback.records import Vote
 from feedback.store import Store, generation_id
+from feedback.vote_search import VotePage, VoteQuery
 
 from .auth import Principal
+from .errors import ApiError
 
 THUMBS_UP_REASONS = ("correct", "helpful", "well written", "concise")
 THUMBS_DOWN_REASONS = ("wrong", "unhelpful", "unsafe", "too long", "off topic", "bad format")
@@ -145,6 +147,87 @@ class FeedbackService:
             rater, kind=kind, limit=limit, offset=offset, include_replaced=include_replaced
         )
 
+    def search(
+        self, viewer: Principal, query: VoteQuery = VoteQuery(), *, cursor: str | None = None, limit: int = 50
+    ) -> VotePage:
+        """A page of votes newest first (triage: GET /v1/feedback and the Data tab). An admin sees everyone's
+        votes (or one ``query.rater``'s); anyone else only their own, and a 403 for naming another rater."""
+        if not viewer.is_admin:
+            if query.rater is not None and query.rater != viewer.name:
+                raise ApiError(
+                    403,
+                    f"you are {viewer.name!r}: only an admin may read another rater's votes ({query.rater!r})",
+                    param="rater",
+                )
+            query = replace(query, rater=viewer.name)
+        return self.store.search_votes(query, cursor=cursor, limit=limit)
+
+    def vote_detail(self, id: int, viewer: Principal) -> dict:
+        """The vote ``id`` with its answers (prompt, text, and which model, adapter version and generation
+        produced each) and the adapters it trained: what the Data tab opens and GET /v1/feedback/{id}/lineage
+        returns."""
+        found = self.lineage(id, viewer)
+        vote = found["vote"]
+        generations = self.store.get_generations(vote.generation_ids)
+        adapters: dict[str, dict | None] = {}
+        answers = []
+        for position, gid in enumerate(vote.generation_ids):
+            g = generations.get(gid)
+            if g is None:  # pragma: no cover - a vote's generations are foreign keys
+                continue
+            if g.model not in adapters:
+                a = self.store.adapter_for_model(g.model)
+                adapters[g.model] = (
+                    None
+                    if a is None
+                    else {
+                        "id": a.ref,
+                        "base": a.base,
+                        "method": a.method,
+                        "stage": a.metrics.get("stage"),
+                        "parent": a.parent,
+                        "job_id": a.job_id,
+                        "dataset_id": a.dataset_id,
+                        "status": a.status,
+                    }
+                )
+            answers.append(
+                {
+                    "position": position,
+                    "generation": gid,
+                    "response_id": g.response_id,
+                    "choice": g.choice_index,
+                    "model": g.model,
+                    "adapter": adapters[g.model],
+                    "prompt": g.prompt,
+                    "text": g.text,
+                    "params": g.params,
+                    "created_at": g.created_at,
+                }
+            )
+        return {**found, "answers": answers}
+
+    def models_of(self, votes: Sequence[Vote]) -> dict[int, list[str]]:
+        """The models of each vote's answers, in the vote's order of answers."""
+        generations = self.store.get_generations({id for v in votes for id in v.generation_ids})
+        return {
+            v.id: list(dict.fromkeys(generations[g].model for g in v.generation_ids if g in generations))
+            for v in votes
+        }
+
+    def top_reasons(self, per_model: int = 3) -> list[dict]:
+        """Per model (most thumbs-down reasons first), its most given thumbs-down and thumbs-up reasons:
+        ``{"model", "down": [(reason, n), ...], "up": [...], "down_given", "up_given"}`` (reasons given)."""
+        table: dict[str, dict] = {}
+        for model, value, reason, n in self.store.thumbs_reason_counts():
+            row = table.setdefault(
+                model, {"model": model, "down": [], "up": [], "down_given": 0, "up_given": 0}
+            )
+            row[f"{value}_given"] += n
+            if len(row[value]) < per_model:
+                row[value].append((reason, n))
+        return sorted(table.values(), key=lambda r: (-r["down_given"], -r["up_given"], r["model"]))
+
     def vote(self, id: int, viewer: Principal) -> Vote:
         """The vote ``id`` if ``viewer`` cast it or is an admin; others get NotFound, as for a missing id."""
         vote = self.store.get_vote(id)
@@ -181,7 +264,8 @@ class FeedbackService:
     # ----- the leaderboard -------------------------------------------------------------------------------
 
     def leaderboard(self, *, rounds: int = 200, min_votes: int = 20) -> Leaderboard:
-        """Bradley-Terry ratings over every active pairwise vote, anchored on the base model."""
+        """Bradley-Terry ratings over every active pairwise vote, anchored on the base model. The votes are
+        counted per (model, model, outcome) in SQL first: a million of them fit in a second."""
         return fit_leaderboard(
-            self.store.pairwise_comparisons(), anchor=self.anchor(), rounds=rounds, min_votes=min_votes
+            self.store.pairwise_counts(), anchor=self.anchor(), rounds=rounds, min_votes=min_votes
         )

@@ -219,13 +219,13 @@ def test_every_export_loads_with_datasets(store: Store, voted, tmp_path: Path, k
     assert loaded["train"].to_list() == export.train
     expected_columns = {
         "trl": {
-            "sft": ["messages"],
-            "pairs": ["prompt", "chosen", "rejected", "margin", "weight"],
-            "kto": ["prompt", "completion", "label"],
+            "sft": ["messages", "reasons"],
+            "pairs": ["prompt", "chosen", "rejected", "margin", "weight", "reasons"],
+            "kto": ["prompt", "completion", "label", "reasons"],
             "prompts": ["prompt"],
         }[kind],
-        "alpaca": ["instruction", "input", "output", "system", "history"],
-        "sharegpt": ["conversations", "system"],
+        "alpaca": ["instruction", "input", "output", "system", "history", "reasons"],
+        "sharegpt": ["conversations", "system", "reasons"],
     }[format]
     assert loaded["train"].column_names == expected_columns
     if format == "alpaca":
@@ -236,6 +236,7 @@ def test_every_export_loads_with_datasets(store: Store, voted, tmp_path: Path, k
             "output": with_history["output"],
             "system": "Be brief.",
             "history": [["2+2?", "4"]],
+            "reasons": [],
         }
     if format == "sharegpt":
         assert {t["from"] for r in export.train for t in r["conversations"]} == {"human", "gpt"}

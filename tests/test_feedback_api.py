@@ -165,13 +165,15 @@ def test_a_withdrawn_vote_stops_counting_and_stays_stored(hub, client, base_id):
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "vote_id"
 
 
-def test_listing_pages_with_limit_and_offset(hub, client, base_id):
+def test_listing_pages_with_limit_and_cursor(hub, client, base_id):
     rid = ask(client, base_id, n=3).id
     for choice in range(3):
         vote(hub, {"type": "thumbs", "generation": ref(rid, choice), "value": "up"})
     page1 = get(hub, "/v1/feedback", limit=2)
-    page2 = get(hub, "/v1/feedback", limit=2, offset=2)
+    page2 = get(hub, "/v1/feedback", limit=2, cursor=page1["next_cursor"])
     assert len(page1["data"]) == 2 and page1["has_more"] is True
+    # pages go by cursor (issue 16): an offset would silently repeat the first page, so it is refused
+    assert get(hub, "/v1/feedback", status=400, offset=2)["error"]["param"] == "offset"
     ids = [v["id"] for v in page1["data"] + page2["data"]]
     assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
 

@@ -41,6 +41,7 @@ MIGRATIONS = [
     "0003_job_adapter",
     "0004_promotions",
     "0005_vote_withdrawn_at",
+    "0006_vote_triage",
 ]
 
 
@@ -70,6 +71,7 @@ def test_pairwise_models_are_backfilled_for_votes_cast_before_0002(tmp_path: Pat
         store.add_pairwise(a.id, b.id, "a", rater="alice")
     with sqlite3.connect(path) as conn:
         conn.execute("DROP INDEX idx_votes_pairwise")
+        conn.execute("DROP INDEX idx_votes_pairwise_cells")  # 0006 (issue 16) indexes the columns too
         conn.execute("ALTER TABLE votes DROP COLUMN model_a")
         conn.execute("ALTER TABLE votes DROP COLUMN model_b")
         conn.execute("DELETE FROM _migrations WHERE name = '0002_pairwise_models'")

@@ -70,6 +70,8 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     # Leaderboard
     "show": (RATERS, "Leaderboard: refresh"),
     "show_1": (RATERS, "Leaderboard: tab selected"),
+    "top_reasons": (RATERS, "Leaderboard: top reasons per model (refresh)"),
+    "top_reasons_1": (RATERS, "Leaderboard: top reasons per model (tab selected)"),
     # Data (admin)
     "counts": (ADMIN, "Data: vote counts by kind and rater (refresh)"),
     "counts_1": (ADMIN, "Data: vote counts (tab selected)"),
@@ -78,6 +80,9 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "show_preview_2": (ADMIN, "Data: export preview (tab selected)"),
     "download": (ADMIN, "Data: export and download"),
     "formats_for": (ADMIN, "Data: the formats the chosen dataset can be written in (kind changed)"),
+    "search_votes": (ADMIN, "Data: search votes with filters"),
+    "next_votes": (ADMIN, "Data: the next page of votes"),
+    "open_vote": (ADMIN, "Data: open a vote's answers and lineage"),
     # Train (admin)
     "apply_preset": (ADMIN, "Train: preset changed"),
     "apply_preset_1": (ADMIN, "Train: stage changed"),
@@ -90,6 +95,7 @@ UI_EVENTS: dict[str, tuple[str, str]] = {
     "show_rows": (ADMIN, "Train: the rows the stage will train on (stage changed)"),
     "show_rows_1": (ADMIN, "Train: the rows the stage will train on (data source changed)"),
     "show_rows_2": (ADMIN, "Train: the rows the stage will train on (tab selected)"),
+    "show_rows_3": (ADMIN, "Train: the rows the stage will train on (reasons to leave out changed)"),
     "lambda_1": (RATERS, "Train: start the poll timer (no data: a fixed UI update)"),
     "show_command": (ADMIN, "Train: the job's command (GPUs)"),
     "show_command_1": (ADMIN, "Train: the job's command (strategy)"),

@@ -66,7 +66,12 @@ def prepare_run(stage: str, config: StageConfig, kind: str) -> Run:
     """Check everything that can be checked before loading a model: data rows, output dir, parent adapter,
     the precision this machine can train in (said in the log: the job's log shows it first)."""
     data = load_training_data(
-        config.data, kind, eval_path=config.eval_data, eval_fraction=config.eval_fraction, seed=config.seed
+        config.data,
+        kind,
+        eval_path=config.eval_data,
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        exclude_reasons=config.exclude_reasons,
     )
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir)

@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedback.errors import Invalid
+from feedback.reasons import parse_reasons
 from training.methods import DTYPE_NAMES, PRECISIONS, MethodOptions, normalise_precision
 
 LR_SCHEDULERS: tuple[str, ...] = (
@@ -66,6 +68,13 @@ class StageConfig(MethodOptions):
     eval_fraction: float = field(
         default=0.1,
         metadata={"help": "share of prompts held out for evaluation when no eval file exists, in [0, 1)"},
+    )
+    exclude_reasons: str | None = field(
+        default=None,
+        metadata={
+            "help": "leave out rows whose votes gave any of these reasons, comma-separated (e.g. "
+            "too_long,wrong; any spelling: 'too long' = too_long); rows need a reasons column, as exports have"
+        },
     )
     parent_adapter: str | None = field(
         default=None,
@@ -164,6 +173,13 @@ class StageConfig(MethodOptions):
             setattr(self, name, str(value))
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        if self.exclude_reasons is not None:
+            try:
+                self.exclude_reasons = ",".join(parse_reasons(self.exclude_reasons)) or None
+            except Invalid as e:
+                raise ValueError(
+                    f"exclude_reasons {self.exclude_reasons!r} is not a list of reasons: {e}"
+                ) from None
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1):
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
         if not self.num_train_epochs > 0:

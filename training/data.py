@@ -13,6 +13,9 @@ the run before training with ``row 17: field "chosen" is missing``. Where the ev
    ``DatasetDict``;
 3. otherwise a seeded `eval_fraction` of the rows, split by prompt so one prompt never lands on both sides.
 
+`exclude_reasons` leaves out the rows whose ``reasons`` column (an export's: the reason tags of the vote
+behind the row) holds any of those reasons, from the train and eval rows alike.
+
 SFT rows of plain prompt/completion strings (TRL's standard, not conversational, form) stay plain strings
 (``conversational`` is False), so a base model without a chat template trains on them as text.
 
@@ -32,6 +35,7 @@ from typing import Any
 
 from feedback.errors import Invalid
 from feedback.imports import MAX_REPORTED, import_dataset
+from feedback.reasons import excluded, parse_reasons
 from feedback.validation import canonical_json
 
 KINDS: tuple[str, ...] = ("sft", "pairs", "kto", "prompts")
@@ -60,6 +64,7 @@ def load_training_data(
     eval_path: str | Path | None = None,
     eval_fraction: float = 0.1,
     seed: int = 0,
+    exclude_reasons: str | None = None,
 ) -> TrainingData:
     """Read and check the rows a stage trains on; raises `Invalid` naming the row and field of a bad row.
 
@@ -75,13 +80,14 @@ def load_training_data(
     train_file, split, found_eval = _locate(path)
     if eval_path is not None:
         found_eval = (Path(eval_path), "train")
-    source_format, train = _read(train_file, split, kind)
+    exclude = parse_reasons(exclude_reasons)
+    source_format, train = _read(train_file, split, kind, exclude)
     conversational = not (kind == "sft" and "prompt" in train[0]) if train else True
     if not train:
         raise Invalid(f"{path}: no training rows", param="data")
     if found_eval is not None:
         eval_file, eval_split = found_eval
-        evaluation = _read(eval_file, eval_split, kind)[1]
+        evaluation = _read(eval_file, eval_split, kind, exclude)[1]
         if evaluation and ("prompt" in evaluation[0]) != ("prompt" in train[0]) and kind == "sft":
             raise Invalid(
                 f"{eval_file} and {train_file} mix plain prompt/completion strings and conversations; "
@@ -155,20 +161,24 @@ def _saved_splits(path: Path) -> list[str]:
         return []
 
 
-def _read(path: Path, split: str, kind: str) -> tuple[str, list[dict[str, Any]]]:
-    """(source format, rows of `kind`) from one file or saved split; every row checked."""
+def _read(
+    path: Path, split: str, kind: str, exclude: tuple[str, ...] = ()
+) -> tuple[str, list[dict[str, Any]]]:
+    """(source format, rows of `kind`) from one file or saved split; every row checked; rows whose reasons
+    include one of `exclude` left out."""
     result = import_dataset(path, split=split)
+    keep = _kept_by_reasons(path, split, exclude)
     if result.kind == kind:
         rows = result.rows
         if kind == "pairs" and result.format != "ultrafeedback":  # its rows are not one pair per record
             rows = _with_pair_extras(path, split, rows)
         if kind == "sft" and result.format == "trl":
             rows = _plain_text_rows(path, split) or rows
-        return result.format, rows
+        return result.format, _kept(rows, keep)
     if kind == "kto" and result.kind == "pairs":
-        return result.format, unpair(result.rows)
+        return result.format, unpair(_kept(result.rows, keep))
     if kind == "prompts":
-        return result.format, distinct_prompts(result.rows)
+        return result.format, distinct_prompts(_kept(result.rows, keep))
     hint = {
         "sft": "SFT needs conversations ending in an assistant reply (messages, alpaca output, sharegpt gpt turn)",
         "pairs": "reward and DPO training need preference pairs; accepted layouts: prompt + chosen + rejected "
@@ -262,3 +272,31 @@ def _with_pair_extras(path: Path, split: str, rows: list[dict[str, Any]]) -> lis
             errors=errors,
         )
     return extended
+
+
+def _kept_by_reasons(path: Path, split: str, exclude: tuple[str, ...]) -> list[bool] | None:
+    """Per source record, whether its ``reasons`` column (a list of tags, or absent) avoids `exclude`;
+    None when nothing is excluded."""
+    if not exclude:
+        return None
+    from feedback.imports import _read_rows  # shortcut: the importer's private reader, as above
+
+    keep = []
+    for number, record in _read_rows(path, split):
+        reasons = record.get("reasons") or []
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            raise Invalid(
+                f'{path}: row {number}: field "reasons" must be a list of strings, got {reasons!r:.60}',
+                param="data",
+            )
+        keep.append(not excluded(reasons, exclude))
+    return keep
+
+
+def _kept(rows: list[dict[str, Any]], keep: list[bool] | None) -> list[dict[str, Any]]:
+    """`rows` (one per source record) without those `keep` marks False."""
+    if keep is None:
+        return rows
+    if len(keep) != len(rows):  # pragma: no cover - the importer keeps every row or raises
+        raise Invalid("the rows and their reasons do not line up; cannot exclude reasons", param="data")
+    return [row for row, kept in zip(rows, keep) if kept]

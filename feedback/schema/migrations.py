@@ -201,6 +201,42 @@ def vote_withdrawn_at(db: Database) -> None:
     db.execute("ALTER TABLE votes ADD COLUMN withdrawn_at TEXT")
 
 
+@migrations(name="0006_vote_triage")
+def vote_triage(db: Database) -> None:
+    """Triage at scale (issue 16): keyset pages of votes newest first, filtered by kind, rater, model or
+    reason, read from indexes (GET /v1/feedback, the Data tab). A vote's models (of every answer it judged)
+    and its reason keys (feedback/reasons.py) are kept beside it, each row with the vote's time, so a filter
+    on either walks one index in page order instead of every vote's JSON."""
+    from feedback.reasons import reason_key
+
+    for facet in ("model", "reason"):
+        db.execute(
+            f"CREATE TABLE vote_{facet}s (vote_id INTEGER NOT NULL REFERENCES votes(id), {facet} TEXT NOT NULL, "
+            f"created_at TEXT NOT NULL, PRIMARY KEY (vote_id, {facet})) WITHOUT ROWID"
+        )
+        db.execute(f"CREATE INDEX idx_vote_{facet}s_recent ON vote_{facet}s ({facet}, created_at, vote_id)")
+    db.execute(
+        "INSERT OR IGNORE INTO vote_models (vote_id, model, created_at) "
+        "SELECT votes.id, generations.model, votes.created_at FROM votes, json_each(votes.generation_ids) AS j "
+        "JOIN generations ON generations.id = j.value"
+    )
+    db.conn.create_function("tunehub_reason_key", 1, reason_key, deterministic=True)
+    db.execute(
+        "INSERT OR IGNORE INTO vote_reasons (vote_id, reason, created_at) "
+        "SELECT votes.id, tunehub_reason_key(j.value), votes.created_at FROM votes, json_each(votes.tags) AS j "
+        "WHERE tunehub_reason_key(j.value) != ''"
+    )
+    db.execute("CREATE INDEX idx_votes_recent ON votes (created_at, id)")
+    db.execute("CREATE INDEX idx_votes_kind_recent ON votes (kind, created_at, id)")
+    db.execute("CREATE INDEX idx_votes_rater_recent ON votes (rater, created_at, id)")
+    # the leaderboard counts active pairwise votes per (model, model, outcome) in SQL: in this order the
+    # GROUP BY streams through the index instead of sorting a million rows (bench/store.py: 1,000,000 votes)
+    db.execute(
+        "CREATE INDEX idx_votes_pairwise_cells ON votes (model_a, model_b, value) "
+        "WHERE kind = 'pairwise' AND active = 1"
+    )
+
+
 def apply_migrations(db: Database) -> list[str]:
     """Apply every pending migration inside one ``BEGIN IMMEDIATE`` transaction; return the names applied.
 

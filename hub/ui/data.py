@@ -1,5 +1,6 @@
-"""The Data tab (admins only): what has been collected, by kind and by rater; a preview of each export; and
-export files to download (recorded as dataset snapshots, so a trained adapter can name its votes)."""
+"""The Data tab (admins only): what has been collected, by kind and by rater; a preview of each export;
+export files to download (recorded as dataset snapshots, so a trained adapter can name its votes); and the
+vote browser (vote_browser.py: filter, page, open a vote's answers and lineage)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from feedback.exports import FORMATS, KINDS
 
 from . import UiServices
 from .login import require_admin, shown_to_user
+from .vote_browser import vote_browser
 
 KINDS_SHOWN = ("thumbs", "pairwise", "ranking", "edit")
 EXPORT_HELP = {
@@ -86,3 +88,4 @@ def data_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
     for trigger in (kind.change, format.change, tab.select):
         trigger(show_preview, [kind, format], [about, preview])
     export.click(download, [kind, format], files)
+    vote_browser(services)

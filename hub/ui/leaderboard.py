@@ -1,6 +1,6 @@
 """The Leaderboard tab: Bradley-Terry ratings from arena votes (1000 = the base model) with 95% intervals,
 vote counts and provisional marks; the ratings plotted with their intervals and the observed win-rate matrix
-as a heatmap (hub/ui/charts.py)."""
+as a heatmap (hub/ui/charts.py); the top thumbs reasons per model."""
 
 from __future__ import annotations
 
@@ -73,3 +73,33 @@ def leaderboard_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> Non
     # not on page load: over 100,000 votes a fit takes about a second
     for trigger in (refresh.click, tab.select):
         trigger(show, outputs=[text, table, ratings, heatmap])
+
+    # issue 16: the reasons raters gave with their thumbs, per model (FeedbackService.top_reasons)
+    reasons = gr.Dataframe(
+        headers=REASON_HEADERS,
+        interactive=False,
+        elem_id="lb-reasons",
+        label="Top reasons per model (thumbs down and up)",
+        wrap=True,
+    )
+
+    def top_reasons():
+        with shown_to_user():
+            table_ = feedback.top_reasons()
+        return gr.update(value=reason_rows(table_), headers=REASON_HEADERS)
+
+    for trigger in (refresh.click, tab.select):
+        trigger(top_reasons, outputs=reasons)
+
+
+REASON_HEADERS = ["Model", "Thumbs-down reasons", "Thumbs-up reasons"]
+
+
+def reason_rows(table: list[dict]) -> list[list]:
+    """Rows of the reasons table: each model's most given reasons with their counts, most complained-of
+    model first."""
+
+    def listed(pairs: list[tuple[str, int]]) -> str:
+        return " · ".join(f"{reason} ({n})" for reason, n in pairs) or "–"
+
+    return [[row["model"], listed(row["down"]), listed(row["up"])] for row in table]

@@ -14,15 +14,18 @@ import gradio as gr
 import pandas as pd
 
 from feedback.errors import StoreError
+from feedback.reasons import reason_key
 from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
 from training.jobs.spec import EXPORTS, STAGES, JobError, config_class
 from training.methods import LORA_METHODS, METHODS
 
+from ..feedback_service import THUMBS_DOWN_REASONS
 from ..jobs_service import DEFAULT_PRESET, PRESETS, NoBaseModel, preset_params
 from . import UiServices
 from .login import require_admin
 
 SOURCES = ("feedback: everything", "feedback: only new", "file or directory")
+REASON_CHOICES = tuple(reason_key(r) for r in THUMBS_DOWN_REASONS)  # others can be typed in
 NO_PARENT = "(none)"
 ROW_NAMES = {
     "sft": "chat examples",
@@ -186,6 +189,14 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
             elem_id="train-data-path",
             scale=3,
         )
+    exclude_reasons = gr.Dropdown(
+        list(REASON_CHOICES),
+        value=[],
+        multiselect=True,
+        allow_custom_value=True,
+        label="Leave out votes with these reasons (data filter)",
+        elem_id="train-exclude-reasons",
+    )
     preset = gr.Radio(
         list(PRESETS),
         value=DEFAULT_PRESET,
@@ -265,14 +276,14 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     # value) would otherwise switch the view back to the previous job once the submit had moved it on.
     following = gr.State(None)
 
-    def show_rows(stage_: str, source_: str, request: gr.Request) -> str:
+    def show_rows(stage_: str, source_: str, reasons_: list[str] | None, request: gr.Request) -> str:
         """What the stage will train on, before Start: the rows the votes make now, and one of them."""
         require_admin(auth, request)
         if source_ == SOURCES[2]:
             return "The rows are read from the file or directory when the job starts (bad rows are named)."
         kind, mode = EXPORTS[stage_]
         try:
-            rows = services.datasets.preview(kind, mode=mode)
+            rows = services.datasets.preview(kind, mode=mode, exclude_reasons=reasons_ or None)
         except StoreError as exc:
             return f"**Nothing to train {stage_} on yet**: {exc.message}"
         example = json.dumps((rows.train + rows.eval)[0], ensure_ascii=False)
@@ -321,11 +332,13 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
 
     def submit(
         stage_, method_, source_, path, name_, parent_, steps, epochs_, lr, batch, rank, length, extra,
-        gpus_, strategy_, request: gr.Request,
+        gpus_, strategy_, reasons_, request: gr.Request,
     ):  # fmt: skip
         require_admin(auth, request)
         try:
             params = build_params(stage_, method_, steps, epochs_, lr, batch, rank, length, extra)
+            if reasons_:
+                params["exclude_reasons"] = ",".join(reasons_)
             created = jobs.submit(
                 stage=stage_,
                 method=method_,
@@ -419,13 +432,14 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     for trigger in (method.change, batch_size.change, max_length.change, lora_rank.change, tab.select):
         trigger(show_estimate, estimate_inputs, estimate)
     tab.select(parents, outputs=parent)
-    for trigger in (stage.change, source.change, tab.select):
-        trigger(show_rows, [stage, source], rows_preview)
+    for trigger in (stage.change, source.change, tab.select, exclude_reasons.change):
+        trigger(show_rows, [stage, source, exclude_reasons], rows_preview)
     tab.select(lambda: gr.Timer(active=True), outputs=poll, queue=False)
     followed = [job_table, job, job_status, loss_plot, log, following, poll]
     for trigger in (gpus.change, strategy.change):
         trigger(show_command, [gpus, strategy], command)
     inputs = [stage, method, source, data_path, name, parent, *numbers, max_length, advanced, gpus, strategy]
+    inputs.append(exclude_reasons)
     start.click(submit, inputs, [message, job, poll, following]).then(refresh, [following], followed)
     poll.tick(refresh, [following], followed, show_progress="hidden")
     job.input(refresh, [job], followed)

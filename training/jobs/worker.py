@@ -94,7 +94,14 @@ def prepare_data(spec: JobSpec, launch: dict[str, Any], job_dir: Path, progress:
     kind, mode = EXPORTS[spec.stage]
     with Store(launch["store"]) as store:
         after = last_vote_of_stage(store, spec.stage) if spec.only_new else 0
-        export = export_dataset(store, kind, job_dir / DATA_DIR, mode=mode, after_vote=after)
+        export = export_dataset(
+            store,
+            kind,
+            job_dir / DATA_DIR,
+            mode=mode,
+            after_vote=after,
+            exclude_reasons=launch["params"].get("exclude_reasons"),  # the snapshot holds only kept votes
+        )
     rows = len(export.train) + len(export.eval)
     write_event(progress, "dataset", dataset_id=export.dataset_id, rows=rows, after_vote=after)
     print(f"exported {rows} {kind} rows from {len(export.vote_ids)} votes (after vote {after})", flush=True)
