@@ -27,24 +27,24 @@ def chosen(stage="dpo", method="lora", n_train=120, width=128, given=(), batch=8
 
 def test_the_learning_rate_follows_the_models_width_and_the_stage():
     demo, smol, wide = (chosen(width=w)["learning_rate"].value for w in (128, 576, 4096))
-    assert demo == pytest.approx(1e-3, rel=0.01) and smol == pytest.approx(
+    assert demo == pytest.approx(5e-4, rel=0.01) and smol == pytest.approx(
         LR_WIDTH / math.sqrt(576), rel=0.01
     )
     assert demo > smol > wide
-    assert chosen("sft")["learning_rate"].value == pytest.approx(demo, rel=0.01)
-    assert chosen("reward")["learning_rate"].value == pytest.approx(0.5 * demo, rel=0.01)
-    assert chosen("ppo")["learning_rate"].value == pytest.approx(0.2 * demo, rel=0.01)
+    assert chosen("sft")["learning_rate"].value == pytest.approx(2 * demo, rel=0.01)
+    assert chosen("reward")["learning_rate"].value == pytest.approx(demo, rel=0.01)
+    assert chosen("ppo")["learning_rate"].value == pytest.approx(0.4 * demo, rel=0.01)
     assert chosen(method="full")["learning_rate"].value == pytest.approx(demo / 10, rel=0.01)
     assert "width 128" in chosen()["learning_rate"].reason
     assert "unknown" in chosen(width=None)["learning_rate"].reason  # a config it cannot read: said so
 
 
 def test_steps_follow_the_rows_within_bounds():
-    assert chosen(n_train=200)["max_steps"].value == 200  # 8 passes over 200 rows at batch 8
+    assert chosen(n_train=200)["max_steps"].value == 100  # 4 passes over 200 rows at batch 8
     assert chosen(n_train=10)["max_steps"].value == MIN_STEPS  # a few votes still get a real update
     assert chosen(n_train=100_000)["max_steps"].value == MAX_STEPS
-    assert "8 passes over 200 rows" in chosen(n_train=200)["max_steps"].reason
-    assert chosen("ppo", n_train=160)["max_steps"].value == 20  # 2 passes in rollout batches of 16
+    assert "4 passes over 200 rows" in chosen(n_train=200)["max_steps"].reason
+    assert chosen("ppo", n_train=320)["max_steps"].value == 20  # one pass in rollout batches of 16
     assert chosen("dpo")["sft_weight"].value == 0.5 and "sft_weight" not in chosen("sft")
 
 
@@ -52,7 +52,7 @@ def test_what_the_user_set_is_never_chosen():
     picked = chosen(given={"learning_rate", "sft_weight"})
     assert set(picked) == {"max_steps"}
     assert "max_steps" not in chosen(given={"num_train_epochs"})  # sized in epochs by the user
-    assert describe(picked).startswith("max_steps 120 (8 passes over 120 rows")
+    assert describe(picked).startswith("max_steps 60 (4 passes over 120 rows")
 
 
 def test_the_width_is_read_from_the_base_models_config(demo_model, tmp_path):
@@ -73,11 +73,11 @@ def test_the_summary_says_what_was_chosen_and_the_heldout_accuracy():
         "steps": 40,
         "max_steps": 40,
         "best_step": 40,
-        "chosen_settings": {"learning_rate": {"value": 0.001, "reason": "0.0113/sqrt(width 128)"}},
+        "chosen_settings": {"learning_rate": {"value": 0.0005, "reason": "0.00566/sqrt(width 128)"}},
         "eval_rewards/accuracies": 0.8125,
     }
     text = training_outcome(metrics)
-    assert "learning_rate **0.001** (0.0113/sqrt(width 128))" in text
+    assert "learning_rate **0.0005** (0.00566/sqrt(width 128))" in text
     assert "Held-out preference accuracy of the result: **0.81**" in text
 
 
@@ -96,5 +96,5 @@ def test_a_job_with_no_settings_sizes_them_and_records_why(demo_model, tmp_path)
     settings = job.metrics["chosen_settings"]
     assert settings["learning_rate"]["value"] == pytest.approx(1e-3, rel=0.01)  # sft on a 128-wide model
     assert settings["max_steps"]["value"] == job.metrics["max_steps"] >= MIN_STEPS
-    assert "8 passes over" in settings["max_steps"]["reason"]
+    assert "4 passes over" in settings["max_steps"]["reason"]
     assert "settings chosen for what the job left out: learning_rate" in Path(job.log_path).read_text()

@@ -31,12 +31,12 @@ from typing import Any
 
 from training.methods import ADAPTER_METHODS
 
-LR_WIDTH = 1.13e-2  # adapter rate times sqrt(width): 1e-3 at width 128 (bench/loop.py)
-STAGE_LR_SCALE = {"sft": 1.0, "dpo": 1.0, "kto": 1.0, "reward": 0.5, "ppo": 0.2, "rloo": 0.2, "grpo": 0.2}
+LR_WIDTH = 5.66e-3  # preference-stage adapter rate times sqrt(width): 5e-4 at width 128 (bench/loop.py)
+STAGE_LR_SCALE = {"sft": 2.0, "dpo": 1.0, "kto": 1.0, "reward": 1.0, "ppo": 0.4, "rloo": 0.4, "grpo": 0.4}
 FULL_LR_SCALE = 0.1  # full and freeze tuning change every weight of the layers they train
-EPOCHS = 8.0
-MIN_STEPS, MAX_STEPS = 40, 300
-PPO_PASSES = 2
+EPOCHS = 4.0
+MIN_STEPS, MAX_STEPS = 30, 300
+PPO_PASSES = 1
 PPO_MIN_STEPS, PPO_MAX_STEPS = 10, 50
 DPO_SFT_WEIGHT = 0.5
 DEFAULT_WIDTH = 1024  # when the base's config cannot be read
@@ -80,7 +80,7 @@ def auto_settings(
         steps = _clamp(batches, PPO_MIN_STEPS, PPO_MAX_STEPS)
         chosen["max_steps"] = Choice(
             steps,
-            f"{PPO_PASSES} passes over {n_train} prompts in rollout batches of {rollout_batch_size}, "
+            f"one pass over {n_train} prompts in rollout batches of {rollout_batch_size}, "
             f"within {PPO_MIN_STEPS}-{PPO_MAX_STEPS}",
         )
     elif not {"num_train_epochs", "total_episodes"} & set(given):  # the user sized the run in epochs
