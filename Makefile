@@ -1,6 +1,6 @@
 # tunehub: one command to set up and serve, one to set up and test. Both work on a fresh machine with no GPU.
 #   make serve   create .venv, install (CPU torch first), start the hub on the demo model at http://127.0.0.1:7860
-#   make test    create .venv, install with test extras and Chromium, run every test this machine can run
+#   make test    create .venv, install with test extras and Chromium, lint, run every test this machine can run
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -47,7 +47,7 @@ chromium:
 	  else echo "browser tests need chromium: sudo apt-get install chromium"; exit 1; fi; }
 
 test: setup-test
-	$(MAKE) --no-print-directory test-fast test-rest
+	$(MAKE) --no-print-directory lint test-fast test-rest
 
 test-fast:
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not browser and not gpu" $(XDIST) --durations=10 $(ARGS)
