@@ -119,10 +119,10 @@ def test_export_each_kind(capsys, voted, tmp_path):
             read_jsonl(e) if (e := tmp_path / f"{kind}.eval.jsonl").exists() else []
         )
         if kind == "sft":
-            assert all(set(r) == {"messages"} for r in rows)
+            assert all(set(r) == {"messages", "reasons"} for r in rows)  # the vote's reason tags ride along
             assert {r["messages"][-1]["content"] for r in rows} >= {"4", "2 + 2 = 4"}
         elif kind == "pairs":
-            assert all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+            assert all(set(r) == {"prompt", "chosen", "rejected", "reasons"} for r in rows)
             assert {"chosen": [{"role": "assistant", "content": "4"}]}.items() <= rows[0].items()
         elif kind == "kto":
             assert {r["label"] for r in rows} == {True, False}
