@@ -137,11 +137,11 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
             problem = None if getattr(engine, "ready", True) else "the engine is not ready"
         if problem is not None:
             raise ApiError(503, problem, code="engine_unavailable")
-        return {
-            "status": "ok",
-            "model": service.engine.model_name,
-            "adapters": len(service.engine.adapters()),
-        }
+        body = {"status": "ok", "model": engine.model_name, "adapters": len(engine.adapters())}
+        replicas = getattr(engine, "replica_status", None)  # a ReplicaSet: each replica's state
+        if replicas is not None:
+            body["replicas"] = replicas()
+        return body
 
     @router.get("/health/live")
     async def liveness():
@@ -286,13 +286,10 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
     @router.post("/v1/load_lora_adapter", response_model=None)
     async def load_lora_adapter(body: p.LoadLoraAdapterRequest, principal: Principal = admin):
         info = await service.load_adapter(body.lora_name, Path(body.lora_path))
-        return {
-            "object": "lora_adapter",
-            "name": info.name,
-            "path": str(info.path),
-            "rank": info.rank,
-            "status": "loaded",
-        }
+        answer = {"object": "lora_adapter", "name": info.name, "path": str(info.path), "rank": info.rank}
+        if info.failed_on:  # replicas: loaded on some only; each failing replica's URL and reason
+            return {**answer, "status": "partial", "failed_on": info.failed_on}
+        return {**answer, "status": "loaded"}
 
     @router.post("/v1/unload_lora_adapter", response_model=None)
     async def unload_lora_adapter(body: p.UnloadLoraAdapterRequest, principal: Principal = admin):

@@ -97,7 +97,9 @@ def build_app(
 ) -> FastAPI:
     """Wire services around a constructed engine; the lifespan starts and stops it, and the training job
     runner with it (unless `run_jobs` is False). Nothing runs at import."""
-    metrics = Metrics(adapter_count=lambda: len(engine.adapters()))
+    metrics = Metrics(
+        adapter_count=lambda: len(engine.adapters()), replicas=getattr(engine, "replica_status", None)
+    )
     if hasattr(engine, "observe_steps"):
         engine.observe_steps(metrics.batch_size.observe)
     if store is None:

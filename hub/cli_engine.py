@@ -3,6 +3,7 @@
 
     tunehub serve --engine vllm --vllm-url http://gpu-box:8000 [--vllm-api-key KEY]          # remote
     tunehub serve --engine vllm --model Qwen/Qwen2.5-0.5B-Instruct --vllm-bin ~/vllm-venv/bin/vllm  # managed
+    tunehub serve --vllm-url http://gpu-a:8000 --vllm-url http://gpu-b:8000        # replicas of one base
     tunehub engine --model DIR --port 8000 [--api-key KEY]
 """
 
@@ -23,7 +24,12 @@ log = logging.getLogger("tunehub")
 
 def add_vllm_arguments(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group("vLLM engine (--engine vllm, or auto with a CUDA GPU and vllm on PATH)")
-    group.add_argument("--vllm-url", help="use the vLLM server at this URL instead of starting one")
+    group.add_argument(
+        "--vllm-url",
+        action="append",
+        help="use the vLLM server at this URL instead of starting one; give it again for each replica of the "
+        "same base (requests go to the least busy replica, adapters load on all)",
+    )
     group.add_argument(
         "--vllm-api-key", default=os.environ.get("VLLM_API_KEY"), help="vLLM's --api-key (or VLLM_API_KEY)"
     )
@@ -92,13 +98,24 @@ def _free_port() -> int:
 
 
 def make_vllm_engine(settings: Settings, args: argparse.Namespace, resolve_model):
-    """A remote VLLMEngine for --vllm-url, a managed one otherwise. Raises ValueError for bad flags."""
+    """A remote VLLMEngine for --vllm-url, a ReplicaSet for several, a managed one otherwise. Raises
+    ValueError for bad flags."""
+    from serving.replicas import ReplicaSet
     from serving.vllm import VLLMEngine
     from serving.vllm_process import VLLMOptions
 
-    if args.vllm_url:
+    urls = [args.vllm_url] if isinstance(args.vllm_url, str) else list(args.vllm_url or [])
+    if len(urls) > 1:
+        return ReplicaSet(
+            urls,
+            api_key=args.vllm_api_key,
+            model_name=settings.served_model_name,
+            model_path=settings.model or "",
+            max_lora_rank=settings.max_lora_rank,
+        )
+    if urls:
         return VLLMEngine(
-            args.vllm_url,
+            urls[0],
             api_key=args.vllm_api_key,
             model_name=settings.served_model_name,
             model_path=settings.model or "",

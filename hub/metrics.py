@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -13,8 +14,42 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 FASTAPI_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
+class ReplicaCollector:
+    """Each replica of a ReplicaSet (serving/replicas.py), read when /metrics is scraped."""
+
+    def __init__(self, status: Callable[[], list[dict]]) -> None:
+        self.status = status
+
+    def collect(self):
+        label = ["replica"]
+        healthy = GaugeMetricFamily(
+            "tunehub_replica_healthy", "1 while a replica is in rotation", labels=label
+        )
+        outstanding = GaugeMetricFamily(
+            "tunehub_replica_outstanding_requests", "Requests in flight on a replica", labels=label
+        )
+        sent = CounterMetricFamily("tunehub_replica_requests", "Requests sent to a replica", labels=label)
+        adapters = GaugeMetricFamily(
+            "tunehub_replica_adapter_loaded",
+            "1 for each adapter a replica has loaded",
+            labels=[*label, "adapter"],
+        )
+        for replica in self.status():
+            url = replica["url"]
+            healthy.add_metric([url], 1.0 if replica["healthy"] else 0.0)
+            outstanding.add_metric([url], replica["outstanding"])
+            sent.add_metric([url], replica["requests"])
+            for name in replica["adapters"]:
+                adapters.add_metric([url, name], 1.0)
+        yield from (healthy, outstanding, sent, adapters)
+
+
 class Metrics:
-    def __init__(self, adapter_count: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        adapter_count: Callable[[], int] | None = None,
+        replicas: Callable[[], list[dict]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -46,6 +81,8 @@ class Metrics:
         self.adapters = Gauge("tunehub_loaded_adapters", "Adapters loaded in the engine", registry=r)
         if adapter_count is not None:
             self.adapters.set_function(adapter_count)
+        if replicas is not None:
+            r.register(ReplicaCollector(replicas))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -57,6 +57,9 @@ class AdapterInfo:
     rank: int
     target_modules: list[str]
     loaded_at: float
+    # replica URL -> why the adapter did not load there: a replica set's partial load (serving/replicas.py);
+    # the adapter is served by the other replicas only
+    failed_on: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

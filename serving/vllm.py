@@ -121,7 +121,7 @@ class VLLMEngine:
         self._client: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task | None = None
         self._up = False
-        self._probe = HealthProbe(self._check_health, interval_s=health_interval_s)
+        self._probe = HealthProbe(self.check_health, interval_s=health_interval_s)
 
     @classmethod
     def managed(cls, options: VLLMOptions, *, model_name: str | None = None) -> VLLMEngine:
@@ -147,7 +147,8 @@ class VLLMEngine:
             return f"the vLLM server at {self.url} is not ready (starting or restarting)"
         return await self._probe.problem()
 
-    async def _check_health(self) -> str | None:
+    async def check_health(self) -> str | None:
+        """Ask the server's /health now (uncached): None when it answers 200, else why not, naming its URL."""
         if self._client is None:
             return f"the vLLM engine for {self.url} is not started"
         try:
@@ -160,12 +161,17 @@ class VLLMEngine:
             return f"the vLLM server at {self.url} answered /health with {response.status_code}"
         return None
 
-    async def start(self) -> None:
+    def _open_client(self) -> None:
+        if self._client is not None:
+            return
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         # no read timeout: a stream may wait long between tokens under load; connects fail fast
         self._client = httpx.AsyncClient(
             base_url=self.url, headers=headers, timeout=httpx.Timeout(None, connect=10.0)
         )
+
+    async def start(self) -> None:
+        self._open_client()
         if self.process is not None:
             await self.process.start()
         await self._read_models()
@@ -210,6 +216,20 @@ class VLLMEngine:
                     target_modules=[],
                     loaded_at=float(card.get("created") or time.time()),
                 )
+
+    async def resync(self) -> None:
+        """After the server answered again (it may have restarted and lost its adapters): read /v1/models
+        anew, keep only the adapters it lists, and mark the engine up. A replica set (serving/replicas.py)
+        calls it before it puts a replica back in rotation; raises EngineUnavailable if the server does not
+        answer or serves another base model."""
+        self._open_client()
+        known = self._adapters
+        self._adapters = {}
+        await self._read_models()
+        for name in self._adapters:
+            if name in known:  # ours: keep what we know of it (its path, rank) rather than the listing's
+                self._adapters[name] = known[name]
+        self._up = True
 
     async def _supervise(self) -> None:
         """Restart a managed vLLM that died, with backoff, and load every adapter it had again."""
