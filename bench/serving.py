@@ -2,6 +2,9 @@
 
     python -m bench.serving [--model DIR|FILE.gguf|smollm2] [--tokens 64] [--requests-per-client 2]
                             [--dtypes float32,auto] [--repeats 2] [--sequential-requests 2] [--load-rounds 20]
+    python -m bench.serving --replicas 2 [--tokens 64] [--requests-per-client 2] [--repeats 2]
+
+With --replicas N it measures tunehub over N `tunehub engine` processes against one instead (bench/replicas.py).
 
 Starts a real `tunehub serve` on 127.0.0.1 once per dtype (`--dtype float32`, then `--dtype auto`, the
 default a user gets; every other engine setting left at its default) and measures, in the same run:
@@ -442,8 +445,18 @@ def main() -> int:
     )
     parser.add_argument("--load-rounds", type=int, default=20)
     parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="N > 1: tunehub over N `tunehub engine` replicas against one, and a replica killed under load",
+    )
     args = parser.parse_args()
     model_dir = resolve_model(args)
+    if args.replicas > 1:
+        from bench.replicas import run
+
+        return run(model_dir, Path(tempfile.mkdtemp(prefix="tunehub-bench-")), args)
     kind = "demo" if (model_dir / "tunehub_demo.json").is_file() else "real"
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-"))
     adapters = None
