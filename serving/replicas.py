@@ -33,6 +33,8 @@ from .vllm import VLLMEngine
 
 log = logging.getLogger(__name__)
 
+WAKE_POLL_S = 0.05  # how soon the health loop notices that a request failed on a replica
+
 
 @dataclass(eq=False)
 class Replica:
@@ -110,7 +112,7 @@ class ReplicaSet:
         # rejoins. Loads, unloads and re-joins hold the lock, so a replica never misses one.
         self._adapters: dict[str, AdapterInfo] = {}
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self._check_now = False  # set after a request failed on a replica: check them all at once
         self._watcher: asyncio.Task | None = None
 
     # ----- lifecycle -----------------------------------------------------------------------------------
@@ -181,10 +183,14 @@ class ReplicaSet:
     # ----- health --------------------------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.health_interval_s)
-            self._wake.clear()
+            # a short sleep loop rather than wait_for(event): Python 3.11's wait_for can swallow the cancel of
+            # close() when the event is set at that moment (seen here: close() then waited forever)
+            next_check = loop.time() + self.health_interval_s
+            while not self._check_now and loop.time() < next_check:
+                await asyncio.sleep(WAKE_POLL_S)
+            self._check_now = False
             await asyncio.gather(*(self._check(r) for r in self.replicas), return_exceptions=True)
 
     async def _check(self, replica: Replica) -> None:
@@ -198,7 +204,7 @@ class ReplicaSet:
     def _take_out(self, replica: Replica, problem: str) -> None:
         if replica.healthy:
             log.warning("replica %s taken out of rotation: %s", replica.url, problem)
-            self._wake.set()  # check it (and the others) now rather than at the next interval
+            self._check_now = True  # check it (and the others) now rather than at the next interval
         replica.healthy, replica.problem = False, problem
 
     async def _rejoin(self, replica: Replica) -> None:

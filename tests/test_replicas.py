@@ -6,6 +6,7 @@ keep being served, and it rejoins after a restart with its adapters."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from serving.errors import EngineUnavailable
 from serving.replicas import ReplicaSet
 from tests.support.engine import EngineProcess
 from tests.support.server import HubProcess
@@ -210,3 +212,84 @@ def test_a_killed_replica_loses_no_request_before_its_first_token_and_rejoins(
         b.stop()
         if restarted is not None:
             restarted.stop()
+
+
+# ----- failover on cue: stand-in servers whose streams are cut before or after the first token -------------
+
+
+def _collect(engine: ReplicaSet):
+    from serving.engine import GenerationRequest
+
+    async def run() -> tuple[list[str], Exception | None]:
+        texts: list[str] = []
+        try:
+            async for delta in engine.generate(GenerationRequest(messages=MESSAGES)):
+                texts.append(delta.text)
+        except Exception as exc:  # returned for the test to look at
+            return texts, exc
+        return texts, None
+
+    return run()
+
+
+def test_a_request_whose_replica_is_gone_is_retried_on_another():
+    from tests.support.fake_replica import FakeReplica
+    from tests.support.server import free_port
+
+    async def main():
+        gone = f"http://127.0.0.1:{free_port()}"  # nothing listens: a replica killed since the last check
+        async with FakeReplica("ok") as live:
+            engine = ReplicaSet([gone, live.url], health_interval_s=60)
+            await engine.start()
+            try:
+                assert [r["healthy"] for r in engine.replica_status()] == [False, True]
+                engine.replicas[0].healthy = True  # the router still thinks it is up
+                texts, error = await _collect(engine)
+                return texts, error, engine.replica_status(), live.chats
+            finally:
+                await engine.close()
+
+    texts, error, status, chats = asyncio.run(main())
+    assert error is None and "".join(texts) == "Hi there" and chats == 1
+    assert status[0]["healthy"] is False and status[0]["url"] in status[0]["problem"]
+    assert status[0]["outstanding"] == status[1]["outstanding"] == 0
+
+
+def test_a_stream_cut_before_its_first_token_is_retried_once():
+    from tests.support.fake_replica import FakeReplica
+
+    async def main(second_mode: str):
+        async with FakeReplica("drop_before") as cut, FakeReplica(second_mode) as other:
+            engine = ReplicaSet([cut.url, other.url], health_interval_s=60)
+            await engine.start()
+            try:
+                texts, error = await _collect(engine)
+                return texts, error, cut.chats, other.chats
+            finally:
+                await engine.close()
+
+    texts, error, cut_chats, other_chats = asyncio.run(main("ok"))
+    assert error is None and "".join(texts) == "Hi there"
+    assert (cut_chats, other_chats) == (1, 1)
+    texts, error, cut_chats, other_chats = asyncio.run(main("drop_before"))  # both fail: one retry, no more
+    assert isinstance(error, EngineUnavailable) and texts == []
+    assert (cut_chats, other_chats) == (1, 1)
+
+
+def test_a_stream_cut_after_its_first_token_ends_with_an_error_and_is_not_retried():
+    from tests.support.fake_replica import FakeReplica
+
+    async def main():
+        async with FakeReplica("drop_after") as cut, FakeReplica("ok") as other:
+            engine = ReplicaSet([cut.url, other.url], health_interval_s=60)
+            await engine.start()
+            try:
+                texts, error = await _collect(engine)
+                return texts, error, cut, other.chats
+            finally:
+                await engine.close()
+
+    texts, error, cut, other_chats = asyncio.run(main())
+    assert texts == ["Hi"]  # what was streamed stays streamed; the client is told the rest failed
+    assert isinstance(error, EngineUnavailable) and cut.url in error.message
+    assert (cut.chats, other_chats) == (1, 0)
