@@ -83,7 +83,13 @@ def test_flips_against_the_promoted_model_and_the_base_with_lengths():
     text = "\n".join(flip_lines(flips))
     assert "Against the promoted model** (km@1): 1 fail → pass, 1 pass → fail" in text
     assert "Against the base** (base): 0 fail → pass, 1 pass → fail (net -1)" in text
-    assert "“Lyon, surely, a lovely city.” (28 ch)" in text and "(× " in text
+    assert "“Lyon, surely, a lovely city\\.” (28 ch)" in text and "(× " in text
+
+
+def test_answers_are_shown_as_written_not_rendered_as_markdown():
+    report = dict(REPORT, rows=[row("Hi *there*", "4", "**4** <img src=x>", "5", ok=(True, False, None))])
+    text = "\n".join(flip_lines(flip_report(report)))
+    assert "\\*\\*4\\*\\* \\<img src=x\\>" in text and "*Hi \\*there\\**" in text
 
 
 def test_against_the_base_only_and_an_old_report_without_base_answers():

@@ -12,6 +12,7 @@ promoted model's has no ``against_base`` (None, with the reason in ``notes``): r
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -74,6 +75,9 @@ def flip_report(report: dict[str, Any]) -> dict[str, Any]:
     return {"against_promoted": promoted, "against_base": base, "notes": notes}
 
 
+MARKDOWN_SPECIAL = re.compile(r"[\\`*_{}\[\]()#+\-.!|<>~]")
+
+
 def flip_lines(flips: dict[str, Any], limit: int = 20) -> list[str]:
     """The report as Markdown lines (the Adapters tab), at most ``limit`` flips per direction and side."""
     lines = []
@@ -92,7 +96,7 @@ def flip_lines(flips: dict[str, Any], limit: int = 20) -> list[str]:
         for direction, label in (("fail_to_pass", "fail → pass"), ("pass_to_fail", "pass → fail")):
             for flip in side[direction][:limit]:
                 lines.append(
-                    f"- {label}: *{_one_line(flip['prompt'])}* (expected {flip['expected']!s}): candidate "
+                    f"- {label}: *{_one_line(flip['prompt'])}* (expected {_one_line(flip['expected'])}): candidate "
                     f"“{_one_line(flip['candidate'])}” ({flip['candidate_length']} ch) · {title} "
                     f"“{_one_line(flip['other'])}” ({flip['other_length']} ch)"
                 )
@@ -108,5 +112,8 @@ def _chars(value: float | None) -> str:
 
 
 def _one_line(text: str, width: int = 120) -> str:
+    """`text` on one line, cut at `width`, with Markdown's special characters escaped: an answer is shown as
+    written, never rendered (a model's "**" or "<img>" stays text)."""
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return MARKDOWN_SPECIAL.sub(r"\\\g<0>", text)
