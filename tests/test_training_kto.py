@@ -108,7 +108,9 @@ def test_kto_moves_rewards_the_right_way_on_heldout_thumbs(demo_model, tmp_path)
     # Implied rewards start at 0 (policy = reference): thumbs-up rise, thumbs-down fall.
     assert metrics["eval_rewards/chosen"] > 0 > metrics["eval_rewards/rejected"]
     assert metrics["eval_rewards/margins"] > 1.0
-    assert metrics["eval_kl"] > 0  # the policy moved away from the reference
+    # TRL's KL estimate (KTO's baseline) is clamped at 0 and often is 0 on this data: bound it instead, so a
+    # run whose policy drifted far from the reference fails here
+    assert 0 <= metrics["eval_kl"] < 1.0
     assert good > 0 > bad
 
 
