@@ -136,3 +136,17 @@ def test_bad_rows_and_wrong_kinds_are_named(tmp_path):
         load_training_data(sft, "kto")
     with pytest.raises(Invalid, match="does not exist"):
         load_training_data(tmp_path / "nowhere.jsonl", "sft")
+
+
+def test_a_small_held_out_share_still_holds_out_one_prompt():
+    """Issue 13 / a flaky UI test: 10 prompts at eval_fraction 0.3 could all hash into train (0.7^10), leaving
+    early stopping and the KL bound nothing to watch; the prompt with the smallest hash is held out then."""
+    from training.data import split_by_prompt
+
+    rows = [
+        {"prompt": [{"role": "user", "content": f"q{i}"}], "completion": "a", "label": True} for i in range(3)
+    ]
+    train, held_out = split_by_prompt(rows, 0.001, seed=0)
+    assert len(train) == 2 and len(held_out) == 1
+    assert split_by_prompt(rows, 0.0, seed=0) == (rows, [])  # no share asked: none held out
+    assert split_by_prompt(rows[:1], 0.001, seed=0) == (rows[:1], [])  # one prompt: it must train

@@ -115,11 +115,20 @@ def load_training_data(
 def split_by_prompt(
     rows: list[dict[str, Any]], eval_fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A deterministic split: a row goes to eval when the hash of its prompt falls in `eval_fraction`."""
+    """A deterministic split: a row goes to eval when the hash of its prompt falls in `eval_fraction`. When
+    no prompt's does but there are at least two prompts, the one with the smallest hash is held out: a few
+    rows asked for a held-out share still get one (early stopping and the KL bound need it)."""
     train, evaluation = [], []
+    points = []
     for row in rows:
         digest = hashlib.sha256(f"{seed}:{canonical_json(prompt_of(row))}".encode()).digest()
-        (evaluation if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else train).append(row)
+        point = int.from_bytes(digest[:8], "big") / 2**64
+        points.append(point)
+        (evaluation if point < eval_fraction else train).append(row)
+    if eval_fraction > 0 and not evaluation and len(set(points)) >= 2:
+        lowest = min(points)
+        train = [row for row, point in zip(rows, points) if point != lowest]
+        evaluation = [row for row, point in zip(rows, points) if point == lowest]
     return train, evaluation
 
 
