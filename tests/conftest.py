@@ -1,4 +1,5 @@
-"""Shared fixtures: the quick demo model (built once and cached), adapters for it, and real hub servers."""
+"""Shared fixtures: the quick demo model (built once and cached), adapters for it, real hub servers, and an
+empty feedback store in the test's own directory."""
 
 from __future__ import annotations
 
@@ -114,3 +115,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A fresh feedback store (SQLite file) in the test's directory, closed after the test."""
+    from feedback.store import Store
+
+    with Store(tmp_path / "feedback.db") as opened:
+        yield opened

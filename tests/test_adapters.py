@@ -23,12 +23,6 @@ from tests.support.server import HubProcess
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as s:
-        yield s
-
-
 def register(store: Store, name: str, path: str = "/nowhere", **kwargs):
     return store.add_adapter(name, base="demo", method="lora", path=path, metrics={"stage": "sft"}, **kwargs)
 

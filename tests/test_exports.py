@@ -56,12 +56,6 @@ def test_ties_give_no_pair():
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as store:
-        yield store
-
-
-@pytest.fixture
 def voted(store: Store) -> dict[str, int]:
     """Generations in three conversations and one vote of every kind; returns the vote ids by name."""
 

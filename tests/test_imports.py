@@ -55,12 +55,6 @@ def _write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as store:
-        yield store
-
-
 def test_alpaca_json_with_input_system_and_history(tmp_path: Path):
     result = import_dataset(_write_json(tmp_path / "alpaca_en_demo.json", ALPACA))
     assert (result.kind, result.format) == ("sft", "alpaca")

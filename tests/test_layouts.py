@@ -12,16 +12,13 @@ Run: .venv/bin/python -m pytest tests/test_layouts.py -q   (add -m "not slow" to
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from feedback.errors import Invalid
 from feedback.imports import import_dataset
-from tests.support.server import TEST_ENVIRONMENT
+from tests.test_training_jobs import tunehub
 from training.common import METADATA_FILE
 from training.data import load_training_data
 
@@ -258,18 +255,6 @@ def test_pairs_of_one_ultrafeedback_prompt_stay_on_one_side_of_the_split():
 
 
 # ----- training through `tunehub train` ------------------------------------------------------------------
-
-
-def tunehub(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **TEST_ENVIRONMENT, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.slow

@@ -27,12 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as s:
-        yield s
-
-
-@pytest.fixture
 def voted(store: Store) -> dict:
     """Thumbs on two models' answers to eight prompts: base's are too long half the time."""
     ids = {}

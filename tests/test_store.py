@@ -16,12 +16,6 @@ PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as store:
-        yield store
-
-
-@pytest.fixture
 def answers(store: Store):
     """Three answers to PROMPT from three models, in one conversation."""
     return [

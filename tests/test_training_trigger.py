@@ -27,12 +27,6 @@ from training.jobs.trigger import (
 )
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as store:
-        yield store
-
-
 def add_pair(store: Store, i: int, choice: str = "a") -> int:
     """A pairwise vote on two answers to prompt number `i` (its own conversation)."""
     prompt = [{"role": "user", "content": f"What is {i} + {i}?"}]

@@ -9,7 +9,6 @@ Run: .venv/bin/python -m pytest tests/test_triage.py -q
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,12 +19,6 @@ from feedback.store import Store
 from feedback.vote_search import VoteQuery
 
 MODELS = ("base", "ad-1", "ad-2")
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as s:
-        yield s
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -15,12 +14,6 @@ from feedback.store import Store
 from hub.write_batcher import WriteBatcher
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "feedback.db") as store:
-        yield store
 
 
 @pytest.fixture
