@@ -178,7 +178,7 @@ def build_app(
     if with_ui:
         import gradio as gr
 
-        from .ui import UiLimits, UiServices, build_ui
+        from .ui import UiServices, build_ui
         from .ui.login import gradio_login
 
         exports_dir = settings.data_dir / "exports"
@@ -193,7 +193,6 @@ def build_app(
             jobs=jobs,
             adapters=adapters,
             promotion=promotion,
-            limits=UiLimits(settings.max_concurrent_generations, settings.max_queued_generations),
         )
         app = gr.mount_gradio_app(
             app,

@@ -1,7 +1,7 @@
 """Limits on the UI's Gradio routes (issue 7, item 5), against a real `tunehub serve` in front of a real
 `tunehub engine` (the engine in its own process, so a test can stop it with SIGSTOP and hold every
-generation): the UI's queue takes at most --max-concurrent-generations generating events at once and
---max-queued-generations waiting, and refuses the next at once (503) instead of letting it hang; a rater over
+generation): the UI's generating events share the API's limit of --max-concurrent-generations running and
+--max-queued-generations waiting, and the next is refused at once instead of left to hang; a rater over
 --rate-limit-rater gets an error that says so and when to retry, in the same bucket as their API key.
 
 Run: .venv/bin/python -m pytest tests/test_ui_limits.py -q   (slow: two server processes)
@@ -62,28 +62,54 @@ def limited_hub(tmp_path_factory, demo_model, engine):
         yield hub
 
 
+def rater_key(hub: HubProcess) -> str:
+    """A new rater's API key (each rater has their own rate-limit bucket)."""
+    from feedback.store import Store
+
+    with Store(hub.data_dir / "feedback.db") as store:
+        name = store.add_rater(f"rater-{uuid.uuid4().hex[:6]}", password=RATER_PASSWORD).name
+        return store.create_api_key(name)[1]
+
+
 def admin_session(hub: HubProcess) -> GradioSession:
     return GradioSession(hub.url, timeout=60).login("admin", ADMIN_PASSWORD)
 
 
 def test_a_full_ui_queue_refuses_at_once_and_the_held_events_finish(limited_hub, engine):
     """One generation runs (held: the engine is stopped), one waits, the third is refused in well under a
-    second; once the engine runs again the two accepted ones complete. Three different generating events
-    (Enter, Send, Regenerate), so this holds only if they share one limit. The admin is never rate limited."""
+    second with an error that says why; once the engine runs again the two accepted ones complete. Three
+    different generating events (Enter, Send, Regenerate), so this holds only if they share one limit. While
+    the generation queue is full, everything else still works: a new session loads its page (the load
+    events are not generations) and the API is refused by the same limit. The admin is never rate limited."""
     running, waiting, refused = (admin_session(limited_hub) for _ in range(3))
     enter, send, regenerate = (running.event(name) for name in ("answer", "answer_1", "answer_2"))
     os.kill(engine.process.pid, signal.SIGSTOP)
     try:
         assert running.join(enter, answer_inputs("Tell me about Paris.")).status_code == 200
-        time.sleep(1.5)  # taken off the queue: generating, held by the stopped engine
+        time.sleep(1.5)  # generating, held by the stopped engine
         assert waiting.join(send, answer_inputs("And Rome?")).status_code == 200
         time.sleep(0.5)
         started = time.monotonic()
-        full = refused.join(regenerate, answer_inputs("And Madrid?"))
+        full = refused.call(regenerate, answer_inputs("And Madrid?"))
         took = time.monotonic() - started
-        assert full.status_code == 503, full.text
-        assert "Queue is full" in full.text
+        assert not full.ok, full
+        assert "the server is busy" in full.error and "(limits 1 and 1)" in full.error, full
         assert took < 2, f"the refusal took {took:.1f} s"
+
+        late = admin_session(limited_hub)  # a page opened now: its load events run
+        try:
+            for name in ("load", "list_conversations", "follow_models_2"):
+                loaded = late.call(late.event(name), late.default_inputs(late.event(name)))
+                assert loaded.ok, (name, loaded)
+        finally:
+            late.close()
+        api = httpx.post(
+            f"{limited_hub.url}/v1/chat/completions",
+            json={"model": "tunehub-default", "messages": [{"role": "user", "content": "Hi"}]},
+            headers={"Authorization": f"Bearer {rater_key(limited_hub)}"},
+            timeout=10,
+        )
+        assert api.status_code == 503 and api.headers["retry-after"], api.text
     finally:
         os.kill(engine.process.pid, signal.SIGCONT)
     for session in (running, waiting):
@@ -132,3 +158,33 @@ def test_uploads_to_the_ui_are_bounded_by_the_body_limit(limited_hub):
         assert large.status_code == 413, large.text
     finally:
         ui.close()
+
+
+@pytest.mark.browser
+def test_the_correction_box_is_locked_while_an_answer_streams(limited_hub, engine):
+    """Held by the stopped engine, an answer is streaming: the correction box and its Save button are
+    locked (what a rater typed would be overwritten as the answer ends, and the answer is not stored yet to
+    be corrected). Once it ends they open again, holding the new answer; a correction saves against it."""
+    from tests.support.browser import browser_page
+    from tests.test_ui_feedback import ARTIFACTS, sign_in
+
+    with browser_page(ARTIFACTS, "ui-edit-locked") as page:
+        sign_in(page, limited_hub, ("admin", ADMIN_PASSWORD))
+        page.locator("#edit-panel").first.click()
+        box, save = page.locator("#edit-text textarea"), page.locator("#save-edit")
+        assert box.is_editable() and save.is_enabled()
+        os.kill(engine.process.pid, signal.SIGSTOP)
+        try:
+            page.locator("#prompt textarea").fill("Tell me about Paris.")
+            page.locator("#send").click()
+            page.locator("#stop").wait_for(timeout=15_000)  # streaming: Send gave way to Stop
+            page.wait_for_function("() => document.querySelector('#save-edit').disabled", timeout=15_000)
+            assert not box.is_editable() and save.is_disabled()
+        finally:
+            os.kill(engine.process.pid, signal.SIGCONT)
+        page.locator("#chat-status").get_by_text("stored").wait_for(timeout=60_000)
+        answer = page.locator("#chatbot [data-testid='bot']").last.inner_text().strip()
+        box.fill("Paris is the capital of France.")  # waits until the box is editable again
+        save.click()
+        page.locator("#chat-status").get_by_text("Correction saved").wait_for(timeout=15_000)
+        assert answer

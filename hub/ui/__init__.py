@@ -33,23 +33,6 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class UiLimits:
-    """Bounds on the UI's Gradio queue, from the settings that bound the API: at most `concurrent`
-    generating events at once (chat, arena and rank share one group; the generation gate behind them counts
-    choices); at most `queued` events waiting, beyond which Gradio refuses to queue at once (503 "Queue is
-    full") rather than letting the wait grow. Every other event runs one at a time, Gradio's default: votes
-    and reads take milliseconds, and admin work such as a merge or a replay should not run twice at once."""
-
-    concurrent: int = 64
-    queued: int = 256
-
-    @property
-    def generation(self) -> dict:
-        """The keyword arguments of an event listener that generates text."""
-        return {"concurrency_id": "generation", "concurrency_limit": self.concurrent}
-
-
-@dataclass(frozen=True)
 class UiServices:
     """The services the UI calls; the same objects the API routes use."""
 
@@ -62,7 +45,6 @@ class UiServices:
     jobs: JobsService
     adapters: AdapterService
     promotion: PromotionService | None = None  # replays and decisions in the Adapters tab
-    limits: UiLimits = UiLimits()
 
 
 def build_ui(services: UiServices) -> gr.Blocks:
@@ -101,6 +83,10 @@ def build_ui(services: UiServices) -> gr.Blocks:
         for tab in (chat, arena, rank, leaderboard, data, adapters):
             tab.select(lambda: gr.Timer(active=False), outputs=poll, queue=False)
         blocks.load(on_page_load(services.auth, len(admin_tabs)), outputs=[whoami, *admin_tabs])
-    # api_open=False: a queued event cannot be posted to /gradio_api/run/... around the queue and its limits
-    blocks.queue(max_size=services.limits.queued, default_concurrency_limit=1, api_open=False)
+    # api_open=False: a queued event cannot be posted to /gradio_api/run/... around the queue. No max_size:
+    # generating events are bounded by the generation gate they share with the API (login.GENERATING), and
+    # a cap on the whole queue would refuse page loads and votes whenever generations wait. Every other
+    # event runs one at a time, Gradio's default: votes and reads take milliseconds, and admin work such as
+    # a merge or a replay should not run twice at once.
+    blocks.queue(default_concurrency_limit=1, api_open=False)
     return blocks

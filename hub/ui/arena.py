@@ -16,7 +16,7 @@ from serving.engine import SamplingParams
 
 from ..arena import Contestant, NoPair, pair_missing
 from . import UiServices
-from .login import admit, shown_to_user
+from .login import GENERATING, admit, shown_to_user
 
 OUTCOMES = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}
 
@@ -155,7 +155,7 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
 
     turn_outputs = [prompt, chat_a, chat_b, state, *vote_buttons, result]
     for trigger in (prompt.submit, send.click):
-        trigger(ask, [prompt, state, temperature, max_tokens], turn_outputs, **services.limits.generation)
+        trigger(ask, [prompt, state, temperature, max_tokens], turn_outputs, **GENERATING)
     for button, outcome in zip(vote_buttons, ("a", "tie", "both_bad", "b")):
         button.click(voter(outcome), [state], [state, chat_a, chat_b, *vote_buttons, result])
     new_battle.click(reset, outputs=[state, chat_a, chat_b, *vote_buttons, result])

@@ -19,7 +19,7 @@ from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
 from ..protocol import new_id
 from ..service import DEFAULT_MODEL
 from . import UiServices
-from .login import admit, shown_to_user, user_of
+from .login import GENERATING, admit, shown_to_user, user_of
 
 
 def message_text(content) -> str:
@@ -322,11 +322,14 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         return shown(found.messages, state), found.system, state, last, ""
 
     def locked():
-        """While an answer streams: no second question (it would split what is shown from what is stored)."""
+        """While an answer streams: no second question (it would split what is shown from what is stored),
+        and no correction: the answer being corrected is not stored yet, and it fills the box as it ends."""
         return (
             gr.update(interactive=False),
             gr.update(visible=False),
             gr.update(visible=True),
+            gr.update(interactive=False),
+            gr.update(interactive=False),
             gr.update(interactive=False),
         )
 
@@ -336,9 +339,11 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
             gr.update(visible=True),
             gr.update(visible=False),
             gr.update(interactive=True),
+            gr.update(interactive=True),
+            gr.update(interactive=True),
         )
 
-    controls = [prompt, send, stop, regenerate]
+    controls = [prompt, send, stop, regenerate, edit_text, save_edit]
     refresh.click(follow_models, model, model)
     model.focus(follow_models, model, model, queue=False)
     inputs = [chatbot, session, model, system, temperature, top_p, max_tokens]
@@ -347,7 +352,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     for trigger in (prompt.submit, send.click):
         asked = trigger(add_user, [prompt, chatbot, session], [prompt, chatbot], queue=False)
         answering = asked.then(locked, outputs=controls, queue=False).then(
-            answer, inputs, outputs, **services.limits.generation
+            answer, inputs, outputs, **GENERATING
         )
         answering.then(unlocked, outputs=controls, queue=False)
         answers.append(answering)
@@ -355,7 +360,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
         drop_last_answer, [chatbot, session], [chatbot, session, panel, status], queue=False
     )
     regenerating = dropped.then(locked, outputs=controls, queue=False).then(
-        answer, inputs, outputs, **services.limits.generation
+        answer, inputs, outputs, **GENERATING
     )
     regenerating.then(unlocked, outputs=controls, queue=False)
     answers.append(regenerating)

@@ -5,8 +5,10 @@ cosmetic; every admin handler checks again (tests/test_ui_access.py calls each e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
+from typing import Any
 
 import gradio as gr
 
@@ -15,6 +17,12 @@ from serving.errors import EngineError
 
 from ..auth import Auth, Principal
 from ..errors import ApiError
+
+GENERATING: Mapping[str, Any] = MappingProxyType({"concurrency_limit": None})
+"""The keyword arguments of an event listener that generates text (chat, arena, rank). Gradio starts it at
+once; ChatService's generation gate (hub/limits.py), the one the API goes through, holds it while
+--max-concurrent-generations run and refuses it at once, with an error that says so, when
+--max-queued-generations already wait. One limit for the API and the UI together."""
 
 
 def gradio_login(auth: Auth) -> Callable[[str, str], Awaitable[bool]]:

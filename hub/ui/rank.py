@@ -11,7 +11,7 @@ from feedback.validation import MAX_RANKED, MIN_RANKED
 from serving.engine import SamplingParams
 
 from . import UiServices
-from .login import admit, shown_to_user
+from .login import GENERATING, admit, shown_to_user
 
 
 def tiers_from_places(generation_ids: list[str], places: list[str | None]) -> list[list[str]]:
@@ -102,7 +102,7 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
             on_sample,
             [prompt, model, count, temperature, max_tokens],
             [state, *rows, *answers, *places, submit, status],
-            **services.limits.generation,
+            **GENERATING,
         )
     submit.click(on_submit, [state, *places], [state, submit, status])
 
