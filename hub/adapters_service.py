@@ -24,7 +24,7 @@ from feedback.errors import Conflict, Invalid, NotFound
 from feedback.records import Adapter
 from training.jobs.publish import served_name
 from training.jobs.spec import CHAT_STAGES
-from training.methods import ADAPTER_METHODS
+from training.methods import METHODS
 
 log = logging.getLogger("tunehub.adapters")
 
@@ -47,8 +47,9 @@ class AdapterRow:
 
     @property
     def chat_adapter(self) -> bool:
-        """Whether the engine can answer with it (a reward model scores, it does not chat)."""
-        return (self.stage is None or self.stage in CHAT_STAGES) and self.adapter.method in ADAPTER_METHODS
+        """Whether the engine can answer with it: an adapter or a whole model (full, freeze) of a chat stage;
+        a reward model scores, it does not chat."""
+        return (self.stage is None or self.stage in CHAT_STAGES) and self.adapter.method in METHODS
 
 
 def split_ref(ref: str) -> tuple[str, int | None]:

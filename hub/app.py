@@ -12,6 +12,7 @@ from feedback.promotion_rule import PromotionRule
 from feedback.records import Adapter
 from feedback.store import Store
 from serving.engine import Engine
+from serving.model_set import ModelSet, OpenModel
 
 from .adapters_api import build_adapters_router
 from .adapters_service import AdapterService
@@ -32,6 +33,7 @@ from .promotion_api import build_promotion_router
 from .recording import store_recorder
 from .service import ChatService
 from .settings import Settings
+from .whole_models import no_opener
 
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
@@ -94,9 +96,13 @@ def build_app(
     store: Store | None = None,
     with_ui: bool = True,
     run_jobs: bool = True,
+    open_model: OpenModel | None = None,
 ) -> FastAPI:
     """Wire services around a constructed engine; the lifespan starts and stops it, and the training job
-    runner with it (unless `run_jobs` is False). Nothing runs at import."""
+    runner with it (unless `run_jobs` is False). `open_model` opens a full or freeze fine-tune as a model of
+    its own beside the base (hub/whole_models.py); without it, loading one is refused. Nothing runs at
+    import."""
+    engine = ModelSet(engine, open_model=open_model or no_opener)
     metrics = Metrics(
         adapter_count=lambda: len(engine.adapters()), replicas=getattr(engine, "replica_status", None)
     )

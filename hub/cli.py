@@ -132,15 +132,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not _store_is_sound(settings.data_dir / "feedback.db"):
         return 2
+    from .whole_models import local_model_opener, refuse_on_vllm
+
     try:
         if choose_engine(settings, args) == "vllm":
-            engine = make_vllm_engine(settings, args, resolve_model)
+            engine, open_model = make_vllm_engine(settings, args, resolve_model), refuse_on_vllm
         else:
-            engine = load_engine_for(settings)
+            engine, open_model = load_engine_for(settings), local_model_opener(settings)
     except ValueError as exc:
         print(f"tunehub: {exc}", file=sys.stderr)
         return 2
-    app = build_app(settings, engine)
+    app = build_app(settings, engine, open_model=open_model)
     print(
         f"tunehub: serving {engine.model_name or args.vllm_url} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
         file=sys.stderr,

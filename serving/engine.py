@@ -60,6 +60,9 @@ class AdapterInfo:
     # replica URL -> why the adapter did not load there: a replica set's partial load (serving/replicas.py);
     # the adapter is served by the other replicas only
     failed_on: dict[str, str] = field(default_factory=dict)
+    # "adapter", or "model": a whole model (a full or freeze fine-tune) served by an engine of its own beside
+    # the base (serving/model_set.py); its `base_model` is its own directory
+    kind: str = "adapter"
 
 
 @dataclass

@@ -263,7 +263,8 @@ def run_replay(
     max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """`replay_on_engine` on a float32 local engine of its own, with the ``candidate`` adapter directory and
-    ``incumbent`` (an adapter directory, or None for the base) loaded into it; for callers without a
+    ``incumbent`` (an adapter directory, or None for the base) loaded into it (a full or freeze fine-tune's
+    directory is opened as a model of its own beside the base); for callers without a
     running engine (`tunehub adapters promote`, tests). Blocking: call it from a worker thread."""
     from training.replay_sets import replay_set
 
@@ -275,8 +276,13 @@ def run_replay(
 
     async def replay_here() -> dict[str, Any]:
         from serving.loader import load_local_engine
+        from serving.model_set import ModelSet
 
-        engine = await asyncio.to_thread(load_local_engine, str(base), model_name="base", dtype="float32")
+        def open_model(name: str, path: Path):  # a full or freeze fine-tune: an engine of its own
+            return load_local_engine(str(path), model_name=name, dtype="float32")
+
+        loaded = await asyncio.to_thread(load_local_engine, str(base), model_name="base", dtype="float32")
+        engine = ModelSet(loaded, open_model=open_model)
         await engine.start()
         try:
             await engine.load_adapter("candidate", Path(candidate))

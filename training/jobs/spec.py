@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from training.jobs.launch import DEFAULT_STRATEGY, MAX_GPUS, STRATEGIES
-from training.methods import ADAPTER_METHODS, METHODS
+from training.methods import METHODS
 
 # stage -> (module, config class, the rows it trains on)
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -99,8 +99,9 @@ class JobSpec:
 
     @property
     def trains_chat_adapter(self) -> bool:
-        """Whether the result can be hot-loaded into the engine and chatted with."""
-        return self.stage in CHAT_STAGES and self.method in ADAPTER_METHODS
+        """Whether the result can be hot-loaded into the engine and chatted with: an adapter of a chat stage,
+        or a full or freeze fine-tune, which the hub serves as a model of its own beside the base."""
+        return self.stage in CHAT_STAGES
 
 
 def config_class(stage: str) -> type:

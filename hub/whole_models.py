@@ -1,0 +1,117 @@
+"""Opening a full or freeze fine-tune as a model of its own beside the served base (serving/model_set.py).
+
+The local engine opens it the way the base was opened (device, compute dtype, quantization, chat template,
+limits), after checking that it fits: its parameters (training/estimate.py's count from its config, or its
+weight files' size) at the compute dtype, against the memory free now. One that does not fit is refused
+before anything is loaded, naming both figures. A vLLM hub cannot open one yet: it needs a vLLM server of
+its own, and the refusal says how to serve it instead.
+
+    open_model = local_model_opener(settings)     # ModelSet(engine, open_model=open_model)
+    engine = open_model("full-sft", Path("adapters/full-sft/job_1"))     # a LocalEngine, not yet started
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from serving.engine import Engine
+from serving.errors import EngineError, InvalidAdapter
+
+from .settings import Settings
+
+OVERHEAD = 1.2  # activations, the KV cache of a batch, allocator slack: on top of the weights
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "8bit": 1, "4bit": 0.5}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+class ModelDoesNotFit(EngineError):
+    """A whole model needs more memory than is free; nothing was loaded."""
+
+    status = 507
+    code = "insufficient_memory"
+    error_type = "server_error"
+
+
+def parameter_count(path: Path) -> int:
+    """The model's parameters: from its config (Llama-like decoders), else from its weight files' size at
+    the dtype its config names."""
+    from training.estimate import ModelShape
+
+    config = json.loads((path / "config.json").read_text())
+    try:
+        return ModelShape.from_config(config).parameters
+    except ValueError:
+        pass
+    stored = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    size = sum(f.stat().st_size for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES)
+    return int(size / _DTYPE_BYTES.get(stored, 4))
+
+
+def free_memory(device: str) -> int:
+    """Bytes free now on `device`: the GPU's free memory, or the machine's available memory."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_fits(name: str, path: Path, dtype_name: str, free: int) -> int:
+    """The bytes `path` needs at `dtype_name`; raises ModelDoesNotFit when more than `free`."""
+    parameters = parameter_count(path)
+    needed = int(parameters * _DTYPE_BYTES.get(dtype_name, 4) * OVERHEAD)
+    if needed > free:
+        raise ModelDoesNotFit(
+            f"model {name!r} ({path}) needs about {needed / 1e9:.2f} GB ({parameters / 1e6:.1f}M parameters "
+            f"in {dtype_name}) and {free / 1e9:.2f} GB is free: unload a model first, or serve it on its own "
+            f"with `tunehub serve --model {path}`",
+            param="adapter",
+        )
+    return needed
+
+
+def local_model_opener(
+    settings: Settings, *, free: Callable[[str], int] = free_memory
+) -> Callable[[str, Path], Engine]:
+    """Open a whole model as a LocalEngine the way `settings` opened the base, once it is known to fit."""
+
+    def open_model(name: str, path: Path) -> Engine:
+        from serving.loader import load_local_engine, pick_device, pick_dtype
+
+        device = pick_device("auto")
+        dtype, _ = pick_dtype(settings.dtype, device)
+        dtype_name = settings.quantize if settings.quantize != "none" else str(dtype).removeprefix("torch.")
+        check_fits(name, path, dtype_name, free(device))
+        return load_local_engine(
+            path,
+            model_name=name,
+            quantize=settings.quantize,
+            dtype=settings.dtype,
+            chat_template=settings.chat_template,
+            max_lora_rank=settings.max_lora_rank,
+            max_batch_size=settings.max_batch_size,
+        )
+
+    return open_model
+
+
+def refuse_on_vllm(name: str, path: Path) -> Engine:
+    """The opener of a vLLM hub: a whole model needs a vLLM server of its own, which the hub does not
+    start beside a running one."""
+    raise InvalidAdapter(
+        f"{name!r} is a whole model ({path}): a vLLM hub serves adapters of its base only. Serve it with "
+        f"`tunehub serve --model {path}` (or a vLLM server started on it)",
+        param="adapter",
+    )
+
+
+def no_opener(name: str, path: Path) -> Engine:
+    """The opener of an app built without one (embedded uses, tests of other parts)."""
+    raise InvalidAdapter(
+        f"{name!r} is a whole model ({path}), and this hub was built without a way to open one",
+        param="adapter",
+    )

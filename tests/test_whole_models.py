@@ -1,0 +1,146 @@
+"""Whole models beside the base (issue 17, item 2): a full or freeze fine-tune's directory loaded into the
+hub's engine opens an engine of its own (serving/model_set.py) and is answered, scored, listed and unloaded
+by its served name, while adapters still go to the base engine; one that does not fit in memory is refused
+before anything is loaded (hub/whole_models.py). Real demo model, real LocalEngines.
+
+Run: python -m pytest tests/test_whole_models.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from serving.engine import GenerationRequest, SamplingParams, ScoreRequest
+from serving.errors import AdapterConflict, InvalidAdapter, ModelNotFound
+from serving.loader import load_local_engine
+from serving.model_set import ModelSet, holds_whole_model
+
+PROMPTS = ["What is 2 + 3?", "Convert 4 km to meters.", "What is the capital of France?"]
+
+
+@pytest.fixture(scope="module")
+def tuned_copy(tmp_path_factory, demo_model) -> Path:
+    """A whole model that answers differently from the demo model: its weights moved as a full fine-tune
+    moves them, saved with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("whole") / "full-sft"
+    model = AutoModelForCausalLM.from_pretrained(demo_model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * parameter.std() * 0.5)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(demo_model).save_pretrained(out)
+    return out
+
+
+def greedy(prompt: str) -> GenerationRequest:
+    return GenerationRequest(
+        messages=[{"role": "user", "content": prompt}], sampling=SamplingParams(max_tokens=16, temperature=0)
+    )
+
+
+async def answer(engine, prompt: str, adapter: str | None = None) -> str:
+    request = greedy(prompt)
+    request.adapter = adapter
+    return "".join([delta.text async for delta in engine.generate(request)])
+
+
+def opener(calls: list[str]):
+    def open_model(name: str, path: Path):
+        calls.append(name)
+        return load_local_engine(path, model_name=name, dtype="float32")
+
+    return open_model
+
+
+def test_a_whole_model_is_served_beside_the_base_and_unloaded(demo_model, tuned_copy, adapters_dir):
+    assert holds_whole_model(tuned_copy) and not holds_whole_model(adapters_dir / "a")
+
+    async def scenario():
+        opened: list[str] = []
+        engines = ModelSet(
+            load_local_engine(demo_model, model_name="demo", dtype="float32"), open_model=opener(opened)
+        )
+        alone = load_local_engine(tuned_copy, model_name="alone", dtype="float32")
+        await engines.start()
+        await alone.start()
+        try:
+            info = await engines.load_adapter("full-sft", tuned_copy)
+            lora = await engines.load_adapter("lora-a", adapters_dir / "a")
+            assert opened == ["full-sft"]  # the adapter went to the base engine
+            assert info.kind == "model" and lora.kind == "adapter"
+            assert [a.name for a in engines.adapters()] == ["lora-a", "full-sft"]
+
+            base = [await answer(engines, p) for p in PROMPTS]
+            whole = [await answer(engines, p, "full-sft") for p in PROMPTS]
+            assert whole == [await answer(alone, p) for p in PROMPTS]  # answered by the tuned weights
+            assert whole != base
+
+            # scores go where their request names, in the order asked
+            asked = [
+                ScoreRequest(prompt="2 + 3 =", adapter=a) for a in (None, "full-sft", "lora-a", "full-sft")
+            ]
+            scored = await engines.score(asked)
+            own = await alone.score([ScoreRequest(prompt="2 + 3 =")])
+            for i in (1, 3):  # batched with others or alone: the same numbers, to float noise
+                assert scored[i].logprobs[1:] == pytest.approx(own[0].logprobs[1:], abs=1e-4)
+            assert scored[0].logprobs != scored[1].logprobs
+
+            with pytest.raises(AdapterConflict, match="'full-sft' is already served"):
+                await engines.load_adapter("full-sft", tuned_copy)
+            with pytest.raises(AdapterConflict, match="'demo' is already served"):
+                await engines.load_adapter("demo", tuned_copy)
+
+            # several requests at once on the whole model: the unload waits for them, then frees it
+            running = [asyncio.ensure_future(answer(engines, p, "full-sft")) for p in PROMPTS]
+            await asyncio.sleep(0)
+            await engines.unload_adapter("full-sft")
+            assert [await r for r in running] == whole
+            assert [a.name for a in engines.adapters()] == ["lora-a"]
+            with pytest.raises(ModelNotFound):
+                await answer(engines, PROMPTS[0], "full-sft")
+            assert [await answer(engines, p) for p in PROMPTS] == base  # the base is untouched
+        finally:
+            await alone.close()
+            await engines.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_whole_model_that_does_not_fit_is_refused_before_loading(demo_model, tuned_copy):
+    from hub.settings import Settings
+    from hub.whole_models import ModelDoesNotFit, check_fits, local_model_opener, parameter_count
+
+    parameters = parameter_count(tuned_copy)
+    assert 0.3e6 < parameters < 2e6  # the demo model's size, read from its config
+    assert check_fits("full-sft", tuned_copy, "float32", free=10**9) == int(parameters * 4 * 1.2)
+
+    async def scenario():
+        settings = Settings(dtype="float32")
+        engines = ModelSet(
+            load_local_engine(demo_model, model_name="demo", dtype="float32"),
+            open_model=local_model_opener(settings, free=lambda device: 1_000_000),
+        )
+        await engines.start()
+        try:
+            with pytest.raises(ModelDoesNotFit) as refused:
+                await engines.load_adapter("full-sft", tuned_copy)
+            message = refused.value.message
+            assert "'full-sft'" in message and "GB is free" in message and "float32" in message, message
+            assert engines.adapters() == []
+            with pytest.raises(InvalidAdapter, match="cannot be served"):  # not a model at all
+                broken = tuned_copy.parent / "broken"
+                broken.mkdir(exist_ok=True)
+                (broken / "config.json").write_text("{}")
+                await engines.load_adapter("broken", broken)
+            assert engines.adapters() == []
+        finally:
+            await engines.close()
+
+    asyncio.run(scenario())
