@@ -286,7 +286,13 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
     @router.post("/v1/load_lora_adapter", response_model=None)
     async def load_lora_adapter(body: p.LoadLoraAdapterRequest, principal: Principal = admin):
         info = await service.load_adapter(body.lora_name, Path(body.lora_path))
-        answer = {"object": "lora_adapter", "name": info.name, "path": str(info.path), "rank": info.rank}
+        answer = {
+            "object": "lora_adapter",
+            "name": info.name,
+            "path": str(info.path),
+            "rank": info.rank,
+            "kind": info.kind,  # "model": a full or freeze fine-tune, served by an engine of its own
+        }
         if info.failed_on:  # replicas: loaded on some only; each failing replica's URL and reason
             return {**answer, "status": "partial", "failed_on": info.failed_on}
         return {**answer, "status": "loaded"}

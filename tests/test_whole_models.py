@@ -144,3 +144,49 @@ def test_a_whole_model_that_does_not_fit_is_refused_before_loading(demo_model, t
             await engines.close()
 
     asyncio.run(scenario())
+
+
+def test_the_api_loads_lists_answers_with_and_unloads_a_whole_model(tmp_path, demo_model, tuned_copy):
+    """Through the hub's API, in process, with the opener `tunehub serve` uses: the same routes as adapters."""
+    import httpx
+
+    from feedback.store import Store
+    from hub.app import build_app
+    from hub.settings import Settings
+    from hub.whole_models import local_model_opener
+
+    settings = Settings(data_dir=tmp_path, dtype="float32")
+    engine = load_local_engine(demo_model, model_name="demo", dtype="float32")
+    app = build_app(
+        settings,
+        engine,
+        store=Store(tmp_path / "feedback.db"),
+        with_ui=False,
+        run_jobs=False,
+        open_model=local_model_opener(settings),
+    )
+    question = {"messages": [{"role": "user", "content": PROMPTS[1]}], "max_tokens": 16, "temperature": 0}
+
+    async def scenario():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://hub", timeout=60) as client:
+                loaded = await client.post(
+                    "/v1/load_lora_adapter", json={"lora_name": "full-sft", "lora_path": str(tuned_copy)}
+                )
+                models = (await client.get("/v1/models")).json()["data"]
+                whole = await client.post("/v1/chat/completions", json={**question, "model": "full-sft"})
+                base = await client.post("/v1/chat/completions", json={**question, "model": "demo"})
+                unloaded = await client.post("/v1/unload_lora_adapter", json={"lora_name": "full-sft"})
+                gone = await client.post("/v1/chat/completions", json={**question, "model": "full-sft"})
+                return loaded, models, whole, base, unloaded, gone
+
+    loaded, models, whole, base, unloaded, gone = asyncio.run(scenario())
+    assert loaded.status_code == 200 and loaded.json()["kind"] == "model", loaded.text
+    assert {m["id"]: m.get("parent") for m in models}["full-sft"] == "demo"
+    text = whole.json()["choices"][0]["message"]["content"]
+    assert text != base.json()["choices"][0]["message"]["content"]
+    with Store(tmp_path / "feedback.db") as store:  # the answer is recorded under the model that gave it
+        [recorded] = store.list_generations(model="full-sft")
+    assert recorded.text == text
+    assert unloaded.status_code == 200 and gone.status_code == 404, gone.text
