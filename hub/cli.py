@@ -72,18 +72,10 @@ def resolve_model(settings: Settings) -> ModelSource:
 def load_engine_for(settings: Settings):
     """The LocalEngine for `settings` (model, dtype, chat template, quantization, limits), not yet started.
     Raises ValueError (ModelSourceError, ChatTemplateError) with a message for the user."""
-    from serving.loader import load_local_engine
+    from .whole_models import open_local_engine
 
     source = resolve_model(settings)
-    return load_local_engine(
-        source.path,
-        model_name=settings.served_model_name or source.name,
-        quantize=settings.quantize,
-        dtype=settings.dtype,
-        chat_template=settings.chat_template,
-        max_lora_rank=settings.max_lora_rank,
-        max_batch_size=settings.max_batch_size,
-    )
+    return open_local_engine(settings, source.path, settings.served_model_name or source.name)
 
 
 def _store_is_sound(path: Path) -> bool:

@@ -80,23 +80,31 @@ def local_model_opener(
     """Open a whole model as a LocalEngine the way `settings` opened the base, once it is known to fit."""
 
     def open_model(name: str, path: Path) -> Engine:
-        from serving.loader import load_local_engine, pick_device, pick_dtype
+        from serving.loader import pick_device, pick_dtype
 
         device = pick_device("auto")
         dtype, _ = pick_dtype(settings.dtype, device)
         dtype_name = settings.quantize if settings.quantize != "none" else str(dtype).removeprefix("torch.")
         check_fits(name, path, dtype_name, free(device))
-        return load_local_engine(
-            path,
-            model_name=name,
-            quantize=settings.quantize,
-            dtype=settings.dtype,
-            chat_template=settings.chat_template,
-            max_lora_rank=settings.max_lora_rank,
-            max_batch_size=settings.max_batch_size,
-        )
+        return open_local_engine(settings, path, name)
 
     return open_model
+
+
+def open_local_engine(settings: Settings, path: str | Path, name: str) -> Engine:
+    """A LocalEngine on `path` served as `name`, with the settings' dtype, quantization, chat template and
+    limits: how `tunehub serve` opens its base, and whole models beside it. Not yet started."""
+    from serving.loader import load_local_engine
+
+    return load_local_engine(
+        path,
+        model_name=name,
+        quantize=settings.quantize,
+        dtype=settings.dtype,
+        chat_template=settings.chat_template,
+        max_lora_rank=settings.max_lora_rank,
+        max_batch_size=settings.max_batch_size,
+    )
 
 
 def refuse_on_vllm(name: str, path: Path) -> Engine:
