@@ -238,11 +238,11 @@ class AdapterService:
         return row.served
 
     async def reload_registered(self) -> list[str]:
-        """At hub start: load every candidate or promoted chat adapter of this base whose directory exists.
+        """At hub start: load every candidate or promoted chat adapter of a served base whose directory exists.
         One that fails to load is logged and skipped; the hub serves the rest."""
         chat = self._engine()
-        base = getattr(chat.engine, "model_path", "") or ""
-        bases = {base, str(Path(base).resolve())} if base else set()
+        paths = [getattr(engine, "model_path", "") or "" for engine in chat.base_engines()]
+        bases = {p for path in paths if path for p in (path, str(Path(path).resolve()))}
         loaded = []
         for row in reversed(self.rows()):  # oldest first, so earlier versions keep their plain names
             adapter = row.adapter

@@ -97,12 +97,13 @@ def build_app(
     with_ui: bool = True,
     run_jobs: bool = True,
     open_model: OpenModel | None = None,
+    other_bases: list[Engine] | None = None,
 ) -> FastAPI:
     """Wire services around a constructed engine; the lifespan starts and stops it, and the training job
     runner with it (unless `run_jobs` is False). `open_model` opens a full or freeze fine-tune as a model of
-    its own beside the base (hub/whole_models.py); without it, loading one is refused. Nothing runs at
-    import."""
-    engine = ModelSet(engine, open_model=open_model or no_opener)
+    its own beside the base (hub/whole_models.py); without it, loading one is refused. `other_bases` are
+    more base models served beside `engine`, each with its own adapters. Nothing runs at import."""
+    engine = ModelSet(engine, open_model=open_model or no_opener, others=other_bases)
     metrics = Metrics(
         adapter_count=lambda: len(engine.adapters()), replicas=getattr(engine, "replica_status", None)
     )

@@ -94,8 +94,10 @@ def _store_is_sound(path: Path) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    models = args.model or []
     settings = Settings(
-        model=args.model,
+        model=models[0] if models else None,
+        more_models=models[1:],
         engine=args.engine,
         host=args.host,
         port=args.port,
@@ -124,17 +126,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not _store_is_sound(settings.data_dir / "feedback.db"):
         return 2
-    from .whole_models import local_model_opener, refuse_on_vllm
+    from serving.errors import EngineError
+
+    from .whole_models import local_model_opener, open_more_bases, refuse_on_vllm
 
     try:
         if choose_engine(settings, args) == "vllm":
-            engine, open_model = make_vllm_engine(settings, args, resolve_model), refuse_on_vllm
+            if settings.more_models:
+                raise ValueError(
+                    "--model given more than once: several base models are served by the local engine; "
+                    "with vLLM, run one hub per model"
+                )
+            engine, open_model, others = make_vllm_engine(settings, args, resolve_model), refuse_on_vllm, []
         else:
             engine, open_model = load_engine_for(settings), local_model_opener(settings)
-    except ValueError as exc:
+            others = open_more_bases(settings, taken={engine.model_name})
+    except (ValueError, EngineError) as exc:  # a bad source or template; a model that does not fit
         print(f"tunehub: {exc}", file=sys.stderr)
         return 2
-    app = build_app(settings, engine, open_model=open_model)
+    app = build_app(settings, engine, open_model=open_model, other_bases=others)
     print(
         f"tunehub: serving {engine.model_name or args.vllm_url} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
         file=sys.stderr,
@@ -173,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the UI and the OpenAI-compatible API")
     serve.add_argument(
         "--model",
-        help="hub id, local model directory or .gguf file (default: the self-built demo model)",
+        action="append",
+        help="hub id, local model directory or .gguf file (default: the self-built demo model); give it "
+        "again to serve more base models beside the first (local engine), each with its own adapters",
     )
     serve.add_argument(
         "--engine",

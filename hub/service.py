@@ -11,6 +11,7 @@ from pathlib import Path
 
 from feedback.connections import new_id
 from serving.engine import AdapterInfo, Delta, Engine, GenerationRequest
+from serving.model_set import ModelSet
 
 from .limits import GenerationGate, GenerationTimeout
 from .metrics import Metrics
@@ -90,25 +91,37 @@ class ChatService:
 
     # ----- models --------------------------------------------------------------------------------------
 
+    def base_engines(self) -> list[Engine]:
+        """The engines of the base models served, the primary first (several: `tunehub serve --model A
+        --model B`, serving/model_set.py)."""
+        return self.engine.bases() if isinstance(self.engine, ModelSet) else [self.engine]
+
     def models(self) -> list[ModelEntry]:
-        engine = self.engine
-        base = ModelEntry(
-            id=engine.model_name,
-            created=self.started,
-            root=getattr(engine, "model_path", None) or None,
-            max_model_len=engine.max_context,
-        )
-        if self.default_adapter is None:
-            return [base, *self._adapter_entries()]
-        promoted = self.default_adapter()
-        default = ModelEntry(
-            id=DEFAULT_MODEL,
-            created=self.started,
-            parent=engine.model_name,  # an alias of the promoted adapter or of the base itself
-            root=promoted or getattr(engine, "model_path", None) or None,
-            max_model_len=engine.max_context,
-        )
-        return [base, default, *self._adapter_entries()]
+        """Each base model, `tunehub-default` after the primary base (when a store routes it), then every
+        adapter and whole model with the base it answers on as its parent."""
+        bases = [
+            ModelEntry(
+                id=engine.model_name,
+                created=self.started,
+                root=getattr(engine, "model_path", None) or None,
+                max_model_len=engine.max_context,
+            )
+            for engine in self.base_engines()
+        ]
+        if self.default_adapter is not None:
+            engine = self.engine
+            promoted = self.default_adapter()
+            bases.insert(
+                1,
+                ModelEntry(
+                    id=DEFAULT_MODEL,
+                    created=self.started,
+                    parent=engine.model_name,  # an alias of the promoted adapter or of the base itself
+                    root=promoted or getattr(engine, "model_path", None) or None,
+                    max_model_len=engine.max_context,
+                ),
+            )
+        return [*bases, *self._adapter_entries()]
 
     def _adapter_entries(self) -> list[ModelEntry]:
         engine = self.engine
@@ -116,7 +129,7 @@ class ChatService:
             ModelEntry(
                 id=a.name,
                 created=int(a.loaded_at),
-                parent=engine.model_name,
+                parent=a.parent or engine.model_name,
                 root=str(a.path),
                 max_model_len=engine.max_context,
             )

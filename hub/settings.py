@@ -84,6 +84,8 @@ LIMIT_FLAGS = (
 @dataclass
 class Settings:
     model: str | None = None  # a hub id, local directory or GGUF file; None: the self-built demo model
+    # further base models served beside the first (`--model` given again), each by an engine of its own
+    more_models: list[str] = field(default_factory=list)
     engine: str = "auto"
     host: str = "127.0.0.1"
     port: int = 7860

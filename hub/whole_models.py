@@ -1,4 +1,5 @@
-"""Opening a full or freeze fine-tune as a model of its own beside the served base (serving/model_set.py).
+"""Opening models beside the served base (serving/model_set.py): the further base models of `tunehub serve
+--model A --model B` at start, and a full or freeze fine-tune as a model of its own while the hub runs.
 
 The local engine opens it the way the base was opened (device, compute dtype, quantization, chat template,
 limits), after checking that it fits: its parameters (training/estimate.py's count from its config, or its
@@ -34,18 +35,26 @@ class ModelDoesNotFit(EngineError):
     error_type = "server_error"
 
 
-def parameter_count(path: Path) -> int:
+def parameter_count(path: str | Path) -> int:
     """The model's parameters: from its config (Llama-like decoders), else from its weight files' size at
-    the dtype its config names."""
+    the dtype its config names. `path` is a model directory or a hub id (its config read through
+    transformers)."""
     from training.estimate import ModelShape
 
-    config = json.loads((path / "config.json").read_text())
+    local = Path(path)
+    if (local / "config.json").is_file():
+        config = json.loads((local / "config.json").read_text())
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path)).to_dict()
     try:
         return ModelShape.from_config(config).parameters
     except ValueError:
         pass
     stored = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    size = sum(f.stat().st_size for f in path.iterdir() if f.suffix in _WEIGHT_SUFFIXES)
+    files = local.iterdir() if local.is_dir() else ()
+    size = sum(f.stat().st_size for f in files if f.suffix in _WEIGHT_SUFFIXES)
     return int(size / _DTYPE_BYTES.get(stored, 4))
 
 
@@ -79,7 +88,7 @@ def local_model_opener(
 ) -> Callable[[str, Path], Engine]:
     """Open a whole model as a LocalEngine the way `settings` opened the base, once it is known to fit."""
 
-    def open_model(name: str, path: Path) -> Engine:
+    def open_model(name: str, path: str | Path) -> Engine:
         from serving.loader import pick_device, pick_dtype
 
         device = pick_device("auto")
@@ -89,6 +98,28 @@ def local_model_opener(
         return open_local_engine(settings, path, name)
 
     return open_model
+
+
+def open_more_bases(
+    settings: Settings, *, taken: set[str], free: Callable[[str], int] = free_memory
+) -> list[Engine]:
+    """An engine for each further `--model` (a hub id, directory or GGUF file, resolved as the first is),
+    in order, each after checking that it fits beside those already loaded; raises ModelDoesNotFit naming
+    the model and both figures, or ValueError for a bad source or a name served twice."""
+    from serving.model_source import resolve_model_source
+
+    open_model = local_model_opener(settings, free=free)
+    engines: list[Engine] = []
+    for given in settings.more_models:
+        source = resolve_model_source(given, settings.models_dir)
+        if source.name in taken:
+            raise ValueError(
+                f"--model {given!r} would be served as {source.name!r}, a name already served: "
+                "give each base model once"
+            )
+        engines.append(open_model(source.name, source.path))
+        taken.add(source.name)
+    return engines
 
 
 def open_local_engine(settings: Settings, path: str | Path, name: str) -> Engine:

@@ -63,6 +63,9 @@ class AdapterInfo:
     # "adapter", or "model": a whole model (a full or freeze fine-tune) served by an engine of its own beside
     # the base (serving/model_set.py); its `base_model` is its own directory
     kind: str = "adapter"
+    # the served name of the base it answers on, where a hub serves several (serving/model_set.py); None: the
+    # engine's own base
+    parent: str | None = None
 
 
 @dataclass

@@ -1,26 +1,29 @@
-"""ModelSet: the served base model's engine, plus whole models loaded beside it while the hub runs, so full
-and freeze fine-tunes are chatted with, compared, replayed and promoted as adapters are, without a restart.
+"""ModelSet: the hub's engines behind one Engine, routed by served name: the base models it was started with
+(`tunehub serve --model A --model B`: one engine each, each with adapters of its own), and whole models
+loaded beside them while it runs, so full and freeze fine-tunes are chatted with, compared, replayed and
+promoted as adapters are, without a restart.
 
-A full (or freeze) fine-tune is a complete model, not a delta on the base, so it needs an engine of its own.
-`load_adapter(name, path)` looks at the directory: one that holds a whole model (a config.json, no
+The first base is the primary one: requests that name no model (and `tunehub-default` when nothing is
+promoted) go to it, and the hub's base-model questions (its path, tokenizer, health) are its. A request
+naming another base goes to that base's engine; one naming an adapter goes to the engine the adapter was
+loaded on. `load_adapter(name, path)` looks at the directory: an adapter goes to the base it was trained on
+(`base_model_name_or_path` in its adapter_config.json, matched against each base's path and name; with one
+base, to it, whose own checks decide); a directory that holds a whole model (a config.json, no
 adapter_config.json) is opened through `open_model(name, path)` (the hub's opener checks memory first, in a
-worker thread: loading takes seconds) and served under `name`; an adapter goes to the base engine as before.
-Requests and scores that name a whole model go to its engine, as requests for its base; everything else goes
-to the base engine. Unloading a whole model refuses new requests for it, lets the running ones finish and
-closes its engine, which frees its memory.
+worker thread: loading takes seconds) and served under `name`. A served name is unique across all engines.
+Unloading a whole model refuses new requests for it, lets the running ones finish and closes its engine.
 
-    engines = ModelSet(base_engine, open_model=opener)
-    await engines.load_adapter("full-sft", Path("adapters/full-sft/job_1"))   # a whole model: its own engine
-    engines.generate(GenerationRequest(adapter="full-sft", messages=[...]))   # answered by that engine
-    engines.adapters()                        # the base engine's adapters, then the whole models (kind "model")
-
-Anything else the hub asks of an engine (its model path, tokenizer, health, replicas, step observer) is the
-base engine's.
+    engines = ModelSet(demo_engine, open_model=opener, others=[smollm2_engine])
+    await engines.load_adapter("km", Path("adapters/km/job_1"))              # onto the base it names
+    await engines.load_adapter("full-sft", Path("adapters/full-sft/job_2"))  # a whole model: its own engine
+    engines.generate(GenerationRequest(adapter="full-sft", messages=[...]))  # answered by that engine
+    engines.bases()                                                          # the base engines, primary first
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -60,15 +63,19 @@ class _WholeModel:
 
 
 class ModelSet:
-    """The hub's engine: the base engine and the whole models loaded beside it, routed by served name."""
+    """The hub's engine: base engines (the primary first) and whole models beside them, routed by name."""
 
-    def __init__(self, base: Engine, *, open_model: OpenModel) -> None:
-        self.base = base
+    def __init__(self, base: Engine, *, open_model: OpenModel, others: list[Engine] | None = None) -> None:
+        self.base = base  # the primary base
         self.open_model = open_model
+        self._bases: list[Engine] = [base, *(others or [])]
+        names = [engine.model_name for engine in self._bases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two base models are served under one name: {', '.join(names)}")
         self._models: dict[str, _WholeModel] = {}
         self._loading: set[str] = set()
 
-    # ----- what the base engine says ----------------------------------------------------------------
+    # ----- what the primary base says ---------------------------------------------------------------
 
     @property
     def model_name(self) -> str:
@@ -79,39 +86,70 @@ class ModelSet:
         return self.base.max_context
 
     def __getattr__(self, name: str) -> Any:
-        """The base engine's optional parts (model_path, tokenizer, ready, health_problem, replica_status,
-        observe_steps, process): the hub asks the base for them, as it did before whole models."""
+        """The primary base's optional parts (model_path, tokenizer, ready, health_problem, replica_status,
+        observe_steps, process): the hub asks the primary base for them."""
         if name.startswith("_") or name in ("base", "open_model"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
+    def bases(self) -> list[Engine]:
+        """The base models' engines, the primary first."""
+        return list(self._bases)
+
+    def base_of(self, name: str) -> Engine:
+        """The base engine serving `name` (a base, or an adapter on it); the primary for any other name."""
+        for engine in self._bases:
+            if name == engine.model_name or any(a.name == name for a in engine.adapters()):
+                return engine
+        return self.base
+
     # ----- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.base.start()
+        started: list[Engine] = []
+        try:
+            for engine in self._bases:
+                await engine.start()
+                started.append(engine)
+        except BaseException:
+            for engine in started:
+                await engine.close()
+            raise
 
     async def close(self) -> None:
         models, self._models = list(self._models.values()), {}
         for model in models:
             await model.engine.close()
-        await self.base.close()
+        for engine in self._bases:
+            await engine.close()
 
     # ----- adapters and whole models -----------------------------------------------------------------
 
     def adapters(self) -> list[AdapterInfo]:
-        return [*self.base.adapters(), *(m.info for m in self._models.values())]
+        """Every adapter of every base (its `parent` the base's served name, with several bases), then the
+        whole models."""
+        found = []
+        for engine in self._bases:
+            for info in engine.adapters():
+                found.append(info if len(self._bases) == 1 else replace(info, parent=engine.model_name))
+        return [*found, *(m.info for m in self._models.values())]
 
     def whole_models(self) -> list[AdapterInfo]:
         return [m.info for m in self._models.values()]
 
+    def _taken(self) -> set[str]:
+        return {*(e.model_name for e in self._bases), *self._loading, *(a.name for a in self.adapters())}
+
     async def load_adapter(self, name: str, path: Path) -> AdapterInfo:
         path = Path(path)
         if not holds_whole_model(path):
-            if name in self._models or name in self._loading:
-                raise AdapterConflict(f"{name!r} is already served as a whole model", param="name")
-            return await self.base.load_adapter(name, path)
-        taken = {self.base.model_name, *self._loading, *(a.name for a in self.adapters())}
-        if name in taken:
+            engine = self._base_for_adapter(path)
+            others = self._taken() - {a.name for a in engine.adapters()}  # a reload on its own base is its
+            if name in others:
+                raise AdapterConflict(f"the name {name!r} is already served", param="name")
+            info = await engine.load_adapter(name, path)
+            return info if len(self._bases) == 1 else replace(info, parent=engine.model_name)
+        if name in self._taken():
             raise AdapterConflict(f"the name {name!r} is already served", param="name")
         self._loading.add(name)
         try:
@@ -133,14 +171,31 @@ class ModelSet:
             target_modules=[],
             loaded_at=time.time(),
             kind="model",
+            parent=self.base.model_name,
         )
         self._models[name] = _WholeModel(info, engine)
         return info
 
+    def _base_for_adapter(self, path: Path) -> Engine:
+        """The base an adapter was trained on: with one base, that one (its own checks decide); with several,
+        the one its adapter_config.json names by path or served name."""
+        if len(self._bases) == 1:
+            return self.base
+        named = trained_on(path)
+        for engine in self._bases:
+            if same_model(named, engine):
+                return engine
+        served = ", ".join(f"{e.model_name} ({getattr(e, 'model_path', '') or '?'})" for e in self._bases)
+        raise InvalidAdapter(
+            f"adapter {str(path)!r} was trained on {named or 'an unnamed base'!r}, which is none of the served "
+            f"base models: {served}",
+            param="path",
+        )
+
     async def unload_adapter(self, name: str) -> None:
         model = self._models.get(name)
         if model is None:
-            return await self.base.unload_adapter(name)
+            return await self.base_of(name).unload_adapter(name)
         model.retiring = True
         if model.users:
             try:
@@ -156,39 +211,74 @@ class ModelSet:
 
     # ----- generation and scoring --------------------------------------------------------------------
 
+    def _route(self, name: str | None) -> tuple[Engine, str | None, _WholeModel | None]:
+        """(engine, the adapter name it is asked for, the whole model if it is one) for a requested name."""
+        if name is None:
+            return self.base, None, None
+        model = self._models.get(name)
+        if model is not None:
+            return model.engine, None, model
+        engine = self.base_of(name)
+        return engine, (None if name == engine.model_name else name), None
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        model = self._models.get(request.adapter) if request.adapter else None
+        engine, adapter, model = self._route(request.adapter)
+        if adapter != request.adapter:
+            request = replace(request, adapter=adapter)
         if model is None:
-            async for delta in self.base.generate(request):
+            async for delta in engine.generate(request):
                 yield delta
             return
         model.enter()
         try:
-            async for delta in model.engine.generate(replace(request, adapter=None)):
+            async for delta in engine.generate(request):
                 yield delta
         finally:
             model.leave()
 
     async def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
         """Each request scored by the engine it names; the results in the order asked."""
-        groups: dict[str | None, list[int]] = {}
+        groups: dict[int, tuple[Engine, _WholeModel | None, list[int]]] = {}
+        routed: list[ScoreRequest] = []
         for i, request in enumerate(requests):
-            key = request.adapter if request.adapter in self._models else None
-            groups.setdefault(key, []).append(i)
+            engine, adapter, model = self._route(request.adapter)
+            routed.append(request if adapter == request.adapter else replace(request, adapter=adapter))
+            groups.setdefault(id(engine), (engine, model, []))[2].append(i)
         results: list[TokenScores | None] = [None] * len(requests)
 
-        async def run(key: str | None, indices: list[int]) -> None:
-            if key is None:
-                scored = await self.base.score([requests[i] for i in indices])
-            else:
-                model = self._models[key]
+        async def run(engine: Engine, model: _WholeModel | None, indices: list[int]) -> None:
+            if model is not None:
                 model.enter()
-                try:
-                    scored = await model.engine.score([replace(requests[i], adapter=None) for i in indices])
-                finally:
+            try:
+                scored = await engine.score([routed[i] for i in indices])
+            finally:
+                if model is not None:
                     model.leave()
             for i, scores in zip(indices, scored, strict=True):
                 results[i] = scores
 
-        await asyncio.gather(*(run(key, indices) for key, indices in groups.items()))
+        await asyncio.gather(*(run(*group) for group in groups.values()))
         return [r for r in results if r is not None]
+
+
+def trained_on(path: Path) -> str:
+    """The base an adapter directory names (`base_model_name_or_path`), or "" when it names none."""
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("base_model_name_or_path") or "") if isinstance(config, dict) else ""
+
+
+def same_model(named: str, engine: Engine) -> bool:
+    """Whether `named` (an adapter's base) is the model `engine` serves: its served name, its path as given,
+    or the same directory."""
+    if not named:
+        return False
+    path = str(getattr(engine, "model_path", "") or "")
+    if named in (engine.model_name, path):
+        return True
+    try:
+        return bool(path) and Path(named).resolve() == Path(path).resolve()
+    except OSError:
+        return False

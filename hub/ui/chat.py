@@ -17,7 +17,7 @@ from serving.engine import GenerationRequest, SamplingParams
 
 from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
 from ..protocol import new_id
-from ..service import DEFAULT_MODEL
+from ..service import DEFAULT_MODEL, ChatService
 from . import UiServices
 from .login import GENERATING, admit, shown_to_user, user_of
 
@@ -73,20 +73,32 @@ def conversation_choices(services: UiServices, owner: str) -> list[tuple[str, st
     ]
 
 
+def picker_choices(service: ChatService, *, default: bool = True) -> list[tuple[str, str]]:
+    """The served models as (label, name) for a model picker; tunehub-default (unless `default` is False)
+    says which model it serves now. With several base models, each base comes with the adapters and whole
+    models that answer on it, labelled with it."""
+    entries = [e for e in service.models() if default or e.id != DEFAULT_MODEL]
+    several = len(service.base_engines()) > 1
+    choices = []
+    for entry in entries:
+        label = entry.id
+        if entry.id == DEFAULT_MODEL:
+            label = f"{DEFAULT_MODEL} (now {service.adapter_for(DEFAULT_MODEL) or service.engine.model_name})"
+        elif several and entry.parent is not None:
+            label = f"{entry.id} (on {entry.parent})"
+        choices.append((label, entry.id))
+    if several:  # grouped: each base, then what answers on it
+        order = {e.id: i for i, e in enumerate(entries) if e.parent is None}
+        parent = {e.id: e.parent for e in entries}
+        choices.sort(key=lambda c: (order.get(parent[c[1]] or c[1], len(order)), parent[c[1]] is not None))
+    return choices
+
+
 def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
     service, feedback, auth = services.chat, services.feedback, services.auth
 
     def model_choices() -> list[tuple[str, str]]:
-        """The served models as (label, name); tunehub-default says which model it serves now."""
-        choices = []
-        for entry in service.models():
-            label = entry.id
-            if entry.id == DEFAULT_MODEL:
-                label = (
-                    f"{DEFAULT_MODEL} (now {service.adapter_for(DEFAULT_MODEL) or service.engine.model_name})"
-                )
-            choices.append((label, entry.id))
-        return choices
+        return picker_choices(service)
 
     def follow_models(current: str | None):
         """The picker follows adapters loaded, unloaded and promoted since the page was drawn."""

@@ -11,6 +11,7 @@ from feedback.validation import MAX_RANKED, MIN_RANKED
 from serving.engine import SamplingParams
 
 from . import UiServices
+from .chat import picker_choices
 from .login import GENERATING, admit, shown_to_user
 
 
@@ -32,7 +33,13 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
     base = services.chat.engine.model_name
 
     with gr.Row():
-        model = gr.Dropdown(choices=arena.models(), value=base, label="Model", scale=3, elem_id="rank-model")
+        model = gr.Dropdown(
+            choices=picker_choices(services.chat, default=False),
+            value=base,
+            label="Model",
+            scale=3,
+            elem_id="rank-model",
+        )
         count = gr.Slider(MIN_RANKED, MAX_RANKED, value=3, step=1, label="Answers", scale=2, elem_id="rank-n")
     with gr.Accordion("Sampling", open=False):
         temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
@@ -108,8 +115,9 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
 
     def follow_rank_models(current: str | None):
         """The picker follows adapters loaded and unloaded since the page was drawn."""
-        names = arena.models()
-        return gr.update(choices=names, value=current if current in names else base)
+        choices = picker_choices(services.chat, default=False)
+        names = [name for _, name in choices]
+        return gr.update(choices=choices, value=current if current in names else base)
 
     blocks.load(follow_rank_models, model, model)
     model.focus(follow_rank_models, model, model, queue=False)
