@@ -131,7 +131,13 @@ def build_app(
     adapters.guard = promotion.guard  # promotions (API, UI) refuse a candidate that lost its skills
     service.default_adapter = promotion.default_adapter  # what `tunehub-default` serves
     chat_template = served_chat_template(engine, settings)
-    jobs = JobsService(store, getattr(engine, "model_path", None) or None, settings.data_dir, chat_template)
+    jobs = JobsService(
+        store,
+        getattr(engine, "model_path", None) or None,
+        settings.data_dir,
+        chat_template,
+        other_bases={e.model_name: e.model_path for e in engine.bases()[1:]},
+    )
 
     def replay_live(adapter: Adapter) -> dict:
         """A finished job's last step (in the runner's thread): its regression replay, once it is live."""

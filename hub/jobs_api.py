@@ -56,6 +56,9 @@ class CreateJob(BaseModel):
         None, max_length=4096, description="adapter name[@N] or directory to start from"
     )
     params: dict[str, Any] = Field(default_factory=dict, description="the stage's settings")
+    base: str | None = Field(
+        None, max_length=200, description="a further base model the hub serves, by name (default: the first)"
+    )
     only_new: bool = Field(False, description="feedback data: only votes since the stage's last run")
     # checked by check_spec: more than 1 runs under `accelerate launch` with the strategy's shipped config
     gpus: int = Field(1, description="GPUs (processes) the job trains on")
@@ -107,6 +110,7 @@ def build_jobs_router(jobs: JobsService, auth: Auth) -> APIRouter:
                 only_new=body.only_new,
                 gpus=body.gpus,
                 strategy=body.strategy,
+                base=body.base,
             )
         except NoBaseModel as e:
             raise ApiError(503, str(e), code="no_base_model") from None

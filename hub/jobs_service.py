@@ -94,10 +94,18 @@ class JobView:
 
 class JobsService:
     def __init__(
-        self, store, base_model: str | None, data_dir: Path, chat_template: str | None = None
+        self,
+        store,
+        base_model: str | None,
+        data_dir: Path,
+        chat_template: str | None = None,
+        *,
+        other_bases: dict[str, str] | None = None,
     ) -> None:
         self.queue = JobQueue(store)
-        self.base_model = base_model
+        self.base_model = base_model  # the primary base's path: what a job trains unless it names another
+        # served name -> path of the further base models a hub serves (`--model A --model B`)
+        self.other_bases = dict(other_bases or {})
         # the template the hub serves with when started with --chat-template: jobs train with the same one
         self.chat_template = chat_template
         self.jobs_dir = Path(data_dir) / "jobs"
@@ -114,16 +122,26 @@ class JobsService:
         only_new: bool = False,
         gpus: int = 1,
         strategy: str = DEFAULT_STRATEGY,
+        base: str | None = None,
     ) -> Job:
-        """Queue a job for the hub's runner; raises `JobError` naming the bad field, `NoBaseModel`."""
-        if not self.base_model:
+        """Queue a job for the hub's runner, on the primary base or the served base `base` names; raises
+        `JobError` naming the bad field, `NoBaseModel`."""
+        if base is not None and base not in self.other_bases:
+            served = ", ".join(self.other_bases) or "none"
+            raise JobError(
+                f"base {base!r} is not one of the further base models this hub serves ({served}); leave it "
+                "out to train the first",
+                "base",
+            )
+        path = self.other_bases[base] if base is not None else self.base_model
+        if not path:
             raise NoBaseModel("this engine has no local base model path to train from")
         spec = JobSpec(
             stage=stage,
             method=method,
             data=data,
             name=name,
-            base=self.base_model,
+            base=path,
             parent=parent or None,
             params=params if params is not None else {},
             only_new=only_new,

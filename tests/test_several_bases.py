@@ -26,6 +26,7 @@ from serving.loader import load_local_engine
 from serving.model_set import ModelSet
 from tests.support.adapters import make_lora_adapter
 from tests.support.server import HubProcess
+from tests.test_training_jobs import TINY, finished, sft_rows, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -179,6 +180,21 @@ def test_a_hub_serves_two_bases_with_their_adapters(tmp_path, demo_model, full_d
             model="on-full", messages=QUESTION, temperature=0, max_tokens=12, stream=True
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answers["on-full"]
+
+        # a job on the second base: trained from it, and live on it
+        data = tmp_path / "sft.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in sft_rows(16)))
+        body = {"stage": "sft", "data": str(data), "name": "km-full", "params": TINY}
+        wrong = httpx.post(f"{hub.url}/v1/jobs", json={**body, "base": "nope"}, timeout=30)
+        assert wrong.status_code == 400 and "'nope'" in wrong.text and "full-v3" in wrong.text, wrong.text
+        created = httpx.post(f"{hub.url}/v1/jobs", json={**body, "base": "full-v3"}, timeout=30).json()
+        job = wait_for(hub, created["id"], finished)
+        assert job["status"] == "succeeded", job["error"]
+        parents = {m.id: m.model_extra.get("parent") for m in client.models.list().data}
+        assert parents["km-full"] == "full-v3"
+        assert isinstance(ask("km-full"), str)
     with Store(data_dir / "feedback.db") as store:  # each answer stored under the model that gave it
         models = {g.model for g in store.list_generations()}
-    assert {"quick150-v3", "full-v3", "on-full"} <= models
+        trained = store.get_adapter("km-full")
+    assert {"quick150-v3", "full-v3", "on-full", "km-full"} <= models
+    assert trained.base == str(full_demo_model)
