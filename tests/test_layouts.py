@@ -19,8 +19,8 @@ import pytest
 from feedback.errors import Invalid
 from feedback.imports import import_dataset
 from tests.test_training_jobs import tunehub
-from training.common import METADATA_FILE
 from training.data import load_training_data
+from training.result import METADATA_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = REPO / "tests" / "data" / "layouts"

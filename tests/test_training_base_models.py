@@ -188,7 +188,7 @@ def test_a_base_without_a_template_trains_on_prompt_completion_strings(base_with
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.common import METADATA_FILE
+    from training.result import METADATA_FILE
     from training.sft import SFTConfig, main
 
     data = write_jsonl(tmp_path / "plain.jsonl", prompt_completion_rows(64))

@@ -372,7 +372,7 @@ def test_an_oom_job_retries_with_half_the_batch_and_succeeds(
 INSTANT_WORKER = """
 import json, sys
 from pathlib import Path
-from training.common import METADATA_FILE
+from training.result import METADATA_FILE
 from training.jobs.progress import PROGRESS_FILE, write_event
 job_dir = Path(sys.argv[1])
 out = job_dir / "adapter"

@@ -21,22 +21,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.common import (
-    cleanup,
-    kl_watch,
-    prepare_run,
-    run_cli,
-    run_dir_for,
-    run_training,
-    save_result,
-    stage_callbacks,
-    total_steps,
-    trainer_arguments,
-)
 from training.config import MAX_KL, StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.result import cleanup, run_dir_for, save_result
+from training.stage_run import (
+    kl_watch,
+    prepare_run,
+    run_cli,
+    run_training,
+    stage_callbacks,
+    total_steps,
+    trainer_arguments,
+)
 
 DESCRIPTION = (
     "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on accuracy."

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.result import ADAPTER_CONFIG, METADATA_FILE
+
 QUANTIZE = ("none", "8bit", "4bit")
 EXPORT_FILE = "tunehub_export.json"
-TRAINING_FILE = "tunehub_training.json"  # training.common.METADATA_FILE (not imported: it pulls in torch)
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ExportError(ValueError):
@@ -98,7 +98,7 @@ def load_merged(adapter: str | Path, base: str | None):
 
 def _task(adapter: Path) -> str:
     try:
-        return json.loads((adapter / TRAINING_FILE).read_text()).get("task") or "causal_lm"
+        return json.loads((adapter / METADATA_FILE).read_text()).get("task") or "causal_lm"
     except (OSError, json.JSONDecodeError):
         return "causal_lm"
 
