@@ -160,9 +160,9 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
         )
     from peft import PeftModel, get_peft_model
 
-    from training.dpo import frozen_copy
     from training.models import load_model, load_tokenizer
     from training.ppo_loop import REFERENCE_ADAPTER, PPOLoop, drop_long_prompts
+    from training.reference_model import frozen_copy
     from training.rewards import RewardModelScorer
 
     if reward_fn is None:
