@@ -210,14 +210,14 @@ def job_case(model: str, data: str, out: str, stage: str, precision: str, steps:
 
     from transformers import TrainerCallback
 
-    from training.common import total_steps
     from training.data import load_training_data
     from training.jobs.spec import JobSpec, config_class
     from training.jobs.worker import build_config
+    from training.stage_run import total_steps
 
     spec = JobSpec(stage=stage, method="lora", data=data, name="bench", base=model)
     defaults = build_config(spec, {"params": {}}, data, Path(out))
-    # the eval interval of the uncapped run (training.common.trainer_arguments: about 8 per run)
+    # the eval interval of the uncapped run (training.stage_run.trainer_arguments: about 8 per run)
     rows = load_training_data(data, "sft" if stage == "sft" else "pairs", seed=defaults.seed).train
     eval_steps = max(1, total_steps(defaults, len(rows)) // 8)
     # logged every step: the timed steps' tokens are read from the log (`num_tokens`)

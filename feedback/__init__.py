@@ -5,7 +5,9 @@ connections.py     one writer connection behind a lock, a read-only connection p
 accounts.py        raters (roles, scrypt password hashes) and hashed API keys
 generations.py     conversations and the generations (answers) the hub served
 votes.py           thumbs, pairwise, rankings and edits; replace-on-revote; counts
-lineage.py         dataset snapshots, training jobs, adapter versions and the votes behind them
+jobs.py            training jobs: the queue the job runner works through, their status and progress
+lineage.py         dataset snapshots, adapter versions and the votes behind them
+lookups.py         the one row a query names (or NotFound); a referenced id checked to exist
 schema/migrations.py  named migrations applied at start-up
 records.py         the dataclasses the store returns
 errors.py          StoreError with an HTTP status: NotFound 404, Invalid 422, Conflict 409

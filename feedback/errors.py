@@ -38,6 +38,21 @@ class Invalid(StoreError):
         self.errors = errors if errors is not None else [message]
 
 
+MAX_REPORTED = 20  # bad rows listed in a message; the count says how many more there were
+
+
+def bad_rows(source: object, errors: list[str], *, outcome: str, param: str, problem: str = "bad") -> Invalid:
+    """One error for every bad row of a file: ``SOURCE: N bad row(s), nothing imported (and M more):`` then
+    the first `MAX_REPORTED` of `errors` (``row 17: field "output" is missing``) a line each; all of them in
+    ``errors``."""
+    more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
+    return Invalid(
+        f"{source}: {len(errors)} {problem} row(s), {outcome}{more}:\n" + "\n".join(errors[:MAX_REPORTED]),
+        param=param,
+        errors=errors,
+    )
+
+
 class Conflict(StoreError):
     """The request clashes with what is stored (a name already taken, a finished job updated)."""
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feedback.errors import Invalid
+from feedback.errors import Invalid, bad_rows
 from feedback.formats import (
     RowError,
     alpaca_prompt,
@@ -50,7 +50,6 @@ from feedback.scored_completions import is_scored_completions, scored_pairs
 from feedback.store import Store
 from feedback.validation import canonical_json
 
-MAX_REPORTED = 20  # errors listed in the message; the count says how many more there were
 LAYOUTS = (  # what a file may hold, said in the errors of a file that holds something else
     "messages (SFT)",
     "prompt + chosen + rejected (pairs)",
@@ -125,12 +124,7 @@ def import_dataset(
         except RowError as e:
             errors.append(f"row {number}: {e}")
     if errors:
-        more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
-        raise Invalid(
-            f"{path}: {len(errors)} bad row(s), nothing imported{more}:\n" + "\n".join(errors[:MAX_REPORTED]),
-            param="path",
-            errors=errors,
-        )
+        raise bad_rows(path, errors, outcome="nothing imported", param="path")
     assert expected is not None
     source_format, kind = expected
     if not rows:  # only scored rows can give nothing: every row's completions tied
@@ -195,12 +189,7 @@ def _read_rows(path: Path, split: str) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             errors.append(f"row {number}: not valid JSON ({e.msg} at column {e.colno})")
     if errors:
-        raise Invalid(
-            f"{path}: {len(errors)} unreadable row(s), nothing imported:\n"
-            + "\n".join(errors[:MAX_REPORTED]),
-            param="path",
-            errors=errors,
-        )
+        raise bad_rows(path, errors, outcome="nothing imported", param="path", problem="unreadable")
     return rows
 
 

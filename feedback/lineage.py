@@ -1,8 +1,8 @@
-"""The store's training lineage: dataset snapshots, training jobs and adapter versions.
+"""The store's training lineage: dataset snapshots and adapter versions, and the votes behind them.
 
-A snapshot records the votes it was built from; a job records its snapshot; an adapter records its job,
-snapshot and parent adapter. So every adapter can say which votes trained it (:meth:`adapter_vote_ids`),
-and every vote which adapters it trained (:meth:`vote_adapters`).
+A snapshot records the votes it was built from; a job (:mod:`feedback.jobs`) records its snapshot; an
+adapter records its job, snapshot and parent adapter. So every adapter can say which votes trained it
+(:meth:`adapter_vote_ids`), and every vote which adapters it trained (:meth:`vote_adapters`).
 """
 
 from __future__ import annotations
@@ -11,20 +11,11 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlite_utils import Database
-
 from feedback.connections import StoreConnections, new_id
-from feedback.errors import Conflict, Invalid, NotFound
-from feedback.records import (
-    ADAPTER_STATUSES,
-    JOB_FINISHED,
-    JOB_STATUSES,
-    Adapter,
-    DatasetSnapshot,
-    Job,
-    utc_now,
-)
-from feedback.validation import canonical_json, check_choice, check_name, check_optional_text, check_text
+from feedback.errors import NotFound
+from feedback.lookups import one_row, require_row
+from feedback.records import ADAPTER_STATUSES, Adapter, DatasetSnapshot, utc_now
+from feedback.validation import canonical_json, check_choice, check_name, check_object, check_text
 
 
 def dataset_from_row(row: dict[str, Any]) -> DatasetSnapshot:
@@ -41,25 +32,6 @@ def dataset_from_row(row: dict[str, Any]) -> DatasetSnapshot:
         path=row["path"],
         params=json.loads(row["params"]) if row["params"] else {},
         created_at=row["created_at"],
-    )
-
-
-def job_from_row(row: dict[str, Any]) -> Job:
-    return Job(
-        id=row["id"],
-        stage=row["stage"],
-        method=row["method"],
-        status=row["status"],
-        progress=row["progress"],
-        params=json.loads(row["params"]),
-        metrics=json.loads(row["metrics"]),
-        error=row["error"],
-        dataset_id=row["dataset_id"],
-        log_path=row["log_path"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        adapter=row.get("adapter"),
     )
 
 
@@ -80,28 +52,8 @@ def adapter_from_row(row: dict[str, Any]) -> Adapter:
     )
 
 
-def _check_object(value: object, param: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise Invalid(f"{param} must be a JSON object, got {value!r:.80}", param=param)
-    return value
-
-
-def _require(db: Database, table: str, id: str | None, param: str) -> None:
-    if id is not None and not db.execute(f"SELECT 1 FROM {table} WHERE id = ?", [id]).fetchone():
-        raise NotFound(f"{param} {id!r} not found", param=param)
-
-
-def _one(rows: Iterable[dict[str, Any]], what: str, param: str) -> dict[str, Any]:
-    found = list(rows)
-    if not found:
-        raise NotFound(f"{what} not found", param=param)
-    return found[0]
-
-
 class LineageMethods(StoreConnections):
-    """Dataset snapshots, jobs and adapters (mixed into :class:`~feedback.store.Store`)."""
+    """Dataset snapshots and adapters (mixed into :class:`~feedback.store.Store`)."""
 
     # -- dataset snapshots ------------------------------------------------------------------------
 
@@ -132,7 +84,7 @@ class LineageMethods(StoreConnections):
             "n_train": n_rows - n_eval if n_train is None else n_train,
             "n_eval": n_eval,
             "path": path,
-            "params": canonical_json(_check_object(params, "params")),
+            "params": canonical_json(check_object(params, "params")),
             "created_at": utc_now(),
         }
         with self._write() as db:
@@ -142,113 +94,13 @@ class LineageMethods(StoreConnections):
     def get_dataset(self, id: str) -> DatasetSnapshot:
         """The snapshot ``id``; raises ``NotFound`` if there is none."""
         rows = self._read().query("SELECT * FROM datasets WHERE id = ?", [id])
-        return dataset_from_row(_one(rows, f"dataset {id!r}", "dataset_id"))
+        return dataset_from_row(one_row(rows, f"dataset {id!r}", "dataset_id"))
 
     def list_datasets(self, *, kind: str | None = None, limit: int = 100) -> list[DatasetSnapshot]:
         """Snapshots newest first; only one kind if given."""
         where, params = ("WHERE kind = ?", [kind]) if kind is not None else ("", [])
         sql = f"SELECT * FROM datasets {where} ORDER BY created_at DESC, rowid DESC LIMIT ?"
         return [dataset_from_row(row) for row in self._read().query(sql, [*params, limit])]
-
-    # -- jobs -------------------------------------------------------------------------------------
-
-    def create_job(
-        self,
-        stage: str,
-        method: str,
-        *,
-        params: dict[str, Any] | None = None,
-        dataset_id: str | None = None,
-        log_path: str | None = None,
-    ) -> Job:
-        """Queue a training job: ``stage`` is the training method (sft, reward, dpo, ...), ``method`` the
-        tuning method (full, lora, ...), ``params`` its config as JSON."""
-        row = {
-            "id": new_id("job"),
-            "stage": check_text(stage, "stage", max_chars=50),
-            "method": check_text(method, "method", max_chars=50),
-            "status": "queued",
-            "progress": 0.0,
-            "params": canonical_json(_check_object(params, "params")),
-            "metrics": "{}",
-            "error": None,
-            "dataset_id": dataset_id,
-            "log_path": log_path,
-            "created_at": utc_now(),
-            "started_at": None,
-            "finished_at": None,
-            "adapter": None,
-        }
-        with self._write() as db:
-            _require(db, "datasets", dataset_id, "dataset_id")
-            db["jobs"].insert(row)
-        return job_from_row(row)
-
-    def get_job(self, id: str) -> Job:
-        """The job ``id``; raises ``NotFound`` if there is none."""
-        return job_from_row(
-            _one(self._read().query("SELECT * FROM jobs WHERE id = ?", [id]), f"job {id!r}", "job_id")
-        )
-
-    def list_jobs(self, *, status: str | None = None, limit: int = 100) -> list[Job]:
-        """Jobs newest first; only those with ``status`` if given."""
-        where, params = (
-            ("WHERE status = ?", [check_choice(status, JOB_STATUSES, "status")]) if status else ("", [])
-        )
-        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        return [job_from_row(row) for row in self._read().query(sql, [*params, limit])]
-
-    def update_job(
-        self,
-        id: str,
-        *,
-        status: str | None = None,
-        progress: float | None = None,
-        error: str | None = None,
-        metrics: dict[str, Any] | None = None,
-        log_path: str | None = None,
-        dataset_id: str | None = None,
-        adapter: str | None = None,
-    ) -> Job:
-        """Update a job's status, progress (0 to 1), error, metrics, log path, dataset snapshot or the served
-        name of its adapter; returns the job.
-
-        Moving to ``running`` stamps ``started_at``; to succeeded/failed/cancelled stamps ``finished_at``.
-        A finished job only moves back to ``queued`` (resume); anything else raises ``Conflict``.
-        """
-        changes: dict[str, Any] = {}
-        if status is not None:
-            changes["status"] = check_choice(status, JOB_STATUSES, "status")
-        if progress is not None:
-            if isinstance(progress, bool) or not isinstance(progress, (int, float)) or not 0 <= progress <= 1:
-                raise Invalid(f"progress must be a number from 0 to 1, got {progress!r}", param="progress")
-            changes["progress"] = float(progress)
-        if error is not None:
-            changes["error"] = check_optional_text(error, "error", max_chars=20000)
-        if metrics is not None:
-            changes["metrics"] = canonical_json(_check_object(metrics, "metrics"))
-        if log_path is not None:
-            changes["log_path"] = log_path
-        if adapter is not None:
-            changes["adapter"] = check_name(adapter, "adapter")
-        with self._write() as db:
-            if dataset_id is not None:
-                _require(db, "datasets", dataset_id, "dataset_id")
-                changes["dataset_id"] = dataset_id
-            current = _one(db.query("SELECT * FROM jobs WHERE id = ?", [id]), f"job {id!r}", "job_id")
-            if current["status"] in JOB_FINISHED and changes and changes.get("status") != "queued":
-                raise Conflict(f"job {id!r} already {current['status']}; only a resume (queued) can follow")
-            now = utc_now()
-            if status == "running" and current["started_at"] is None:
-                changes["started_at"] = now
-            if status in JOB_FINISHED:
-                changes["finished_at"] = now
-            if status == "queued":
-                changes["finished_at"] = None
-            if changes:
-                db["jobs"].update(id, changes)
-            row = _one(db.query("SELECT * FROM jobs WHERE id = ?", [id]), f"job {id!r}", "job_id")
-        return job_from_row(row)
 
     # -- adapters ---------------------------------------------------------------------------------
 
@@ -275,14 +127,14 @@ class LineageMethods(StoreConnections):
             "parent": parent,
             "job_id": job_id,
             "dataset_id": dataset_id,
-            "metrics": canonical_json(_check_object(metrics, "metrics")),
+            "metrics": canonical_json(check_object(metrics, "metrics")),
             "status": check_choice(status, ADAPTER_STATUSES, "status"),
             "path": check_text(path, "path", max_chars=4096),
             "created_at": utc_now(),
         }
         with self._write() as db:
-            _require(db, "jobs", job_id, "job_id")
-            _require(db, "datasets", dataset_id, "dataset_id")
+            require_row(db, "jobs", job_id, "job_id")
+            require_row(db, "datasets", dataset_id, "dataset_id")
             if parent is not None:
                 parent_name, _, parent_version = parent.rpartition("@")
                 found = db.execute(
@@ -304,7 +156,7 @@ class LineageMethods(StoreConnections):
         else:
             sql, params = "SELECT * FROM adapters WHERE name = ? AND version = ?", [name, version]
         what = f"adapter {name!r}" + (f" version {version}" if version is not None else "")
-        return adapter_from_row(_one(self._read().query(sql, params), what, "adapter"))
+        return adapter_from_row(one_row(self._read().query(sql, params), what, "adapter"))
 
     def list_adapters(self, *, name: str | None = None, status: str | None = None) -> list[Adapter]:
         """Adapters by name then version, filtered by name and/or status."""
@@ -337,7 +189,7 @@ class LineageMethods(StoreConnections):
         adapter = self.get_adapter(name, version)
         dataset_id = adapter.dataset_id
         if dataset_id is None and adapter.job_id is not None:
-            dataset_id = self.get_job(adapter.job_id).dataset_id
+            dataset_id = self.get_job(adapter.job_id).dataset_id  # type: ignore[attr-defined]  # JobMethods
         return self.get_dataset(dataset_id).vote_ids if dataset_id is not None else ()
 
     def vote_adapters(self, vote_id: int) -> list[Adapter]:

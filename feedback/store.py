@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from feedback.accounts import AccountMethods
 from feedback.generations import GenerationMethods, generation_id
+from feedback.jobs import JobMethods
 from feedback.lineage import LineageMethods
 from feedback.promotions import PromotionMethods
 from feedback.vote_search import VoteSearchMethods
@@ -22,7 +23,13 @@ __all__ = ["Store", "generation_id"]
 
 
 class Store(
-    AccountMethods, GenerationMethods, VoteMethods, VoteSearchMethods, LineageMethods, PromotionMethods
+    AccountMethods,
+    GenerationMethods,
+    VoteMethods,
+    VoteSearchMethods,
+    JobMethods,
+    LineageMethods,
+    PromotionMethods,
 ):
     """The feedback database. ``Store(path)`` opens or creates it; ``close()`` (or ``with``) closes it.
 
@@ -38,9 +45,10 @@ class Store(
       ``get_vote``, ``list_votes``, ``pairwise_comparisons``, ``counts``;
     - vote search (:mod:`feedback.vote_search`): ``search_votes`` (keyset pages, filters), ``vote_models``,
       ``pairwise_counts``, ``thumbs_reason_counts``, ``adapter_for_model``;
+    - jobs (:mod:`feedback.jobs`): ``create_job``, ``get_job``, ``list_jobs``, ``update_job``;
     - lineage (:mod:`feedback.lineage`): ``add_dataset``, ``get_dataset``, ``list_datasets``,
-      ``create_job``, ``get_job``, ``list_jobs``, ``update_job``, ``add_adapter``, ``get_adapter``,
-      ``list_adapters``, ``set_adapter_status``, ``adapter_vote_ids``;
+      ``add_adapter``, ``get_adapter``, ``list_adapters``, ``set_adapter_status``, ``adapter_vote_ids``,
+      ``vote_adapters``;
     - promotions (:mod:`feedback.promotions`): ``promoted_adapter``, ``promote_adapter``,
       ``rollback_adapter``.
 

@@ -29,6 +29,15 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_object(value: object, param: str) -> dict[str, Any]:
+    """A JSON object (a job's params or metrics, an adapter's metrics); None is an empty one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid(f"{param} must be a JSON object, got {value!r:.80}", param=param)
+    return value
+
+
 def check_name(value: object, param: str) -> str:
     """A rater or adapter name: 1-64 characters of letters, digits and ``._@-``, starting alphanumeric."""
     if not isinstance(value, str) or not _NAME.fullmatch(value):

@@ -32,25 +32,25 @@ def _parse_value(text: str):
 
 
 def _params(args: argparse.Namespace) -> dict:
-    params = {}
-    for flag, key in (
-        ("max_steps", "max_steps"),
-        ("epochs", "num_train_epochs"),
-        ("learning_rate", "learning_rate"),
-        ("batch_size", "per_device_batch_size"),
-    ):
-        if getattr(args, flag) is not None:
-            params[key] = getattr(args, flag)
-    if args.dtype is not None:
-        params["precision"] = args.dtype
-    if args.exclude_reasons:
-        params["exclude_reasons"] = args.exclude_reasons  # the stage config takes the torch names too
+    from .jobs_service import job_params
+
+    settings = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"tunehub: --set {item!r} is not KEY=VALUE (e.g. --set beta=0.2)")
-        params[key.replace("-", "_")] = _parse_value(value)
-    return params
+        settings[key.replace("-", "_")] = _parse_value(value)
+    return job_params(
+        args.stage,
+        args.method,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        precision=args.dtype,
+        exclude_reasons=args.exclude_reasons,
+        extra=settings,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:

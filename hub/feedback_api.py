@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 from feedback.errors import NotFound
 from feedback.leaderboard import Leaderboard
 from feedback.records import Vote
+from feedback.store import Store
 from feedback.vote_search import VoteQuery
 
 from .auth import Auth, Principal
@@ -63,9 +64,14 @@ class ThumbsFeedback(_Vote):
     def refs(self) -> list[GenerationRef]:
         return [self.generation.ref()]
 
-    def submit(self, service: FeedbackService, rater: str) -> Vote:
-        return service.thumbs(
-            rater, self.generation.ref().store_id, self.value, reasons=self.reasons, comment=self.comment
+    def submit(self, store: Store, rater: str) -> Vote:
+        return store.add_thumbs(
+            self.generation.ref().store_id,
+            self.value,
+            rater=rater,
+            tags=self.reasons,
+            comment=self.comment,
+            source="api",
         )
 
 
@@ -78,9 +84,11 @@ class PairwiseFeedback(_Vote):
     def refs(self) -> list[GenerationRef]:
         return [self.a.ref(), self.b.ref()]
 
-    def submit(self, service: FeedbackService, rater: str) -> Vote:
+    def submit(self, store: Store, rater: str) -> Vote:
         a, b = (ref.store_id for ref in self.refs())
-        return service.pairwise(rater, a, b, self.winner, reasons=self.reasons, comment=self.comment)
+        return store.add_pairwise(
+            a, b, self.winner, rater=rater, tags=self.reasons, comment=self.comment, source="api"
+        )
 
 
 class RankingFeedback(_Vote):
@@ -90,12 +98,12 @@ class RankingFeedback(_Vote):
     def refs(self) -> list[GenerationRef]:
         return [ref.ref() for entry in self.order for ref in (entry if isinstance(entry, list) else [entry])]
 
-    def submit(self, service: FeedbackService, rater: str) -> Vote:
+    def submit(self, store: Store, rater: str) -> Vote:
         order = [
             [r.ref().store_id for r in entry] if isinstance(entry, list) else entry.ref().store_id
             for entry in self.order
         ]
-        return service.ranking(rater, order, reasons=self.reasons, comment=self.comment)
+        return store.add_ranking(order, rater=rater, tags=self.reasons, comment=self.comment, source="api")
 
 
 class EditFeedback(_Vote):
@@ -106,9 +114,14 @@ class EditFeedback(_Vote):
     def refs(self) -> list[GenerationRef]:
         return [self.generation.ref()]
 
-    def submit(self, service: FeedbackService, rater: str) -> Vote:
-        return service.edit(
-            rater, self.generation.ref().store_id, self.text, reasons=self.reasons, comment=self.comment
+    def submit(self, store: Store, rater: str) -> Vote:
+        return store.add_edit(
+            self.generation.ref().store_id,
+            self.text,
+            rater=rater,
+            tags=self.reasons,
+            comment=self.comment,
+            source="api",
         )
 
 
@@ -221,7 +234,7 @@ def build_feedback_router(service: FeedbackService, auth: Auth) -> APIRouter:
     def record(body: Feedback, principal: Principal) -> dict:
         refs = body.refs()
         try:
-            vote = body.submit(service, principal.name)
+            vote = body.submit(service.store, principal.name)
         except NotFound:
             missing = service.missing(refs)
             if missing is not None:

@@ -39,72 +39,13 @@ class GenerationRef:
         return f"generation_id {self.generation_id!r} choice {self.choice}"
 
 
-Ranked = str | Sequence[str]  # a store generation id, or several tied ones
-
-
 class FeedbackService:
     def __init__(self, store: Store, anchor: Callable[[], str | None] = lambda: None) -> None:
         """``anchor`` names the model the leaderboard rates at 1000 (the served base model)."""
         self.store = store
         self.anchor = anchor
 
-    # ----- votes -----------------------------------------------------------------------------------------
-
-    def thumbs(
-        self,
-        rater: str,
-        generation: str,
-        value: str,
-        *,
-        reasons: Sequence[str] = (),
-        comment: str | None = None,
-        source: str = "api",
-    ) -> Vote:
-        return self.store.add_thumbs(
-            generation, value, rater=rater, tags=reasons, comment=comment, source=source
-        )
-
-    def pairwise(
-        self,
-        rater: str,
-        a: str,
-        b: str,
-        winner: str,
-        *,
-        reasons: Sequence[str] = (),
-        comment: str | None = None,
-        source: str = "api",
-    ) -> Vote:
-        return self.store.add_pairwise(
-            a, b, winner, rater=rater, tags=reasons, comment=comment, source=source
-        )
-
-    def ranking(
-        self,
-        rater: str,
-        order: Sequence[Ranked],
-        *,
-        reasons: Sequence[str] = (),
-        comment: str | None = None,
-        source: str = "api",
-    ) -> Vote:
-        """``order`` best first; an inner list holds answers tied with each other."""
-        tiers = [entry if isinstance(entry, str) else list(entry) for entry in order]
-        return self.store.add_ranking(tiers, rater=rater, tags=reasons, comment=comment, source=source)
-
-    def edit(
-        self,
-        rater: str,
-        generation: str,
-        text: str,
-        *,
-        reasons: Sequence[str] = (),
-        comment: str | None = None,
-        source: str = "api",
-    ) -> Vote:
-        return self.store.add_edit(
-            generation, text, rater=rater, tags=reasons, comment=comment, source=source
-        )
+    # ----- votes (recorded with the store's own `add_thumbs`, `add_pairwise`, `add_ranking`, `add_edit`) -----
 
     def withdraw(self, id: int, viewer: Principal) -> Vote:
         """Take back the active vote ``id``; only its rater or an admin may (others get NotFound)."""
@@ -132,20 +73,6 @@ class FeedbackService:
         return None
 
     # ----- reading votes ---------------------------------------------------------------------------------
-
-    def votes(
-        self,
-        rater: str | None,
-        *,
-        kind: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        include_replaced: bool = False,
-    ) -> list[Vote]:
-        """``rater``'s votes (everyone's for None), newest first."""
-        return self.store.list_votes(
-            rater, kind=kind, limit=limit, offset=offset, include_replaced=include_replaced
-        )
 
     def search(
         self, viewer: Principal, query: VoteQuery = VoteQuery(), *, cursor: str | None = None, limit: int = 50

@@ -10,7 +10,9 @@ memory estimate for the served model before a run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from training.jobs.faults import log_tail
 from training.jobs.launch import DEFAULT_STRATEGY, format_command, job_command
 from training.jobs.progress import PROGRESS_FILE, read_progress
 from training.jobs.queue import JobQueue, job_spec
-from training.jobs.spec import JobError, JobSpec, check_devices
+from training.jobs.spec import STAGES, JobError, JobSpec, check_devices, config_class
+from training.methods import LORA_METHODS
 
 # Hyperparameter presets: optimizer steps (-1: whole epochs instead), epochs, peak lr, rows per batch, LoRA
 # rank. "quick" is a smoke run of a few steps; "thorough" takes a few passes at a gentler rate.
@@ -72,6 +75,48 @@ def preset_params(preset: str, stage: str) -> dict[str, Any]:
         params["learning_rate"] = min(params["learning_rate"], PREFERENCE_MAX_LR)
         if params["max_steps"] < 0 or params["max_steps"] > PREFERENCE_MAX_STEPS:
             params["max_steps"] = PREFERENCE_MAX_STEPS
+    return params
+
+
+def job_params(
+    stage: str,
+    method: str,
+    *,
+    max_steps: float | None = None,
+    epochs: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: float | None = None,
+    max_length: float | None = None,
+    lora_rank: float | None = None,
+    precision: str | None = None,
+    exclude_reasons: str | Sequence[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A job's params from what `tunehub train`'s flags and the Train tab's form ask for: each field given
+    (None: left to the job, training/auto.py) that the stage has, the LoRA rank for LoRA methods, the
+    precision, the reasons whose votes are left out (comma-separated or a list), then `extra` on top (the
+    tab's advanced JSON, the CLI's ``--set``). Raises `JobError` for an unknown stage."""
+    if stage not in STAGES:
+        raise JobError(f"stage {stage!r} is not one of {', '.join(STAGES)}", "stage")
+    known = {f.name for f in dataclasses.fields(config_class(stage))}
+    params: dict[str, Any] = {}
+    for key, value, kind in (
+        ("max_steps", max_steps, int),
+        ("num_train_epochs", epochs, float),
+        ("learning_rate", learning_rate, float),
+        ("per_device_batch_size", batch_size, int),
+        ("max_length", max_length, int),
+    ):
+        if value is not None and key in known:
+            params[key] = kind(value)
+    if lora_rank is not None and method in LORA_METHODS and "lora_rank" in known:
+        params["lora_rank"] = int(lora_rank)
+    if precision is not None:
+        params["precision"] = precision
+    if exclude_reasons:
+        reasons = exclude_reasons if isinstance(exclude_reasons, str) else ",".join(exclude_reasons)
+        params["exclude_reasons"] = reasons  # the stage config takes the torch names too
+    params.update(extra or {})
     return params
 
 

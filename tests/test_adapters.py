@@ -6,8 +6,6 @@ Run: .venv/bin/python -m pytest tests/test_adapters.py -q
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from feedback.errors import Conflict
 from feedback.store import Store
 from hub.adapters_service import AdapterService, split_ref
-from hub.cli import main as tunehub
+from tests.support.cli import tunehub
 from tests.support.server import HubProcess
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -80,31 +78,24 @@ def test_lineage_goes_down_to_the_votes_and_up_the_parents(store):
     assert split_ref("km@v2") == ("km", 2) and split_ref("a@b") == ("a@b", None)
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = tunehub(list(args))
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_tunehub_adapters_list_show_promote_rollback(tmp_path):
     with Store(tmp_path / "feedback.db") as store:
         register(store, "km")
         register(store, "km", parent="km@1")
     data_dir = ("--data-dir", str(tmp_path))
 
-    code, out, _ = run_cli("adapters", "list", *data_dir)
+    code, out, _ = tunehub("adapters", "list", *data_dir)
     assert code == 0 and "km@1" in out and "km@2" in out and "candidate" in out
-    code, out, _ = run_cli("adapters", "show", "km@2", *data_dir)
+    code, out, _ = tunehub("adapters", "show", "km@2", *data_dir)
     assert code == 0 and json.loads(out)["parents"] == ["km@1"]
-    assert run_cli("adapters", "promote", "km@1", *data_dir)[:2] == (0, "km@1 promoted\n")
-    assert run_cli("adapters", "promote", "km", *data_dir)[:2] == (0, "km@2 promoted\n")
-    code, out, _ = run_cli("adapters", "list", "--status", "retired", *data_dir)
+    assert tunehub("adapters", "promote", "km@1", *data_dir)[:2] == (0, "km@1 promoted\n")
+    assert tunehub("adapters", "promote", "km", *data_dir)[:2] == (0, "km@2 promoted\n")
+    code, out, _ = tunehub("adapters", "list", "--status", "retired", *data_dir)
     assert "km@1" in out and "km@2" not in out
-    assert run_cli("adapters", "rollback", *data_dir)[:2] == (0, "rolled back: km@1 promoted again\n")
-    code, _, err = run_cli("adapters", "rollback", *data_dir)
+    assert tunehub("adapters", "rollback", *data_dir)[:2] == (0, "rolled back: km@1 promoted again\n")
+    code, _, err = tunehub("adapters", "rollback", *data_dir)
     assert code == 1 and "first promoted version" in err
-    code, _, err = run_cli("adapters", "show", "nope", *data_dir)
+    code, _, err = tunehub("adapters", "show", "nope", *data_dir)
     assert code == 1 and "'nope' not found" in err
 
 

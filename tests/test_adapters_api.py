@@ -6,15 +6,12 @@ Run: .venv/bin/python -m pytest tests/test_adapters_api.py -q
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import httpx
 import pytest
 
 from feedback.store import Store
-from hub.cli import main as tunehub
 from tests.support.adapters import make_lora_adapter
+from tests.support.cli import tunehub
 from tests.support.server import HubProcess
 
 PASSWORD = "adapters-admin-pw"
@@ -48,13 +45,6 @@ def models(hub) -> set[str]:
     return {m["id"] for m in httpx.get(f"{hub.url}/v1/models", headers=ADMIN, timeout=30).json()["data"]}
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = tunehub(list(args))
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_list_promote_and_rollback_are_admin_only(hub):
     listed = httpx.get(f"{hub.url}/v1/adapters", headers=ADMIN, timeout=30).json()["data"]
     assert [(a["id"], a["status"], a["served_as"]) for a in listed] == [
@@ -80,16 +70,16 @@ def test_list_promote_and_rollback_are_admin_only(hub):
 def test_tunehub_adapters_unload_and_load_against_the_running_hub(hub, monkeypatch):
     monkeypatch.setenv("TUNEHUB_ADMIN_PASSWORD", PASSWORD)
     assert "km@v2" in models(hub)
-    code, out, _ = cli("adapters", "unload", "km@2", "--url", hub.url)
+    code, out, _ = tunehub("adapters", "unload", "km@2", "--url", hub.url)
     assert code == 0 and out.strip() == "km@2 unloaded (it was served as km@v2)"
     assert "km@v2" not in models(hub)
-    code, _, err = cli("adapters", "unload", "km@2", "--url", hub.url)
+    code, _, err = tunehub("adapters", "unload", "km@2", "--url", hub.url)
     assert code == 1 and "409" in err and "not loaded" in err
-    code, out, _ = cli("adapters", "load", "km@2", "--url", hub.url)
+    code, out, _ = tunehub("adapters", "load", "km@2", "--url", hub.url)
     assert code == 0 and out.strip() == "km@2 is served as km@v2"
     assert "km@v2" in models(hub)
-    code, _, err = cli("adapters", "load", "km@2", "--url", hub.url, "--admin-password", "wrong")
+    code, _, err = tunehub("adapters", "load", "km@2", "--url", hub.url, "--admin-password", "wrong")
     assert code == 1 and "403" in err and "TUNEHUB_ADMIN_PASSWORD" in err
     monkeypatch.delenv("TUNEHUB_ADMIN_PASSWORD")
-    code, _, err = cli("adapters", "load", "km@2", "--url", "http://127.0.0.1:9", "--timeout", "5")
+    code, _, err = tunehub("adapters", "load", "km@2", "--url", "http://127.0.0.1:9", "--timeout", "5")
     assert code == 1 and "no hub answered" in err

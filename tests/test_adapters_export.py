@@ -7,8 +7,6 @@ Run: .venv/bin/python -m pytest tests/test_adapters_export.py -q
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -17,6 +15,7 @@ from feedback.errors import Invalid
 from feedback.store import Store
 from hub.adapters_service import AdapterService
 from tests.support.adapters import make_lora_adapter
+from tests.support.cli import tunehub
 from training.merge import EXPORT_FILE, ExportError, export_merged
 
 PROMPT = [[1, 5, 9, 42, 77, 100, 3]]
@@ -88,15 +87,11 @@ def test_bad_exports_are_refused_with_the_reason(tmp_path, lora, demo_model):
 
 
 def test_tunehub_adapters_export_prints_the_directory(adapters, tmp_path):
-    from hub.cli import main as tunehub
-
     data_dir = adapters.store.path.parent
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = tunehub(
-            ["adapters", "export", "km@1", "--out", str(tmp_path / "cli"), "--data-dir", str(data_dir)]
-        )
-    assert code == 0 and out.getvalue().strip() == str((tmp_path / "cli").resolve())
+    code, out, _ = tunehub(
+        "adapters", "export", "km@1", "--out", str(tmp_path / "cli"), "--data-dir", str(data_dir)
+    )
+    assert code == 0 and out.strip() == str((tmp_path / "cli").resolve())
     assert (tmp_path / "cli" / "model.safetensors").is_file()
 
 

@@ -199,7 +199,7 @@ def test_a_batch_mixing_the_base_and_three_adapters_matches_peft_alone(architect
 def test_a_lora_sft_job_with_the_default_targets_trains_and_hot_loads(architecture, tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from training.common import METADATA_FILE
+    from training.result import METADATA_FILE
     from training.sft import SFTConfig, main
 
     model = tiny_model(architecture)

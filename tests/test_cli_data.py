@@ -8,8 +8,6 @@ Run: .venv/bin/python -m pytest tests/test_cli_data.py -q
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,8 @@ from feedback import exports
 from feedback.store import Store
 from hub import cli_data
 from hub.cli import main as tunehub
+from tests.support.cli import tunehub_process
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
@@ -205,23 +203,8 @@ def test_leaderboard_table_and_json(capsys, voted):
 
 def test_the_console_command_runs(tmp_path):
     """The real `tunehub` entry point, in a fresh process."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "users",
-            "add",
-            "carol",
-            "--password-stdin",
-            "--data-dir",
-            str(tmp_path),
-        ],
-        input="pw\n",
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
+    result = tunehub_process(
+        "users", "add", "carol", "--password-stdin", "--data-dir", str(tmp_path), input="pw\n", timeout=120
     )
     assert result.returncode == 0, result.stderr
     with Store(tmp_path / "feedback.db") as store:

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from feedback.store import Store
+from tests.support.cli import tunehub_process
 from training.estimate import ModelShape, estimate, load_gpus, trainable_parameters
 
 GIB = 1024**3
-
-
-def tunehub(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_parameter_counts_match_real_models(demo_model: Path):
@@ -61,21 +54,23 @@ def test_estimate_names_the_bad_value(kwargs, bad):
 
 
 def test_estimate_cli_table_json_and_an_edited_price_table(demo_model: Path, tmp_path: Path):
-    out = tunehub("estimate", "--model", str(demo_model), "--seq-len", "128", "--tokens", "2M", "--gpu", "T4")
+    out = tunehub_process(
+        "estimate", "--model", str(demo_model), "--seq-len", "128", "--tokens", "2M", "--gpu", "T4"
+    )
     assert out.returncode == 0, out.stderr
     for method in ("full", "freeze", "lora", "dora", "qlora", "ia3"):
         assert f"\n{method} " in out.stdout
     assert "623,488" in out.stdout  # the demo model's parameters, read from its config
 
     prices = tmp_path / "gpus.json"
-    assert tunehub("estimate", "--write-prices", str(prices)).returncode == 0
+    assert tunehub_process("estimate", "--write-prices", str(prices)).returncode == 0
     table = json.loads(prices.read_text())
     table["T4"]["usd_per_hour"] = 100.0
     prices.write_text(json.dumps(table))
     cheap = json.loads(
-        tunehub("estimate", "--params", "7B", "--tokens", "1M", "--gpu", "T4", "--json").stdout
+        tunehub_process("estimate", "--params", "7B", "--tokens", "1M", "--gpu", "T4", "--json").stdout
     )
-    dear = tunehub(
+    dear = tunehub_process(
         "estimate", "--params", "7B", "--tokens", "1M", "--gpu", "T4", "--prices", str(prices), "--json"
     )
     dear_rows = json.loads(dear.stdout)["rows"]
@@ -83,7 +78,7 @@ def test_estimate_cli_table_json_and_an_edited_price_table(demo_model: Path, tmp
 
     table["T4"]["usd_per_hour"] = "cheap"
     prices.write_text(json.dumps(table))
-    bad = tunehub("estimate", "--params", "7B", "--prices", str(prices))
+    bad = tunehub_process("estimate", "--params", "7B", "--prices", str(prices))
     assert bad.returncode == 2 and "T4.usd_per_hour" in bad.stderr and "'cheap'" in bad.stderr
     for args, named in [
         (["--params", "huge"], "'huge'"),
@@ -91,7 +86,7 @@ def test_estimate_cli_table_json_and_an_edited_price_table(demo_model: Path, tmp
         (["--model", str(tmp_path)], "config.json"),
         (["--params", "7B", "--seq-len", "0"], "'0'"),
     ]:
-        result = tunehub("estimate", *args)
+        result = tunehub_process("estimate", *args)
         assert result.returncode == 2 and named in result.stderr, (args, result.stderr)
 
 
@@ -100,7 +95,7 @@ def test_doctor_passes_here_and_reports_the_machine(tmp_path: Path):
         store.add_generation(
             prompt=[{"role": "user", "content": "hi"}], model="m", text="hello", source="api"
         )
-    result = tunehub("doctor", "--data-dir", str(tmp_path))
+    result = tunehub_process("doctor", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stdout
     lines = {
         line.split()[1]: line for line in result.stdout.splitlines() if line[:4].strip() in ("OK", "WARN")
@@ -114,7 +109,7 @@ def test_doctor_passes_here_and_reports_the_machine(tmp_path: Path):
 def test_doctor_names_each_problem_with_its_fix(tmp_path: Path):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    result = tunehub("doctor", "--data-dir", str(not_a_dir), "--vllm-url", "http://127.0.0.1:9/v1")
+    result = tunehub_process("doctor", "--data-dir", str(not_a_dir), "--vllm-url", "http://127.0.0.1:9/v1")
     assert result.returncode == 1
     assert f"FAIL  data dir        {not_a_dir} exists and is not a directory" in result.stdout
     assert "FAIL  vllm            http://127.0.0.1:9/health is not reachable" in result.stdout
@@ -123,7 +118,7 @@ def test_doctor_names_each_problem_with_its_fix(tmp_path: Path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "feedback.db").write_bytes(b"this is not a database" * 100)
-    result = tunehub("doctor", "--data-dir", str(broken))
+    result = tunehub_process("doctor", "--data-dir", str(broken))
     assert result.returncode == 1 and "FAIL  feedback store" in result.stdout
     assert "never recreates a damaged store" in result.stdout
     assert (broken / "feedback.db").read_bytes() == b"this is not a database" * 100  # untouched
@@ -135,17 +130,17 @@ def test_doctor_checks_the_model_it_is_given(tmp_path: Path, demo_model: Path):
     """--model: a directory's chat template, a GGUF file's architecture; nothing is converted."""
     from tests.test_model_source import copy_model, write_gguf
 
-    result = tunehub("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(demo_model))
+    result = tunehub_process("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(demo_model))
     assert "OK    model           transformers directory, llama" in result.stdout
     assert "chat template" not in result.stdout
 
     bare = copy_model(demo_model, tmp_path / "bare", drop_template=True)
-    result = tunehub("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(bare))
+    result = tunehub_process("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(bare))
     assert f"WARN  chat template   {bare} has none" in result.stdout
     assert "fix: pass --chat-template (chatml, llama3, mistral, zephyr or a .jinja file)" in result.stdout
 
     rwkv = write_gguf(tmp_path / "rwkv.gguf", "rwkv7")
-    result = tunehub("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(rwkv))
+    result = tunehub_process("doctor", "--data-dir", str(tmp_path / "data"), "--model", str(rwkv))
     assert result.returncode == 1
     assert "FAIL  model" in result.stdout and "'rwkv7' model, which transformers cannot read" in result.stdout
     assert not (tmp_path / "data" / "models").exists()
@@ -155,5 +150,5 @@ def test_estimate_names_a_gguf_file_it_cannot_read(tmp_path: Path):
     """A readable file's shape comes from its header (tests/test_real_model.py, on SmolLM2's file)."""
     from tests.test_model_source import write_gguf
 
-    result = tunehub("estimate", "--model", str(write_gguf(tmp_path / "x.gguf", "rwkv7")))
+    result = tunehub_process("estimate", "--model", str(write_gguf(tmp_path / "x.gguf", "rwkv7")))
     assert result.returncode == 2 and "'rwkv7' model, which transformers cannot read" in result.stderr

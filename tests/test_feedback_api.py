@@ -8,8 +8,6 @@ Run: .venv/bin/python -m pytest tests/test_feedback_api.py -q
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import uuid
 
@@ -18,7 +16,7 @@ import openai
 import pytest
 
 from feedback.store import Store
-from hub.cli import main as tunehub
+from tests.support.cli import tunehub_ok
 from tests.support.openai_schema import validate
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -292,20 +290,12 @@ def test_leaderboard_rates_models_from_pairwise_votes(hub):
 # ----- who voted: API keys, raters, admins ----------------------------------------------------------------
 
 
-def cli(*args: str) -> str:
-    """Run a `tunehub` command in this process; returns what it printed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert tunehub(list(args)) == 0
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def rater_key(secured_hub) -> str:
     name = f"rater-{uuid.uuid4().hex[:6]}"
     data_dir = str(secured_hub.data_dir)
-    cli("users", "add", name, "--password", "pw-" + name, "--data-dir", data_dir)
-    return cli("users", "key", name, "--data-dir", data_dir).strip()
+    tunehub_ok("users", "add", name, "--password", "pw-" + name, "--data-dir", data_dir)
+    return tunehub_ok("users", "key", name, "--data-dir", data_dir).strip()
 
 
 def test_votes_are_recorded_under_the_caller_and_read_back_only_by_them(secured_hub, rater_key):
@@ -354,11 +344,11 @@ def test_only_the_rater_or_an_admin_withdraws_a_vote(secured_hub, rater_key):
 def test_a_revoked_key_is_refused(secured_hub):
     name = f"gone-{uuid.uuid4().hex[:6]}"
     data_dir = str(secured_hub.data_dir)
-    cli("users", "add", name, "--data-dir", data_dir)
-    key = cli("users", "key", name, "--data-dir", data_dir).strip()
+    tunehub_ok("users", "add", name, "--data-dir", data_dir)
+    key = tunehub_ok("users", "key", name, "--data-dir", data_dir).strip()
     get(secured_hub, "/v1/feedback", token=key)
-    key_id = cli("users", "keys", name, "--data-dir", data_dir).split()[0]
-    cli("users", "revoke", key_id, "--data-dir", data_dir)
+    key_id = tunehub_ok("users", "keys", name, "--data-dir", data_dir).split()[0]
+    tunehub_ok("users", "revoke", key_id, "--data-dir", data_dir)
     get(secured_hub, "/v1/feedback", status=401, token=key)
 
 

@@ -10,8 +10,6 @@ Run: .venv/bin/python -m pytest tests/test_gguf_export.py -q        (add -m slow
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from feedback.errors import Invalid
 from feedback.store import Store
 from hub.adapters_service import AdapterService
 from tests.support.adapters import make_lora_adapter
+from tests.support.cli import tunehub
 from training.demo.corpus import checkable_prompts, is_correct
 from training.gguf_export import export_gguf
 from training.merge import EXPORT_FILE, ExportError, load_merged
@@ -163,21 +162,17 @@ def test_bad_exports_are_refused_with_the_reason(tmp_path, demo_model, lora, ful
 
 
 def test_tunehub_adapters_export_gguf_prints_the_file(adapters, tmp_path):
-    from hub.cli import main as tunehub
-
     data_dir = str(adapters.store.path.parent)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = tunehub(
-            ["adapters", "export", "km", "--format", "gguf", "--quantize", "q8_0", "--data-dir", data_dir]
-        )
-        bad = tunehub(
-            ["adapters", "export", "km", "--format", "gguf", "--quantize", "4bit", "--data-dir", data_dir]
-        )
-    printed = Path(out.getvalue().strip())
+    code, out, _ = tunehub(
+        "adapters", "export", "km", "--format", "gguf", "--quantize", "q8_0", "--data-dir", data_dir
+    )
+    bad, _, err = tunehub(
+        "adapters", "export", "km", "--format", "gguf", "--quantize", "4bit", "--data-dir", data_dir
+    )
+    printed = Path(out.strip())
     assert code == 0 and printed.name == "km-v1-q8_0.gguf" and printed.is_file()
     assert (printed.parent / "Modelfile").is_file()
-    assert bad == 1 and "quantize '4bit' is not one of f16, q8_0 for gguf" in err.getvalue()
+    assert bad == 1 and "quantize '4bit' is not one of f16, q8_0 for gguf" in err
 
 
 @pytest.mark.slow

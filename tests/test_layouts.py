@@ -18,9 +18,9 @@ import pytest
 
 from feedback.errors import Invalid
 from feedback.imports import import_dataset
-from tests.test_training_jobs import tunehub
-from training.common import METADATA_FILE
+from tests.support.cli import tunehub_process
 from training.data import load_training_data
+from training.result import METADATA_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = REPO / "tests" / "data" / "layouts"
@@ -275,7 +275,7 @@ def test_pairs_of_one_ultrafeedback_prompt_stay_on_one_side_of_the_split():
 def test_each_layout_trains_through_tunehub_train(demo_model, tmp_path, stage, name, kind, layout):
     from safetensors.torch import load_file
 
-    done = tunehub(
+    done = tunehub_process(
         "train", stage, "--data", str(LAYOUTS / name), "--name", "layout", "--base", str(demo_model),
         "--data-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4", "--learning-rate", "1e-3",
         "--set", "eval_fraction=0", "--set", "loss_check_steps=0", "--set", "logging_steps=1",

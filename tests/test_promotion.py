@@ -14,6 +14,7 @@ from feedback.leaderboard import fit_leaderboard
 from feedback.promotion_rule import PromotionRule, decide, guard_reasons
 from feedback.store import Store
 from tests.support.adapters import make_lora_adapter
+from tests.support.cli import tunehub
 from tests.support.server import HubProcess
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -341,20 +342,12 @@ def test_automatic_promotion_after_enough_wins(hub, demo_model, tmp_path):
 
 
 def test_tunehub_adapters_promote_is_guarded_too(tmp_path, full_demo_model):
-    import contextlib
-    import io
-
-    from hub.cli import main as tunehub
-
     path = make_lora_adapter(full_demo_model, tmp_path / "broken", rank=8, seed=1, scale=30.0)
     with Store(tmp_path / "feedback.db") as store:
         store.add_adapter("broken", base=str(full_demo_model), method="lora", path=str(path))
 
     def run(*args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = tunehub(["adapters", "promote", *args, "--data-dir", str(tmp_path)])
-        return code, out.getvalue(), err.getvalue()
+        return tunehub("adapters", "promote", *args, "--data-dir", str(tmp_path))
 
     code, _, err = run("broken")
     assert code == 1 and "broken@1 is not promoted: checkable accuracy fell" in err

@@ -8,9 +8,6 @@ Run: .venv/bin/python -m pytest tests/test_reasons.py -q      (the `tunehub trai
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +17,9 @@ from feedback.exports import export_dataset
 from feedback.reasons import parse_reasons, reason_key
 from feedback.store import Store
 from hub.feedback_service import FeedbackService
+from tests.support.cli import tunehub_process
 from training.data import load_training_data
 from training.jobs.spec import JobError, JobSpec, check_spec
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -133,11 +129,9 @@ def test_the_service_lists_the_top_reasons_per_model(store, voted):
 def test_tunehub_export_takes_exclude_reasons(store, voted, tmp_path):
     store.close()
     out = tmp_path / "pairs.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "export", "kto", "--out", str(out), "--data-dir", str(tmp_path),
-         "--eval-fraction", "0", "--exclude-reasons", "too_long"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+    done = tunehub_process(
+        "export", "kto", "--out", str(out), "--data-dir", str(tmp_path), "--eval-fraction", "0",
+        "--exclude-reasons", "too_long", timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -148,13 +142,10 @@ def test_tunehub_export_takes_exclude_reasons(store, voted, tmp_path):
 @pytest.mark.slow
 def test_tunehub_train_exclude_reasons_trains_without_those_votes(store, voted, tmp_path, demo_model):
     store.close()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "train", "kto", "--data", "feedback", "--name", "no-long",
-         "--base", str(demo_model), "--data-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4",
-         "--exclude-reasons", "too_long", "--set", "eval_fraction=0", "--set", "loss_check_steps=0"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    done = tunehub_process(
+        "train", "kto", "--data", "feedback", "--name", "no-long", "--base", str(demo_model),
+        "--data-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "4", "--exclude-reasons", "too_long",
+        "--set", "eval_fraction=0", "--set", "loss_check_steps=0", timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     with Store(tmp_path / "feedback.db") as reopened:

@@ -9,13 +9,12 @@ Run: .venv/bin/python -m pytest tests/test_replay_flips.py -q
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 
 from feedback.store import Store
+from tests.support.cli import tunehub_ok
 from training.replay_flips import flip_lines, flip_report
 
 
@@ -107,18 +106,14 @@ def test_against_the_base_only_and_an_old_report_without_base_answers():
 
 
 def test_tunehub_adapters_show_prints_the_stored_flips(tmp_path):
-    from hub.cli import main as tunehub
-
     with Store(tmp_path / "feedback.db") as store:
         store.add_adapter("km", base="base", method="lora", path="/x")
         store.add_adapter("km", base="base", method="lora", path="/y")
     (tmp_path / "replay").mkdir()
     (tmp_path / "replay" / "km-v2.json").write_text(json.dumps(REPORT))  # as PromotionService stores it
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert tunehub(["adapters", "show", "km@2", "--data-dir", str(tmp_path)]) == 0
-        assert tunehub(["adapters", "show", "km@1", "--data-dir", str(tmp_path)]) == 0
-    first, second = out.getvalue().split("\n}\n", 1)
+    out = tunehub_ok("adapters", "show", "km@2", "--data-dir", str(tmp_path))
+    out += tunehub_ok("adapters", "show", "km@1", "--data-dir", str(tmp_path))
+    first, second = out.split("\n}\n", 1)
     shown = json.loads(first + "\n}")
     assert shown["adapter"] == "km@2" and shown["replay"]["against"] == "km@1"
     flips = shown["replay"]["flips"]

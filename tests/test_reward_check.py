@@ -18,9 +18,9 @@ from feedback.store import Store
 from hub.jobs_service import JobsService
 from hub.ui.adapters import _metrics, reward_quality_text
 from tests.support.rl import digit_first_pairs, prompts_file, write_jsonl
-from training.common import METADATA_FILE
 from training.jobs.spec import JobError
 from training.jobs.trigger import AutoTrigger, TriggerRule
+from training.result import METADATA_FILE
 from training.reward_check import MIN_HELDOUT_ACCURACY, check_reward_model, reward_model_quality
 
 PROMPT_STAGES = ("ppo", "rloo", "grpo")

@@ -15,7 +15,8 @@ import pytest
 
 from feedback.store import Store
 from hub.ui.train import build_params, default_params, training_outcome
-from tests.test_training_jobs import sft_rows, tunehub
+from tests.support.cli import tunehub_process
+from tests.test_training_jobs import sft_rows
 from training.auto import LR_WIDTH, MAX_STEPS, MIN_STEPS, auto_settings, describe, model_width
 
 
@@ -86,7 +87,7 @@ def test_a_job_with_no_settings_sizes_them_and_records_why(demo_model, tmp_path)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in sft_rows(48)))
     data_dir = tmp_path / "data"
-    done = tunehub(
+    done = tunehub_process(
         "train", "sft", "--data", str(data), "--name", "auto-km", "--base", str(demo_model),
         "--data-dir", str(data_dir), "--set", "loss_check_steps=0",
     )  # fmt: skip

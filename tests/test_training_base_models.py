@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from feedback.store import Store
 from serving.chat_templates import read_chat_template
+from tests.support.cli import tunehub_process
 from tests.support.server import TEST_ENVIRONMENT
 from training.demo.corpus import conversations
 from training.jobs.queue import JobQueue, job_spec
@@ -25,6 +24,7 @@ from training.jobs.runner import JobRunner
 from training.jobs.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
+CLI_ENV = {**TEST_ENVIRONMENT, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}  # all `tunehub` sees here
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -188,7 +188,7 @@ def test_a_base_without_a_template_trains_on_prompt_completion_strings(base_with
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.common import METADATA_FILE
+    from training.result import METADATA_FILE
     from training.sft import SFTConfig, main
 
     data = write_jsonl(tmp_path / "plain.jsonl", prompt_completion_rows(64))
@@ -205,32 +205,20 @@ def test_a_base_without_a_template_trains_on_prompt_completion_strings(base_with
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_without_template), str(out))
 
 
-def tunehub(*args: str) -> subprocess.CompletedProcess:
-    env = {**TEST_ENVIRONMENT, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
 def test_tunehub_train_chat_template_trains_conversations_on_a_base_without_one(
     base_without_template, tmp_path
 ):
     data = write_jsonl(tmp_path / "chat.jsonl", conversation_rows(40))
-    refused = tunehub(
+    refused = tunehub_process(
         "train", "sft", "--data", str(data), "--name", "plain", "--base", str(base_without_template),
-        "--data-dir", str(tmp_path / "hub"), "--max-steps", "2",
+        "--data-dir", str(tmp_path / "hub"), "--max-steps", "2", env=CLI_ENV, timeout=600,
     )  # fmt: skip
     assert refused.returncode == 1 and "--chat-template" in refused.stderr
-    done = tunehub(
+    done = tunehub_process(
         "train", "sft", "--data", str(data), "--name", "chatml", "--base", str(base_without_template),
         "--data-dir", str(tmp_path / "hub"), "--max-steps", "4", "--batch-size", "4", "--chat-template", "chatml",
-        "--dtype", "float32", "--set", "eval_fraction=0", "--set", "loss_check_steps=0",
+        "--dtype", "float32", "--set", "eval_fraction=0", "--set", "loss_check_steps=0", env=CLI_ENV, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     adapter = Path(done.stdout.strip().splitlines()[-1])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,11 +20,11 @@ import httpx
 import pytest
 
 from feedback.store import Store
-from tests.support.server import TEST_ENVIRONMENT, HubProcess
+from tests.support.cli import tunehub_process
+from tests.support.server import HubProcess
 from training.jobs.faults import EXIT_OOM, Fault, diagnose, oom_retry
 from training.jobs.progress import ProgressReader, write_event
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {  # a few steps of LoRA SFT: seconds on the demo model
     "max_steps": 6,
     "per_device_batch_size": 4,
@@ -372,7 +371,7 @@ def test_an_oom_job_retries_with_half_the_batch_and_succeeds(
 INSTANT_WORKER = """
 import json, sys
 from pathlib import Path
-from training.common import METADATA_FILE
+from training.result import METADATA_FILE
 from training.jobs.progress import PROGRESS_FILE, write_event
 job_dir = Path(sys.argv[1])
 out = job_dir / "adapter"
@@ -508,22 +507,10 @@ def test_jobs_are_for_admins_only(secured_hub, tmp_path):
 # ----- the command line -------------------------------------------------------------------------------------
 
 
-def tunehub(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **TEST_ENVIRONMENT}
-    return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.slow
 def test_tunehub_train_runs_in_the_foreground_and_prints_the_adapter_dir_last(demo_model, sft_file, tmp_path):
     data_dir = tmp_path / "data"
-    done = tunehub(
+    done = tunehub_process(
         "train", "sft", "--data", str(sft_file), "--method", "lora", "--name", "cli-km", "--base", str(demo_model),
         "--data-dir", str(data_dir), "--max-steps", "3", "--batch-size", "4",
         "--set", "logging_steps=1", "--set", "eval_fraction=0", "--set", "loss_check_steps=0",
@@ -537,16 +524,16 @@ def test_tunehub_train_runs_in_the_foreground_and_prints_the_adapter_dir_last(de
         job = store.get_job(adapter.job_id)
     assert adapter.path == str(adapter_dir) and job.status == "succeeded"
 
-    listed = tunehub("jobs", "list", "--data-dir", str(data_dir))
+    listed = tunehub_process("jobs", "list", "--data-dir", str(data_dir))
     assert listed.returncode == 0 and job.id in listed.stdout and "succeeded" in listed.stdout
-    shown = tunehub("jobs", "show", job.id, "--data-dir", str(data_dir))
+    shown = tunehub_process("jobs", "show", job.id, "--data-dir", str(data_dir))
     assert shown.returncode == 0 and json.loads(shown.stdout)["metrics"]["steps"] == 3
-    cancelled = tunehub("jobs", "cancel", job.id, "--data-dir", str(data_dir))
+    cancelled = tunehub_process("jobs", "cancel", job.id, "--data-dir", str(data_dir))
     assert cancelled.returncode == 1 and "already succeeded" in cancelled.stderr
 
 
 def test_tunehub_train_refuses_a_bad_setting_before_training(demo_model, sft_file, tmp_path):
-    done = tunehub(
+    done = tunehub_process(
         "train", "dpo", "--data", str(sft_file), "--name", "x", "--base", str(demo_model),
         "--data-dir", str(tmp_path), "--set", "beta=-2",
     )  # fmt: skip

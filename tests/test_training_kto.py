@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from training.common import METADATA_FILE
 from training.demo.corpus import checkable_prompts
 from training.kto import KTOConfig, main
+from training.result import METADATA_FILE
 
 TAIL = " I hope this helps, and let me know if you have any other questions about anything at all!"
 

@@ -18,7 +18,6 @@ import pytest
 from transformers import TrainerCallback
 
 from training.callbacks import LossWatch
-from training.common import METADATA_FILE
 from training.methods import (
     Hardware,
     MethodOptions,
@@ -28,6 +27,7 @@ from training.methods import (
     resolve_method,
     resolve_precision,
 )
+from training.result import METADATA_FILE
 from training.sft import SFTConfig, build_parser, parse_args
 
 CPU = Hardware(cuda=False, bf16=False, name="cpu")

@@ -17,10 +17,10 @@ import torch
 
 from feedback.errors import Invalid
 from tests.support.rl import opens_with_a_digit, prompts_file, train_reward_model
-from training.common import METADATA_FILE
 from training.demo.corpus import checkable_prompts
 from training.ppo import VALUE_HEAD_FILE, PPOConfig, main, parse_args
 from training.ppo_core import gae, policy_loss, token_rewards, value_loss, whiten
+from training.result import METADATA_FILE
 
 
 @pytest.fixture(scope="module", autouse=True)

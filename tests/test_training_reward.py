@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from feedback.errors import Invalid
-from training.common import METADATA_FILE
 from training.demo.corpus import checkable_prompts
+from training.result import METADATA_FILE
 from training.reward import RewardConfig, main
 
 TAIL = " I hope this helps, and let me know if you have any other questions about anything at all!"

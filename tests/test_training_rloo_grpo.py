@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.rl import opens_with_a_digit, prompts_file, train_reward_model
-from training.common import METADATA_FILE
 from training.grpo import GRPOConfig
 from training.grpo import main as grpo_main
+from training.result import METADATA_FILE
 from training.rloo import RLOOConfig
 from training.rloo import main as rloo_main
 

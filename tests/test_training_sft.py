@@ -15,9 +15,10 @@ import pytest
 from transformers import TrainerCallback
 
 from feedback.errors import Invalid
-from training.common import METADATA_FILE, TrainingFailed
 from training.demo.corpus import SMALL_TALK, SYSTEM_PROMPTS, checkable_prompts, is_correct
+from training.result import METADATA_FILE
 from training.sft import SFTConfig, main
+from training.stage_run import TrainingFailed
 
 FAMILY = "conversion"  # the quick model answers none of these right; LoRA SFT teaches it in seconds
 FILLER = " I hope this helps, and let me know if you have any other questions about anything at all!"

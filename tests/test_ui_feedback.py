@@ -8,15 +8,13 @@ Run: .venv/bin/python -m pytest tests/test_ui_feedback.py -q     (screenshots of
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hub.cli import main as tunehub
+from tests.support.cli import tunehub_ok
 from tests.support.server import HubProcess
 
 pytestmark = pytest.mark.browser
@@ -33,10 +31,7 @@ def ui_hub(tmp_path_factory, demo_model):
 
     root = tmp_path_factory.mktemp("ui-feedback")
     adapter = make_lora_adapter(demo_model, root / "lora-a", rank=4, seed=1, scale=20.0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert (
-            tunehub(["users", "add", RATER[0], "--password", RATER[1], "--data-dir", str(root / "data")]) == 0
-        )
+    tunehub_ok("users", "add", RATER[0], "--password", RATER[1], "--data-dir", str(root / "data"))
     with HubProcess(model=demo_model, data_dir=root / "data", admin_password=ADMIN[1]) as process:
         loaded = httpx.post(
             f"{process.url}/v1/load_lora_adapter",

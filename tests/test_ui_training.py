@@ -10,8 +10,6 @@ Run: .venv/bin/python -m pytest tests/test_ui_training.py -q     (screenshots of
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from feedback.store import Store
-from hub.cli import main as tunehub
+from tests.support.cli import tunehub_ok
 from tests.support.server import HubProcess
 from tests.test_training_jobs import sft_rows
 from tests.test_ui_feedback import chat, sign_in
@@ -40,10 +38,7 @@ ON_VOTES = {**TINY, "max_steps": 4}  # a few DPO/KTO steps at the preset's lr 1e
 def train_hub(tmp_path_factory, demo_model):
     """A hub that asks for a login, with the rater `rita`; workers and server on one torch thread each."""
     root = tmp_path_factory.mktemp("ui-training")
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert (
-            tunehub(["users", "add", RATER[0], "--password", RATER[1], "--data-dir", str(root / "data")]) == 0
-        )
+    tunehub_ok("users", "add", RATER[0], "--password", RATER[1], "--data-dir", str(root / "data"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")  # a 1M-parameter model gains nothing from more on 2 cores
         with HubProcess(model=demo_model, data_dir=root / "data", admin_password=ADMIN[1]) as process:

@@ -2,7 +2,7 @@
 stops when its KL divergence from the base passes a bound.
 
 Early stopping on a rising eval loss (or a held-out preference accuracy that stops improving) is
-transformers' `EarlyStoppingCallback`, set up in `training.common.stage_callbacks`; `KLWatch` adds the KL
+transformers' `EarlyStoppingCallback`, set up in `training.stage_run.stage_callbacks`; `KLWatch` adds the KL
 bound beside it. This module imports transformers at the top, so import it only inside the functions that
 train.
 """
@@ -26,7 +26,7 @@ class LossWatch(TrainerCallback):
     """Stops training when the loss is NaN/infinite, or after `check_steps` steps has risen by over 10% or
     not fallen by 1%.
 
-    The problem, with advice, is kept in `problem`; `training.common.run_training` raises it once the
+    The problem, with advice, is kept in `problem`; `training.stage_run.run_training` raises it once the
     trainer returns, so a broken run saves nothing.
     """
 
@@ -96,7 +96,7 @@ class KLWatch(TrainerCallback):
 
     `reference` is the model to measure against: None for an adapter (the same model with its adapters
     disabled), the frozen starting weights for full and freeze tuning. Evaluations after training (the
-    final one in `training.common.run_training`) only record the KL.
+    final one in `training.stage_run.run_training`) only record the KL.
     """
 
     def __init__(

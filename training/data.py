@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feedback.errors import Invalid
-from feedback.imports import MAX_REPORTED, import_dataset
+from feedback.errors import Invalid, bad_rows
+from feedback.imports import import_dataset
 from feedback.reasons import excluded, parse_reasons
 from feedback.validation import canonical_json
 
@@ -274,12 +274,7 @@ def _with_pair_extras(path: Path, split: str, rows: list[dict[str, Any]]) -> lis
             else:
                 row[name] = float(value)
     if errors:
-        more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
-        raise Invalid(
-            f"{path}: {len(errors)} bad row(s), nothing trained{more}:\n" + "\n".join(errors[:MAX_REPORTED]),
-            param="data",
-            errors=errors,
-        )
+        raise bad_rows(path, errors, outcome="nothing trained", param="data")
     return extended
 
 

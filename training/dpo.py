@@ -21,22 +21,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.common import (
-    cleanup,
-    kl_watch,
-    prepare_run,
-    run_cli,
-    run_dir_for,
-    run_training,
-    save_result,
-    stage_callbacks,
-    total_steps,
-    trainer_arguments,
-)
 from training.config import MAX_KL, StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.reference_model import frozen_copy
+from training.result import cleanup, run_dir_for, save_result
+from training.stage_run import (
+    kl_watch,
+    prepare_run,
+    run_cli,
+    run_training,
+    stage_callbacks,
+    total_steps,
+    trainer_arguments,
+)
 
 DESCRIPTION = (
     "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on accuracy."
@@ -154,16 +153,6 @@ def precompute_reference(config: DPOConfig, n_train: int) -> bool:
 def _pairs(rows: list[dict]) -> list[dict]:
     """Prompt, chosen and rejected only: DPO has no use for margin or weight columns."""
     return [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in rows]
-
-
-def frozen_copy(model):
-    """The starting weights, frozen, as the reference of full and freeze tuning."""
-    import copy
-
-    reference = copy.deepcopy(model).eval()
-    for param in reference.parameters():
-        param.requires_grad_(False)
-    return reference
 
 
 def build_parser():

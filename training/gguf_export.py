@@ -19,7 +19,6 @@ float32; q8_0 quantizes every matrix whose rows split into 32-value blocks (gguf
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .merge import EXPORT_FILE, ExportError, load_merged
+from .merge import EXPORT_FILE, ExportError, load_merged, run_export_cli
 
 GGUF_QUANTIZE = ("f16", "q8_0")
 # transformers model_type -> the GGUF architecture it is written as
@@ -195,20 +194,14 @@ def _write_tensors(writer, model, arch: str, quantize: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Merge an adapter into its base and write one GGUF file.")
-    parser.add_argument("adapter", help="the adapter directory (or a full model tunehub trained)")
-    parser.add_argument("--base", help="the base model the adapter was trained on")
-    parser.add_argument("--out", required=True, help="a new directory for the GGUF file and its Modelfile")
-    parser.add_argument(
-        "--quantize", default="f16", choices=GGUF_QUANTIZE, help="tensor type of the matrices"
+    return run_export_cli(
+        export_gguf,
+        "Merge an adapter into its base and write one GGUF file.",
+        out_help="a new directory for the GGUF file and its Modelfile",
+        quantize=GGUF_QUANTIZE,
+        quantize_help="tensor type of the matrices",
+        argv=argv,
     )
-    args = parser.parse_args(argv)
-    try:
-        print(export_gguf(args.adapter, base=args.base, out=args.out, quantize=args.quantize))
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.common import run_cli
 from training.config import build_parser as build_config_parser
 from training.config import parse_config
 from training.online import OnlineConfig, RewardFn, run_online
+from training.stage_run import run_cli
 
 DESCRIPTION = "GRPO on prompts with a reward model (TRL GRPOTrainer): group-relative advantages."
 LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "bnpo")

@@ -16,22 +16,20 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.common import (
-    cleanup,
+from training.config import MAX_KL, StageConfig, parse_config
+from training.config import build_parser as build_config_parser
+from training.methods import resolve_method
+from training.models import load_model, load_tokenizer
+from training.reference_model import frozen_copy
+from training.result import cleanup, run_dir_for, save_result
+from training.stage_run import (
     kl_watch,
     prepare_run,
     run_cli,
-    run_dir_for,
     run_training,
-    save_result,
     stage_callbacks,
     trainer_arguments,
 )
-from training.config import MAX_KL, StageConfig, parse_config
-from training.config import build_parser as build_config_parser
-from training.dpo import frozen_copy
-from training.methods import resolve_method
-from training.models import load_model, load_tokenizer
 
 DESCRIPTION = "KTO on thumbs-up/down answers (TRL KTOTrainer), unpaired prompt/completion/label rows."
 

@@ -21,13 +21,14 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from training.result import ADAPTER_CONFIG, METADATA_FILE
+
 QUANTIZE = ("none", "8bit", "4bit")
 EXPORT_FILE = "tunehub_export.json"
-TRAINING_FILE = "tunehub_training.json"  # training.common.METADATA_FILE (not imported: it pulls in torch)
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ExportError(ValueError):
@@ -98,7 +99,7 @@ def load_merged(adapter: str | Path, base: str | None):
 
 def _task(adapter: Path) -> str:
     try:
-        return json.loads((adapter / TRAINING_FILE).read_text()).get("task") or "causal_lm"
+        return json.loads((adapter / METADATA_FILE).read_text()).get("task") or "causal_lm"
     except (OSError, json.JSONDecodeError):
         return "causal_lm"
 
@@ -155,19 +156,40 @@ def _check_bitsandbytes() -> None:
         ) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Merge an adapter into its base and save full weights.")
+def run_export_cli(
+    export: Callable[..., Path],
+    description: str,
+    *,
+    out_help: str,
+    quantize: tuple[str, ...],
+    quantize_help: str,
+    argv: list[str] | None,
+) -> int:
+    """`python -m training.merge` and `python -m training.gguf_export`: ADAPTER [--base] --out [--quantize]
+    (the first of `quantize` by default); prints what `export` wrote, or the `ExportError` in one line (exit 2)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("adapter", help="the adapter directory (or a full model tunehub trained)")
     parser.add_argument("--base", help="the base model the adapter was trained on")
-    parser.add_argument("--out", required=True, help="a new directory for the merged model")
-    parser.add_argument("--quantize", default="none", choices=QUANTIZE, help="save 8-bit or 4-bit weights")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--quantize", default=quantize[0], choices=quantize, help=quantize_help)
     args = parser.parse_args(argv)
     try:
-        print(export_merged(args.adapter, base=args.base, out=args.out, quantize=args.quantize))
+        print(export(args.adapter, base=args.base, out=args.out, quantize=args.quantize))
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_export_cli(
+        export_merged,
+        "Merge an adapter into its base and save full weights.",
+        out_help="a new directory for the merged model",
+        quantize=QUANTIZE,
+        quantize_help="save 8-bit or 4-bit weights",
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

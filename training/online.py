@@ -20,19 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import Invalid
-from training.common import (
-    cleanup,
-    prepare_run,
-    run_dir_for,
-    run_training,
-    save_result,
-    stage_callbacks,
-    trainer_arguments,
-)
 from training.config import StageConfig
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.result import cleanup, run_dir_for, save_result
 from training.reward_check import check_reward_model, quality_metrics
+from training.stage_run import prepare_run, run_training, stage_callbacks, trainer_arguments
 
 RewardFn = Callable[..., list[float]]
 

@@ -38,11 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from feedback.errors import Invalid
-from training.common import TrainingFailed, cleanup, prepare_run, run_cli, run_dir_for, write_result
 from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import precision_kwargs, resolve_method
+from training.result import cleanup, run_dir_for, write_result
 from training.reward_check import check_reward_model, quality_metrics
+from training.stage_run import TrainingFailed, prepare_run, run_cli
 
 DESCRIPTION = (
     "PPO on prompts with a reward model: LoRA policy, value head, KL to the base, GAE, clipped losses."
@@ -159,9 +160,9 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
         )
     from peft import PeftModel, get_peft_model
 
-    from training.dpo import frozen_copy
     from training.models import load_model, load_tokenizer
     from training.ppo_loop import REFERENCE_ADAPTER, PPOLoop, drop_long_prompts
+    from training.reference_model import frozen_copy
     from training.rewards import RewardModelScorer
 
     if reward_fn is None:

@@ -26,21 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import Invalid
-from training.common import (
-    cleanup,
-    prepare_run,
-    run_cli,
-    run_dir_for,
-    run_training,
-    save_result,
-    stage_callbacks,
-    trainer_arguments,
-)
 from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.result import cleanup, run_dir_for, save_result
 from training.reward_check import heldout_metrics
+from training.stage_run import prepare_run, run_cli, run_training, stage_callbacks, trainer_arguments
 
 DESCRIPTION = "Train a reward model on preference pairs (TRL RewardTrainer); reports held-out pair accuracy."
 

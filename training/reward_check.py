@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feedback.errors import Invalid
+from training.result import METADATA_FILE
 
 MIN_HELDOUT_ACCURACY = 0.6
-METADATA_FILE = (
-    "tunehub_training.json"  # training.common.METADATA_FILE (not imported: that module is heavier)
-)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.common import run_cli
 from training.config import build_parser as build_config_parser
 from training.config import parse_config
 from training.online import OnlineConfig, RewardFn, run_online
+from training.stage_run import run_cli
 
 DESCRIPTION = (
     "RLOO on prompts with a reward model (TRL RLOOTrainer): leave-one-out baselines, KL to the base."

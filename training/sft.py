@@ -14,20 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.common import (
-    cleanup,
-    prepare_run,
-    run_cli,
-    run_dir_for,
-    run_training,
-    save_result,
-    stage_callbacks,
-    trainer_arguments,
-)
 from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
+from training.result import cleanup, run_dir_for, save_result
+from training.stage_run import prepare_run, run_cli, run_training, stage_callbacks, trainer_arguments
 
 DESCRIPTION = "Supervised fine-tuning on chat conversations (TRL SFTTrainer), loss on assistant replies."
 

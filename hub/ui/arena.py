@@ -112,7 +112,9 @@ def arena_tab(services: UiServices, blocks: gr.Blocks) -> None:
         a, b = Contestant(*battle["a"]), Contestant(*battle["b"])
         user = admit(auth, request)
         with shown_to_user():
-            recorded = feedback.pairwise(user.name, a.generation_id, b.generation_id, outcome, source="ui")
+            recorded = feedback.store.add_pairwise(
+                a.generation_id, b.generation_id, outcome, rater=user.name, source="ui"
+            )
         side = "B" if outcome == "b" else "A"
         kept = current["answers"][1 if outcome == "b" else 0]
         model = b.model if side == "B" else a.model

@@ -228,7 +228,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
             )
         value = "up" if like.liked else "down"
         with shown_to_user():
-            vote = feedback.thumbs(user.name, generation, value, source="ui")
+            vote = feedback.store.add_thumbs(generation, value, rater=user.name, source="ui")
         ratings[index] = value
         choices = THUMBS_UP_REASONS if value == "up" else THUMBS_DOWN_REASONS
         quoted = excerpt(message_text(history[index]["content"])) if index < len(history) else ""
@@ -253,11 +253,11 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
             raise gr.Error("rate an answer with a thumb first")
         user = admit(auth, request)
         with shown_to_user():
-            vote = feedback.thumbs(
-                user.name,
+            vote = feedback.store.add_thumbs(
                 pending["generation_id"],
                 pending["value"],
-                reasons=chosen,
+                rater=user.name,
+                tags=chosen,
                 comment=note,
                 source="ui",
             )
@@ -314,7 +314,7 @@ def chat_tab(services: UiServices, blocks: gr.Blocks) -> None:
             raise gr.Error("the last answer is not stored, so it cannot be corrected")
         user = admit(auth, request)
         with shown_to_user():
-            vote = feedback.edit(user.name, generation, text, source="ui")
+            vote = feedback.store.add_edit(generation, text, rater=user.name, source="ui")
         history = plain_history(history)
         history[-1] = {"role": "assistant", "content": text}  # the conversation goes on from the correction
         return shown(

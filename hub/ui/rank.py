@@ -96,7 +96,7 @@ def rank_tab(services: UiServices, blocks: gr.Blocks) -> None:
         tiers = tiers_from_places(generation_ids, list(chosen[: len(generation_ids)]))
         user = admit(auth, request)
         with shown_to_user():
-            vote = feedback.ranking(user.name, tiers, source="ui")
+            vote = feedback.store.add_ranking(tiers, rater=user.name, source="ui")
         order = " > ".join(" = ".join(str(generation_ids.index(g) + 1) for g in tier) for tier in tiers)
         return (
             {"generation_ids": []},

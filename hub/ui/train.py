@@ -6,7 +6,6 @@ end of its log, and cancel. A gr.Timer polls the job while this tab is on screen
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -16,11 +15,11 @@ import pandas as pd
 from feedback.errors import StoreError
 from feedback.reasons import reason_key
 from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
-from training.jobs.spec import EXPORTS, STAGES, JobError, config_class
-from training.methods import LORA_METHODS, METHODS
+from training.jobs.spec import EXPORTS, STAGES, JobError
+from training.methods import METHODS
 
 from ..feedback_service import THUMBS_DOWN_REASONS
-from ..jobs_service import DEFAULT_PRESET, PRESETS, NoBaseModel, preset_params
+from ..jobs_service import DEFAULT_PRESET, PRESETS, NoBaseModel, job_params, preset_params
 from . import UiServices
 from .login import require_admin
 
@@ -76,25 +75,13 @@ def build_params(
     lora_rank: float | None,
     max_length: float | None,
     advanced: str,
+    exclude_reasons: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The job's params: the form's fields the stage has (0 or empty: the job chooses it, training/auto.py),
-    then the advanced JSON object on top; `JobError` on bad JSON or an unknown stage."""
-    if stage not in STAGES:
-        raise JobError(f"stage {stage!r} is not one of {', '.join(STAGES)}", "stage")
-    known = {f.name for f in dataclasses.fields(config_class(stage))}
-    params: dict[str, Any] = {}
-    for key, value, kind in (
-        ("max_steps", max_steps, int),
-        ("num_train_epochs", epochs, float),
-        ("learning_rate", learning_rate, float),
-        ("per_device_batch_size", batch_size, int),
-        ("max_length", max_length, int),
-    ):
-        if value and key in known:  # empty or 0: left to the job (no setting takes 0)
-            params[key] = kind(value)
-    if lora_rank and method in LORA_METHODS and "lora_rank" in known:
-        params["lora_rank"] = int(lora_rank)
+    """The job's params from the form (`job_params`): its fields (0 or empty: the job chooses it,
+    training/auto.py; no setting takes 0), then the advanced JSON object on top; `JobError` on bad JSON or
+    an unknown stage."""
     text = (advanced or "").strip()
+    extra: dict[str, Any] = {}
     if text:
         try:
             extra = json.loads(text)
@@ -102,8 +89,18 @@ def build_params(
             raise JobError(f"the advanced settings are not valid JSON: {e}", "params") from None
         if not isinstance(extra, dict):
             raise JobError(f"the advanced settings must be a JSON object, got {text[:80]!r}", "params")
-        params.update(extra)
-    return params
+    return job_params(
+        stage,
+        method,
+        max_steps=max_steps or None,
+        epochs=epochs or None,
+        learning_rate=learning_rate or None,
+        batch_size=batch_size or None,
+        max_length=max_length or None,
+        lora_rank=lora_rank or None,
+        exclude_reasons=exclude_reasons,
+        extra=extra,
+    )
 
 
 def default_params(stage: str, method: str = DEFAULT_METHOD) -> dict[str, Any]:
@@ -336,9 +333,7 @@ def train_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer:
     ):  # fmt: skip
         require_admin(auth, request)
         try:
-            params = build_params(stage_, method_, steps, epochs_, lr, batch, rank, length, extra)
-            if reasons_:
-                params["exclude_reasons"] = ",".join(reasons_)
+            params = build_params(stage_, method_, steps, epochs_, lr, batch, rank, length, extra, reasons_)
             created = jobs.submit(
                 stage=stage_,
                 method=method_,

@@ -8,4 +8,5 @@ what happens to the result.
     worker.py    `python -m training.jobs.worker JOB_DIR`: export or read the data, train, report
     publish.py   the finished adapter renamed into the adapters dir, registered, given a served name
     runner.py    the thread that starts queued jobs, follows them, cancels, recovers after a restart
+    worker_process.py  a worker's process group (start, SIGTERM then SIGKILL) and its state file
 """

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from feedback.errors import NotFound
 from feedback.records import Adapter
-from training.common import ADAPTER_CONFIG, METADATA_FILE
 from training.jobs.spec import JobError, JobSpec
+from training.result import ADAPTER_CONFIG, METADATA_FILE
 
 _VERSIONED = re.compile(r"(?P<name>.+)@v?(?P<version>\d+)")
 

@@ -10,9 +10,9 @@ With `trigger=AutoTrigger(...)` each round also queues the stages whose automati
 answers beside the promoted model's are ready before anyone looks at it.
 
 Each job gets ``DATA_DIR/jobs/JOB_ID/``: ``launch.json`` (what the worker runs), ``state.json`` (attempt,
-effective params, worker pid), ``progress.jsonl``, ``worker.log`` and the worker's checkpoints. The worker
-runs in a new process group, so a cancel (SIGTERM, then SIGKILL after a grace period) reaches everything it
-started, and a crash or kill of the worker never touches the process that runs the runner.
+effective params, worker pid), ``progress.jsonl``, ``worker.log`` and the worker's checkpoints. Starting,
+signalling and stopping the worker process, and the state file, are `training.jobs.worker_process`; this
+module decides what runs when, and what a job's end means.
 
 `run_foreground` runs one job to its end in the calling thread (`tunehub train`) with the same code.
 """
@@ -23,32 +23,36 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from feedback.errors import Conflict, StoreError
 from feedback.records import JOB_FINISHED, Adapter, Job
 from training.jobs.faults import diagnose, log_tail, oom_retry
-from training.jobs.launch import format_command, job_command
+from training.jobs.launch import job_command
 from training.jobs.progress import PROGRESS_FILE, ProgressReader, write_event
 from training.jobs.publish import register_result, resolve_parent
 from training.jobs.queue import JobQueue, job_spec
 from training.jobs.spec import JobError, JobSpec, config_class
 from training.jobs.trigger import AutoTrigger
 from training.jobs.worker import LAUNCH_FILE
+from training.jobs.worker_process import (
+    LOG_FILE,
+    Worker,
+    alive,
+    read_state,
+    start_worker,
+    stop_group,
+    worker_env,
+    write_state,
+)
 
 log = logging.getLogger("tunehub.jobs")
-
-STATE_FILE = "state.json"
-LOG_FILE = "worker.log"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 Publish = Callable[[Adapter], str]  # load a registered adapter into the engine; returns its served name
 Replay = Callable[
@@ -63,14 +67,12 @@ class _Running:
     job_id: str
     spec: JobSpec
     job_dir: Path
-    process: subprocess.Popen
-    log_file: IO[bytes]
+    worker: Worker
     reader: ProgressReader
     attempt: int
     params: dict[str, Any]
     parent_ref: str | None
     restarts: int = 0  # hub restarts it went through (each resumed it)
-    kill_at: float | None = None  # SIGKILL after this monotonic time (set when SIGTERM was sent)
     written_at: float = 0.0
     written: tuple = field(default_factory=tuple)
 
@@ -201,12 +203,12 @@ class JobRunner:
             if job.id in self._running:
                 continue
             job_dir = self.jobs_dir / job.id
-            state = _read_state(job_dir)
+            state = read_state(job_dir)
             owner = state.get("owner_pid")
-            if owner and owner != os.getpid() and _alive(owner):
+            if owner and owner != os.getpid() and alive(owner):
                 continue  # another process (a `tunehub train`, another hub) is running it
             if state.get("pid"):
-                _stop_group(state["pid"], self.grace_s, only_if=job.id)
+                stop_group(state["pid"], self.grace_s, only_if=job.id)
             if job.adapter:  # trained, registered and served: the hub stopped during its replay
                 replay = {"error": "the hub stopped during the replay; replay it from the Adapters tab"}
                 self._update(
@@ -221,7 +223,7 @@ class JobRunner:
                 )
                 continue
             state["resume"] = True
-            _write_state(job_dir, state)
+            write_state(job_dir, state)
             metrics = {**job.metrics, "restarts": int(job.metrics.get("restarts", 0)) + 1}
             self._update(job.id, status="queued", metrics=metrics)
             log.info("job %s was running when the hub stopped; queued to resume", job.id)
@@ -253,7 +255,7 @@ class JobRunner:
         spec = job_spec(job)
         job_dir = self.jobs_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
-        state = _read_state(job_dir)
+        state = read_state(job_dir)
         attempt = int(state.get("attempt", 1))
         params = state.get("params", spec.params)
         try:
@@ -277,48 +279,27 @@ class JobRunner:
         except Conflict:
             return None  # cancelled between the queue read and now
         write_event(job_dir / PROGRESS_FILE, "launch", attempt=attempt, resume=launch["resume"])
-        log_file = log_path.open("ab")
         if self.worker_command is not None:
             command = [*self.worker_command, str(job_dir)]
         else:
             command = job_command(spec, job_dir)
-        log_file.write(f"--- attempt {attempt}{' (resuming)' if launch['resume'] else ''}\n".encode())
-        log_file.write(f"$ {format_command(command)}\n".encode())
-        log_file.flush()
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-            env=self._worker_env(spec),
-            start_new_session=True,  # its own process group: signals reach all it starts, and only that
-        )
-        _write_state(
+        note = f"attempt {attempt}{' (resuming)' if launch['resume'] else ''}"
+        worker = start_worker(command, job_dir, worker_env(spec.device, self.env), note=note)
+        write_state(
             job_dir,
-            {**state, "attempt": attempt, "params": params, "pid": process.pid, "owner_pid": os.getpid()},
+            {**state, "attempt": attempt, "params": params, "pid": worker.pid, "owner_pid": os.getpid()},
         )
         log.info(
             "job %s (%s %s) started: pid %d, attempt %d",
             job.id,
             spec.stage,
             spec.method,
-            process.pid,
+            worker.pid,
             attempt,
         )
         reader = ProgressReader(job_dir / PROGRESS_FILE)
         restarts = int(job.metrics.get("restarts", 0))
-        return _Running(
-            job.id, spec, job_dir, process, log_file, reader, attempt, params, parent_ref, restarts
-        )
-
-    def _worker_env(self, spec: JobSpec) -> dict[str, str]:
-        env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        if spec.device.startswith("cuda:"):
-            env["CUDA_VISIBLE_DEVICES"] = spec.device.removeprefix("cuda:")
-        return env
+        return _Running(job.id, spec, job_dir, worker, reader, attempt, params, parent_ref, restarts)
 
     def _poll(self, running: _Running) -> bool:
         """Follow one worker: progress into the store, cancels into signals. True once it is over."""
@@ -335,16 +316,12 @@ class JobRunner:
                     dataset_id=progress.dataset_id,
                 )
         job = self.store.get_job(running.job_id)
-        if job.status == "cancelled" and running.kill_at is None:
-            log.info("job %s cancelled: stopping pid %d", running.job_id, running.process.pid)
-            _signal_group(running.process.pid, signal.SIGTERM)
-            running.kill_at = now + self.grace_s
-        returncode = running.process.poll()
+        if job.status == "cancelled" and not running.worker.cancelling:
+            log.info("job %s cancelled: stopping pid %d", running.job_id, running.worker.pid)
+            running.worker.cancel(self.grace_s)
+        returncode = running.worker.returncode()
         if returncode is None:
-            if running.kill_at is not None and now >= running.kill_at:
-                _signal_group(running.process.pid, signal.SIGKILL)
             return False
-        running.log_file.close()
         if list(self._running) == [running.job_id]:
             self._return_engine()  # the last job on the engine's GPU: wake it before the hot-load
         self._finish(running, returncode, job)
@@ -363,8 +340,8 @@ class JobRunner:
         retry = oom_retry(fault, attempt=running.attempt, params=running.params, defaults=defaults)
         metrics = {**progress.live_metrics(), **running.counts()}
         if retry is not None:
-            state = _read_state(running.job_dir)
-            _write_state(
+            state = read_state(running.job_dir)
+            write_state(
                 running.job_dir, {**state, "attempt": running.attempt + 1, "params": retry, "resume": False}
             )
             metrics["oom_retry"] = {
@@ -452,10 +429,9 @@ class JobRunner:
 
     def _interrupt(self, running: _Running) -> None:
         """Stop a worker because this process is stopping: its job stays "running", to resume later."""
-        _stop_group(running.process.pid, self.grace_s, process=running.process)
-        running.log_file.close()
-        state = _read_state(running.job_dir)
-        _write_state(running.job_dir, {**state, "resume": True})
+        running.worker.stop(self.grace_s)
+        state = read_state(running.job_dir)
+        write_state(running.job_dir, {**state, "resume": True})
 
     def _update(self, job_id: str, **changes) -> None:
         with contextlib.suppress(Conflict):  # cancelled meanwhile: the cancel stands
@@ -473,65 +449,3 @@ def _defaults(stage: str) -> dict[str, Any]:
     import dataclasses
 
     return {f.name: f.default for f in dataclasses.fields(config_class(stage))}
-
-
-def _read_state(job_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((job_dir / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_state(job_dir: Path, state: dict[str, Any]) -> None:
-    job_dir.mkdir(parents=True, exist_ok=True)
-    tmp = job_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, job_dir / STATE_FILE)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)  # the worker leads its own group: its pid is the group id
-
-
-def _is_worker(pid: int, job_id: str) -> bool:
-    """Whether `pid` is still the worker of `job_id` (not a recycled pid), where /proc can tell."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return _alive(pid)
-    return job_id in cmdline
-
-
-def _stop_group(
-    pid: int, grace_s: float, *, process: subprocess.Popen | None = None, only_if: str | None = None
-) -> None:
-    """SIGTERM the process group of `pid`, then SIGKILL it if it is still there after `grace_s`. `process`
-    is our own `Popen` of it (waited on); without it (a worker a previous process started), `only_if` names
-    the job whose worker it must still be."""
-    if only_if is not None and not _is_worker(pid, only_if):
-        return
-    _signal_group(pid, signal.SIGTERM)
-    if process is not None:
-        try:
-            process.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            _signal_group(pid, signal.SIGKILL)
-            process.wait(timeout=30)
-            return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        _signal_group(pid, signal.SIGKILL)

@@ -32,7 +32,8 @@ QUIET_ENVIRONMENT = {"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": 
 def run(job_dir: Path) -> int:
     """Train the job in `job_dir`; returns the exit code. Every failure is also an "error" event."""
     from feedback.errors import StoreError
-    from training.common import METADATA_FILE, TrainingFailed
+    from training.result import METADATA_FILE
+    from training.stage_run import TrainingFailed
 
     progress = job_dir / PROGRESS_FILE
     try:
