@@ -55,7 +55,8 @@ async def answer(engine, model: str | None) -> str:
     return "".join([d.text async for d in engine.generate(request)])
 
 
-def test_each_request_and_adapter_goes_to_its_base(demo_model, full_demo_model, lora_dirs):
+def test_each_request_and_adapter_goes_to_its_base(tmp_path, demo_model, full_demo_model, lora_dirs):
+    from hub.arena import ArenaService
     from hub.metrics import Metrics
     from hub.service import ChatService
     from hub.ui.chat import picker_choices
@@ -95,6 +96,10 @@ def test_each_request_and_adapter_goes_to_its_base(demo_model, full_demo_model, 
                 ("full", "full"),
                 ("on-full (on full)", "on-full"),
             ]
+            arena = ArenaService(
+                service, Store(tmp_path / "feedback.db")
+            )  # it may pit one base against the other
+            assert set(arena.models()) == {"quick", "full", "on-quick", "on-full"}
             await engines.unload_adapter("on-full")
             assert full.adapters() == [] and [a.name for a in engines.adapters()] == ["on-quick"]
         finally:
