@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .adapters import check_adapter_name
 from .engine import AdapterInfo, Delta, Engine, GenerationRequest, ScoreRequest, TokenScores
 from .errors import AdapterConflict, InvalidAdapter, ModelNotFound
 
@@ -142,15 +143,17 @@ class ModelSet:
 
     async def load_adapter(self, name: str, path: Path) -> AdapterInfo:
         path = Path(path)
+        check_adapter_name(name, reserved={e.model_name for e in self._bases})  # every base's name is taken
         if not holds_whole_model(path):
             engine = self._base_for_adapter(path)
-            others = self._taken() - {a.name for a in engine.adapters()}  # a reload on its own base is its
+            # the engine judges names on its own base (its reserved name, a reload); here, the other engines'
+            others = self._taken() - {engine.model_name, *(a.name for a in engine.adapters())}
             if name in others:
-                raise AdapterConflict(f"the name {name!r} is already served", param="name")
+                raise AdapterConflict(f"the name {name!r} is already served", param="lora_name")
             info = await engine.load_adapter(name, path)
             return info if len(self._bases) == 1 else replace(info, parent=engine.model_name)
         if name in self._taken():
-            raise AdapterConflict(f"the name {name!r} is already served", param="name")
+            raise AdapterConflict(f"the name {name!r} is already served", param="lora_name")
         self._loading.add(name)
         try:
             engine = await asyncio.to_thread(self.open_model, name, path)
@@ -204,7 +207,7 @@ class ModelSet:
                 model.retiring = False
                 raise AdapterConflict(
                     f"model {name!r} still has {model.users} running requests after {UNLOAD_WAIT_S:.0f} s",
-                    param="name",
+                    param="lora_name",
                 ) from None
         del self._models[name]
         await model.engine.close()

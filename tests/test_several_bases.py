@@ -83,9 +83,11 @@ def test_each_request_and_adapter_goes_to_its_base(tmp_path, demo_model, full_de
             with pytest.raises(InvalidAdapter) as stray:
                 await engines.load_adapter("stray", lora_dirs["stray"])
             assert "'/elsewhere/x'" in stray.value.message and "quick (" in stray.value.message
-            for taken in ("full", "on-quick"):  # a name is served once, whichever base holds it
-                with pytest.raises(AdapterConflict, match=f"'{taken}' is already served"):
-                    await engines.load_adapter(taken, lora_dirs["on-full"])
+            with pytest.raises(AdapterConflict, match="'on-quick' is already served"):  # on the other base
+                await engines.load_adapter("on-quick", lora_dirs["on-full"])
+            for base in ("full", "quick"):  # every base's name is reserved, whichever base the adapter is for
+                with pytest.raises(InvalidAdapter, match=f"'{base}' is reserved"):
+                    await engines.load_adapter(base, lora_dirs["on-full"])
 
             service = ChatService(engines, Metrics())
             listed = {m.id: m.parent for m in service.models()}

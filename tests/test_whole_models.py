@@ -94,8 +94,10 @@ def test_a_whole_model_is_served_beside_the_base_and_unloaded(demo_model, tuned_
 
             with pytest.raises(AdapterConflict, match="'full-sft' is already served"):
                 await engines.load_adapter("full-sft", tuned_copy)
-            with pytest.raises(AdapterConflict, match="'demo' is already served"):
+            with pytest.raises(InvalidAdapter, match="reserved"):  # the base's own name
                 await engines.load_adapter("demo", tuned_copy)
+            with pytest.raises(InvalidAdapter, match="a/b"):  # names are checked as adapters' are
+                await engines.load_adapter("a/b", tuned_copy)
 
             # several requests at once on the whole model: the unload waits for them, then frees it
             running = [asyncio.ensure_future(answer(engines, p, "full-sft")) for p in PROMPTS]
