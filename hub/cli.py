@@ -21,7 +21,7 @@ from .cli_engine import (
     add_model_options,
     add_vllm_arguments,
     choose_engine,
-    make_vllm_engine,
+    make_vllm_bases,
 )
 from .cli_tools import add_tool_commands
 from .cli_train import add_train_commands
@@ -132,12 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         if choose_engine(settings, args) == "vllm":
-            if settings.more_models:
-                raise ValueError(
-                    "--model given more than once: several base models are served by the local engine; "
-                    "with vLLM, run one hub per model"
-                )
-            engine, open_model, others = make_vllm_engine(settings, args, resolve_model), refuse_on_vllm, []
+            engine, *others = make_vllm_bases(settings, args, resolve_model)
+            open_model = refuse_on_vllm
         else:
             engine, open_model = load_engine_for(settings), local_model_opener(settings)
             others = open_more_bases(settings, taken={engine.model_name})

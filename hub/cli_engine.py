@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .settings import Settings
@@ -97,9 +98,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_vllm_engine(settings: Settings, args: argparse.Namespace, resolve_model):
-    """A remote VLLMEngine for --vllm-url, a ReplicaSet for several, a managed one otherwise. Raises
-    ValueError for bad flags."""
+def make_vllm_bases(settings: Settings, args: argparse.Namespace, resolve_model) -> list:
+    """One vLLM engine per base model, the first `--model` first. With one base, `make_vllm_engine`'s; with
+    several, each `--model` takes the `--vllm-url` at its place (one server per model, given in the same
+    order), or, with no URL at all, a vLLM server of its own that tunehub starts. Raises ValueError for
+    flags that do not pair up."""
+    models = [settings.model, *settings.more_models]
+    if len(models) == 1:
+        return [make_vllm_engine(settings, args, resolve_model)]
+    urls = [args.vllm_url] if isinstance(args.vllm_url, str) else list(args.vllm_url or [])
+    if urls and len(urls) != len(models):
+        raise ValueError(
+            f"--model given {len(models)} times and --vllm-url {len(urls)} times: with several base models, "
+            "give one --vllm-url per --model, in the same order (replicas of one base need a hub of their "
+            "own), or none to start one vLLM server per model"
+        )
+    engines = []
+    for i, model in enumerate(models):
+        first = i == 0
+        one = replace(
+            settings,
+            model=model,
+            more_models=[],
+            served_model_name=settings.served_model_name if first else None,
+        )
+        own = argparse.Namespace(
+            **{
+                **vars(args),
+                "vllm_url": urls[i] if urls else None,
+                "vllm_port": args.vllm_port if first else None,
+            }
+        )
+        engines.append(
+            make_vllm_engine(one, own, resolve_model, log_name="vllm.log" if first else f"vllm-{i + 1}.log")
+        )
+    return engines
+
+
+def make_vllm_engine(
+    settings: Settings, args: argparse.Namespace, resolve_model, *, log_name: str = "vllm.log"
+):
+    """A remote VLLMEngine for --vllm-url, a ReplicaSet for several, a managed one otherwise (its log in
+    the data dir's `log_name`). Raises ValueError for bad flags."""
     from serving.replicas import ReplicaSet
     from serving.vllm import VLLMEngine
     from serving.vllm_process import VLLMOptions
@@ -126,7 +166,7 @@ def make_vllm_engine(settings: Settings, args: argparse.Namespace, resolve_model
     options = VLLMOptions(
         model=source.path,
         port=args.vllm_port or _free_port(),
-        log_path=settings.data_dir / "vllm.log",
+        log_path=settings.data_dir / log_name,
         executable=args.vllm_bin,
         served_model_name=name,
         api_key=args.vllm_api_key,

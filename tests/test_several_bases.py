@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import httpx
@@ -131,12 +132,61 @@ def tunehub_serve_fails(args: list[str]) -> str:
     return err.getvalue()
 
 
-def test_several_bases_on_vllm_are_refused(tmp_path, demo_model, full_demo_model):
+def test_several_bases_on_vllm_take_one_url_each(tmp_path, demo_model, full_demo_model):
     said = tunehub_serve_fails(
         ["--model", str(demo_model), "--model", str(full_demo_model), "--engine", "vllm",
          "--vllm-url", "http://127.0.0.1:9", "--data-dir", str(tmp_path)]
     )  # fmt: skip
-    assert "--model given more than once" in said and "one hub per model" in said, said
+    assert "--model given 2 times and --vllm-url 1 times" in said and "one --vllm-url per --model" in said, (
+        said
+    )
+
+
+@pytest.mark.slow
+def test_a_vllm_hub_starts_one_server_per_base(tmp_path, demo_model, full_demo_model, lora_dirs, monkeypatch):
+    """Managed vLLM (a fake `vllm` that becomes `tunehub engine`): one server per --model, each with its own
+    port and log, its adapters loaded on it, both stopped with the hub."""
+    from tests.test_vllm_hub import REPO, _gone, _vllm_starts
+
+    fake = tmp_path / "bin" / "vllm"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO}/tests/support/fake_vllm.py" "$@"\n')
+    fake.chmod(0o755)
+    starts = tmp_path / "starts.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_ARGS", str(starts))
+    extra = [
+        "--model",
+        str(full_demo_model),
+        "--engine",
+        "vllm",
+        "--vllm-bin",
+        str(fake),
+        "--max-lora-rank",
+        "8",
+    ]
+    with HubProcess(model=demo_model, data_dir=tmp_path / "hub", extra_args=extra) as hub:
+        servers = _vllm_starts(starts)
+        assert sorted(s["argv"][1] for s in servers) == sorted([str(demo_model), str(full_demo_model)])
+        assert len({s["argv"][s["argv"].index("--port") + 1] for s in servers}) == 2
+        assert (hub.data_dir / "vllm.log").exists() and (hub.data_dir / "vllm-2.log").exists()
+        loaded = httpx.post(
+            f"{hub.url}/v1/load_lora_adapter",
+            json={"lora_name": "on-full", "lora_path": str(lora_dirs["on-full"])},
+            timeout=60,
+        )
+        assert loaded.status_code == 200, loaded.text
+        listed = {
+            m["id"]: m.get("parent") for m in httpx.get(f"{hub.url}/v1/models", timeout=30).json()["data"]
+        }
+        assert listed["quick150-v3"] is None and listed["full-v3"] is None and listed["on-full"] == "full-v3"
+        for model in ("quick150-v3", "full-v3", "on-full"):
+            reply = httpx.post(
+                f"{hub.url}/v1/chat/completions",
+                json={"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0},
+                timeout=60,
+            )
+            assert reply.status_code == 200, (model, reply.text)
+    assert all(_gone(s["pid"]) for s in servers), "a vLLM server still runs after the hub stopped"
 
 
 @pytest.mark.slow
