@@ -98,11 +98,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+VLLM_DEFAULT_GPU_SHARE = 0.9  # vLLM's own default --gpu-memory-utilization
+
+
 def make_vllm_bases(settings: Settings, args: argparse.Namespace, resolve_model) -> list:
     """One vLLM engine per base model, the first `--model` first. With one base, `make_vllm_engine`'s; with
     several, each `--model` takes the `--vllm-url` at its place (one server per model, given in the same
-    order), or, with no URL at all, a vLLM server of its own that tunehub starts. Raises ValueError for
-    flags that do not pair up."""
+    order), or, with no URL at all, a vLLM server of its own that tunehub starts (without
+    --gpu-memory-utilization, each takes an even share of vLLM's default 0.9, as they share the GPUs).
+    Raises ValueError for flags that do not pair up."""
     models = [settings.model, *settings.more_models]
     if len(models) == 1:
         return [make_vllm_engine(settings, args, resolve_model)]
@@ -113,6 +117,10 @@ def make_vllm_bases(settings: Settings, args: argparse.Namespace, resolve_model)
             "give one --vllm-url per --model, in the same order (replicas of one base need a hub of their "
             "own), or none to start one vLLM server per model"
         )
+    share = args.gpu_memory_utilization
+    if not urls and share is None:  # several servers tunehub starts share the GPU: vLLM's 0.9 split evenly
+        share = round(VLLM_DEFAULT_GPU_SHARE / len(models), 3)
+        log.info("%d vLLM servers: each takes --gpu-memory-utilization %s", len(models), share)
     engines = []
     for i, model in enumerate(models):
         first = i == 0
@@ -127,6 +135,7 @@ def make_vllm_bases(settings: Settings, args: argparse.Namespace, resolve_model)
                 **vars(args),
                 "vllm_url": urls[i] if urls else None,
                 "vllm_port": args.vllm_port if first else None,
+                "gpu_memory_utilization": share,
             }
         )
         engines.append(

@@ -168,6 +168,8 @@ def test_a_vllm_hub_starts_one_server_per_base(tmp_path, demo_model, full_demo_m
         servers = _vllm_starts(starts)
         assert sorted(s["argv"][1] for s in servers) == sorted([str(demo_model), str(full_demo_model)])
         assert len({s["argv"][s["argv"].index("--port") + 1] for s in servers}) == 2
+        for server in servers:  # they share the GPU: vLLM's default 0.9 split between them
+            assert server["argv"][server["argv"].index("--gpu-memory-utilization") + 1] == "0.45"
         assert (hub.data_dir / "vllm.log").exists() and (hub.data_dir / "vllm-2.log").exists()
         loaded = httpx.post(
             f"{hub.url}/v1/load_lora_adapter",
