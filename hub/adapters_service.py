@@ -63,7 +63,7 @@ def split_ref(ref: str) -> tuple[str, int | None]:
 class AdapterService:
     def __init__(self, store, chat=None) -> None:
         self.store = store
-        self.chat = chat  # hub.service.ChatService, or None where there is no engine (the CLI)
+        self.chat = chat  # hub.chat_service.ChatService, or None where there is no engine (the CLI)
         self.guard = None  # adapter -> None, or raises Conflict: PromotionService.guard in the hub
 
     # ----- reading -------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class AdapterService:
     # ----- status --------------------------------------------------------------------------------------
 
     def promote(self, ref: str, *, override: bool = False) -> Adapter:
-        """Promote a version; the one promoted before it (same base) is retired. The guard (hub/promotion.py:
+        """Promote a version; the one promoted before it (same base) is retired. The guard (hub/promotion_service.py:
         a replay's accuracy drop or KL) may refuse it with Conflict; ``override`` skips the guard. Blocking."""
         adapter = self.get(ref)
         if self.guard is not None and not override:

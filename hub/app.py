@@ -14,24 +14,24 @@ from feedback.store import Store
 from serving.engine import Engine
 from serving.model_set import ModelSet, OpenModel
 
-from .adapters_api import build_adapters_router
 from .adapters_service import AdapterService
-from .api import build_router
-from .arena import ArenaService
+from .api.adapters import build_adapters_router
+from .api.feedback import build_feedback_router
+from .api.jobs import build_jobs_router
+from .api.openai_compat import build_router
+from .api.promotion import build_promotion_router
+from .arena_service import ArenaService
 from .auth import Auth
+from .chat_service import ChatService
 from .conversations import Conversations
-from .datasets import DatasetService
+from .dataset_service import DatasetService
 from .errors import ApiError, install_error_handlers
-from .feedback_api import build_feedback_router
 from .feedback_service import FeedbackService
-from .jobs_api import build_jobs_router, start_runner
-from .jobs_service import JobsService
+from .jobs_service import JobsService, start_runner
 from .limits import BodyLimit, GenerationGate, RateLimiter
 from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
-from .promotion import PromotionService, run_auto_promotion
-from .promotion_api import build_promotion_router
+from .promotion_service import PromotionService, run_auto_promotion
 from .recording import store_recorder
-from .service import ChatService
 from .settings import Settings
 from .whole_models import no_opener
 

@@ -22,12 +22,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from serving.engine import Delta, Engine, GenerationRequest
 from serving.errors import EngineUnavailable
 
-from . import protocol as p
-from .api import build_router
+from .api import protocol as p
+from .api.openai_compat import build_router
 from .auth import Auth
+from .chat_service import ChatService
 from .errors import install_error_handlers
 from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
-from .service import ChatService
 
 
 class SleepableEngine:

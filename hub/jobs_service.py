@@ -1,6 +1,7 @@
 """Training jobs as the API routes and the Train tab both use them: submit (checked by the same `check_spec`),
 list, show, cancel, a job's live view (loss curve from its progress file, the end of its log) and the
-memory estimate for the served model before a run.
+memory estimate for the served model before a run; and the hub's job runner (`start_runner`), which runs
+them, hot-loads each chat result and queues jobs for the automatic trigger.
 
     jobs = JobsService(store, base_model="/data/demo-model", data_dir=Path("tunehub-data"))
     job = jobs.submit(stage="sft", method="lora", data="feedback", name="km", params=preset_params("quick", "sft"))
@@ -10,20 +11,29 @@ memory estimate for the served model before a run.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedback.records import Job
+from feedback.records import Adapter, Job
 from training.jobs.faults import log_tail
 from training.jobs.launch import DEFAULT_STRATEGY, format_command, job_command
 from training.jobs.progress import PROGRESS_FILE, read_progress
+from training.jobs.publish import served_name
 from training.jobs.queue import JobQueue, job_spec
+from training.jobs.runner import JobRunner, Replay
 from training.jobs.spec import STAGES, JobError, JobSpec, check_devices, config_class
+from training.jobs.trigger import SETTINGS_FILE, AutoTrigger, TriggerError, load_rules
 from training.methods import LORA_METHODS
+
+from .chat_service import ChatService
+from .gpu_share import engine_lease
 
 # Hyperparameter presets: optimizer steps (-1: whole epochs instead), epochs, peak lr, rows per batch, LoRA
 # rank. "quick" is a smoke run of a few steps; "thorough" takes a few passes at a gentler rate.
@@ -259,3 +269,64 @@ class JobsService:
             freeze_layers=freeze_layers,
         )
         return format_table(rows, None)
+
+
+# ----- the hub's job runner ------------------------------------------------------------------------------
+
+LOAD_TIMEOUT_S = 300.0
+log = logging.getLogger("tunehub.jobs")
+AUTO_TRAIN_ENV = "TUNEHUB_AUTO_TRAIN"  # a settings file for the automatic trigger outside the data dir
+
+
+def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
+    """What the runner calls (from its thread) with each registered chat adapter: load it into the engine
+    under a new served name, on the event loop, and return that name."""
+
+    def publish(adapter: Adapter) -> str:
+        loaded = {info.name for info in service.engine.adapters()}
+        name = served_name(adapter, loaded)
+        future = asyncio.run_coroutine_threadsafe(service.load_adapter(name, Path(adapter.path)), loop)
+        future.result(timeout=LOAD_TIMEOUT_S)
+        return name
+
+    return publish
+
+
+def auto_trigger(
+    service: ChatService, store, data_dir: Path, chat_template: str | None = None
+) -> AutoTrigger | None:
+    """The automatic trigger from ``DATA_DIR/auto-train.json`` (or the file TUNEHUB_AUTO_TRAIN names);
+    None (off) when there is none. A bad file raises `TriggerError`: the hub refuses to start with it."""
+    named = os.environ.get(AUTO_TRAIN_ENV)
+    path = Path(named) if named else Path(data_dir) / SETTINGS_FILE
+    if not named and not path.exists():
+        return None
+    rules = load_rules(path)
+    base = getattr(service.engine, "model_path", None)
+    if not rules:
+        return None
+    if not base:
+        raise TriggerError(f"auto-train settings {str(path)!r}: this engine has no local base model to train")
+    log.info("auto-train on: %s", ", ".join(f"{r.stage} every {r.min_new} new rows" for r in rules))
+    return AutoTrigger(store, rules, str(base), chat_template=chat_template)
+
+
+def start_runner(
+    service: ChatService,
+    store,
+    data_dir: Path,
+    replay: Replay | None = None,
+    chat_template: str | None = None,
+) -> JobRunner:
+    """The hub's job runner, started, with the automatic trigger when one is set up and `replay` as each
+    chat adapter's last step once it is live; call from the lifespan (it needs the running event loop)."""
+    runner = JobRunner(
+        store,
+        data_dir,
+        publish=adapter_publisher(service, asyncio.get_running_loop()),
+        trigger=auto_trigger(service, store, data_dir, chat_template),
+        engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
+        replay=replay,
+    )
+    runner.start()
+    return runner

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from feedback.store import Store
 
-from .service import GenerationRecord, Recorder
+from .chat_service import GenerationRecord, Recorder
 
 
 def store_recorder(store: Store) -> Recorder:

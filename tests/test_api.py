@@ -279,8 +279,8 @@ def test_completions_stream(hub, base_id):
 def test_text_chunks_are_the_bytes_the_protocol_models_make():
     """Text-only chunks (one per token) are filled into a pre-rendered event: byte for byte what building the
     chunk model gives, for any text, and a model name holding the marker falls back to building it."""
-    from hub import protocol as p
-    from hub.api import _sse, _TextEvents
+    from hub.api import protocol as p
+    from hub.api.openai_compat import _sse, _TextEvents
 
     for model in ("demo", "odd \x00tunehub-text\x00 name"):
 

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from hub.service import DEFAULT_MODEL
+from hub.chat_service import DEFAULT_MODEL
 from tests.support.adapters import make_lora_adapter, rewrite_config
 from tests.support.openai_schema import validate
 from tests.support.server import HubProcess

@@ -14,7 +14,7 @@ import pytest
 
 from feedback import exports
 from feedback.store import Store
-from hub import cli_data
+from hub.cli import data as cli_data
 from hub.cli import main as tunehub
 from tests.support.cli import tunehub_process
 

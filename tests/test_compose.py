@@ -42,7 +42,7 @@ def test_the_replicas_example_puts_two_vllm_servers_behind_one_hub():
 
 def test_the_replicas_example_parses_with_the_flags_tunehub_serve_takes():
     """Every flag the hub's command gives is one `tunehub serve` accepts."""
-    from hub.cli import build_parser
+    from hub.cli.main import build_parser
 
     command = services("docker-compose.replicas.yml")["tunehub"]["command"]
     assert command[:2] == ["tunehub", "serve"]

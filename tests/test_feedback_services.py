@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from feedback.store import Store
-from hub.arena import NoPair, pick_pair
+from hub.arena_service import NoPair, pick_pair
 from hub.auth import Principal
 from hub.conversations import Conversations
 
@@ -39,9 +39,9 @@ def test_candidates_are_drawn_boost_times_as_often():
 def test_the_arena_never_pits_tunehub_default_against_what_it_stands_for(demo_model, tmp_path):
     """`tunehub-default` is an alias of the promoted adapter (or the base): it is listed on the API, but an
     arena battle between it and the model it names would be a model against itself."""
-    from hub.arena import ArenaService
+    from hub.arena_service import ArenaService
+    from hub.chat_service import DEFAULT_MODEL, ChatService
     from hub.metrics import Metrics
-    from hub.service import DEFAULT_MODEL, ChatService
     from serving.loader import load_local_engine
 
     chat = ChatService(load_local_engine(demo_model, model_name="base"), Metrics())

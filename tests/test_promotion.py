@@ -128,7 +128,7 @@ def guarded(tmp_path_factory, full_demo_model):
     """A store with a harmless (zero) and a broken (random, strong) candidate, and the services over it."""
     from hub.adapters_service import AdapterService
     from hub.feedback_service import FeedbackService
-    from hub.promotion import PromotionService
+    from hub.promotion_service import PromotionService
 
     root = tmp_path_factory.mktemp("guard")
     store = Store(root / "feedback.db")
@@ -362,7 +362,7 @@ def test_the_replay_carries_the_reward_models_scores(tmp_path, demo_model):
 
     from hub.adapters_service import AdapterService
     from hub.feedback_service import FeedbackService
-    from hub.promotion import PromotionService
+    from hub.promotion_service import PromotionService
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(demo_model)

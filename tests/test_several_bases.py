@@ -57,9 +57,9 @@ async def answer(engine, model: str | None) -> str:
 
 
 def test_each_request_and_adapter_goes_to_its_base(tmp_path, demo_model, full_demo_model, lora_dirs):
-    from hub.arena import ArenaService
+    from hub.arena_service import ArenaService
+    from hub.chat_service import ChatService
     from hub.metrics import Metrics
-    from hub.service import ChatService
     from hub.ui.chat import picker_choices
     from hub.whole_models import no_opener
 

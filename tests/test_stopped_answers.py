@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from hub import service as service_module
+from hub import chat_service as service_module
+from hub.chat_service import ChatService
 from hub.metrics import Metrics
-from hub.service import ChatService
 from serving.engine import GenerationRequest, SamplingParams
 from serving.loader import load_local_engine
 

@@ -543,7 +543,7 @@ def test_tunehub_train_refuses_a_bad_setting_before_training(demo_model, sft_fil
 
 
 def test_the_cli_knows_every_stage():
-    from hub.cli_train import STAGES
+    from hub.cli.train import STAGES
     from training.jobs.spec import STAGES as SPEC_STAGES
 
     assert tuple(SPEC_STAGES) == STAGES

@@ -121,9 +121,9 @@ def test_the_api_body_carries_the_command_and_devices(jobs, tmp_path):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from hub.api.jobs import build_jobs_router
     from hub.auth import Auth
     from hub.errors import install_error_handlers
-    from hub.jobs_api import build_jobs_router
 
     app = FastAPI()
     install_error_handlers(app)
@@ -180,7 +180,7 @@ def test_the_train_tab_shows_the_command_before_starting(jobs):
 
 
 def test_the_cli_offers_every_strategy():
-    from hub.cli import build_parser
+    from hub.cli.main import build_parser
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]

@@ -186,7 +186,7 @@ def test_the_settings_file_is_checked_naming_rule_and_field(tmp_path):
 def test_the_hub_turns_it_on_only_with_a_settings_file(store, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from hub.jobs_api import AUTO_TRAIN_ENV, auto_trigger
+    from hub.jobs_service import AUTO_TRAIN_ENV, auto_trigger
 
     monkeypatch.delenv(AUTO_TRAIN_ENV, raising=False)
     service = SimpleNamespace(engine=SimpleNamespace(model_path="/models/base"))

@@ -87,7 +87,7 @@ def seed_promotions(store: Store, root: Path, demo_model: Path, data_dir: Path) 
 def test_the_promotion_history_has_each_version_s_rating_and_replay_accuracy(tmp_path: Path, demo_model):
     from hub.adapters_service import AdapterService
     from hub.feedback_service import FeedbackService
-    from hub.promotion import PromotionService
+    from hub.promotion_service import PromotionService
 
     data_dir = tmp_path / "data"
     with Store(data_dir / "feedback.db") as store:

@@ -20,7 +20,7 @@ import pytest
 
 from feedback.generations import generation_id
 from feedback.store import Store
-from hub.cli_engine import choose_engine
+from hub.cli.engine import choose_engine
 from hub.settings import Settings
 from tests.support.engine import EngineProcess
 from tests.support.server import HubProcess
@@ -43,7 +43,7 @@ def _args(**values) -> argparse.Namespace:
 
 
 def test_auto_engine_choice(monkeypatch, fake_vllm, tmp_path):
-    import hub.cli_engine as cli_engine
+    import hub.cli.engine as cli_engine
 
     auto = Settings(engine="auto")
     assert choose_engine(Settings(engine="local"), _args(vllm_url="http://x")) == "local"

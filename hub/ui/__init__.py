@@ -11,40 +11,19 @@ train.py        start a training job with presets and an estimate, follow its lo
 adapters.py     registered adapters: status, lineage, load/unload, promote, rollback, replay (admins only)
 login.py        the login, the user behind each event, the rate limit on generations and votes, the admin
                 guard
+services.py     UiServices: the services the tabs are given
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .services import UiServices
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from ..adapters_service import AdapterService
-    from ..arena import ArenaService
-    from ..auth import Auth
-    from ..conversations import Conversations
-    from ..datasets import DatasetService
-    from ..feedback_service import FeedbackService
-    from ..jobs_service import JobsService
-    from ..promotion import PromotionService
-    from ..service import ChatService
-
-
-@dataclass(frozen=True)
-class UiServices:
-    """The services the UI calls; the same objects the API routes use."""
-
-    chat: ChatService
-    feedback: FeedbackService
-    arena: ArenaService
-    conversations: Conversations
-    datasets: DatasetService
-    auth: Auth
-    jobs: JobsService
-    adapters: AdapterService
-    promotion: PromotionService | None = None  # replays and decisions in the Adapters tab
+__all__ = ["UiServices", "build_ui"]
 
 
 def build_ui(services: UiServices) -> gr.Blocks:

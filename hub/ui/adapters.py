@@ -23,9 +23,9 @@ from training.merge import QUANTIZE
 from training.replay_flips import flip_lines, flip_report
 from training.reward_check import MIN_HELDOUT_ACCURACY
 
-from . import UiServices
 from .charts import promotion_history
 from .login import require_admin, shown_to_user
+from .services import UiServices
 
 REPLAY_HEADERS = ["Prompt", "Expected", "Candidate", "✓", "Promoted model", "✓ "]
 HEADERS = ["Adapter", "Status", "Served as", "Method", "Stage", "Parent", "Metrics", "Created"]

@@ -14,9 +14,9 @@ import gradio as gr
 
 from serving.engine import SamplingParams
 
-from ..arena import Contestant, NoPair, pair_missing
-from . import UiServices
+from ..arena_service import Contestant, NoPair, pair_missing
 from .login import GENERATING, admit, shown_to_user
+from .services import UiServices
 
 OUTCOMES = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}
 

@@ -12,14 +12,14 @@ import asyncio
 
 import gradio as gr
 
+from feedback.connections import new_id
 from feedback.errors import StoreError
 from serving.engine import GenerationRequest, SamplingParams
 
+from ..chat_service import DEFAULT_MODEL, ChatService
 from ..feedback_service import THUMBS_DOWN_REASONS, THUMBS_UP_REASONS
-from ..protocol import new_id
-from ..service import DEFAULT_MODEL, ChatService
-from . import UiServices
 from .login import GENERATING, admit, shown_to_user, user_of
+from .services import UiServices
 
 
 def message_text(content) -> str:

@@ -11,8 +11,8 @@ import gradio as gr
 from feedback.errors import StoreError
 from feedback.exports import FORMATS, KINDS
 
-from . import UiServices
 from .login import require_admin, shown_to_user
+from .services import UiServices
 from .vote_browser import vote_browser
 
 KINDS_SHOWN = ("thumbs", "pairwise", "ranking", "edit")

@@ -8,9 +8,9 @@ import gradio as gr
 
 from feedback.leaderboard import Leaderboard
 
-from . import UiServices
 from .charts import rating_intervals, win_rate_heatmap
 from .login import shown_to_user
+from .services import UiServices
 
 HEADERS = ["Rank", "Model", "Rating", "95% interval", "Votes", "Wins", "Losses", "Ties", "Both bad", "Status"]
 

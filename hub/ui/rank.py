@@ -10,9 +10,9 @@ import gradio as gr
 from feedback.validation import MAX_RANKED, MIN_RANKED
 from serving.engine import SamplingParams
 
-from . import UiServices
 from .chat import picker_choices
 from .login import GENERATING, admit, shown_to_user
+from .services import UiServices
 
 
 def tiers_from_places(generation_ids: list[str], places: list[str | None]) -> list[list[str]]:

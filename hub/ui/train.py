@@ -20,8 +20,8 @@ from training.methods import METHODS
 
 from ..feedback_service import THUMBS_DOWN_REASONS
 from ..jobs_service import DEFAULT_PRESET, PRESETS, NoBaseModel, job_params, preset_params
-from . import UiServices
 from .login import require_admin
+from .services import UiServices
 
 SOURCES = ("feedback: everything", "feedback: only new", "file or directory")
 REASON_CHOICES = tuple(reason_key(r) for r in THUMBS_DOWN_REASONS)  # others can be typed in

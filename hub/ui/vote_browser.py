@@ -12,8 +12,8 @@ import gradio as gr
 from feedback.records import Vote
 from feedback.vote_search import ALL_VALUES, VoteQuery
 
-from . import UiServices
 from .login import require_admin, shown_to_user
+from .services import UiServices
 
 ANY = "any"
 KINDS = (ANY, "thumbs", "pairwise", "ranking", "edit")

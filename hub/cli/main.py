@@ -1,5 +1,5 @@
-"""The `tunehub` command line: serve the hub, build the demo model (train, jobs: hub/cli_train.py; adapters:
-hub/cli_adapters.py; export, users, leaderboard: hub/cli_data.py).
+"""The `tunehub` command line's parser and its own commands: serve the hub, build the demo model (the other
+command groups: the modules beside this one, listed in hub/cli/__init__.py).
 
 tunehub serve [--model PATH_OR_HF_ID] [--host 127.0.0.1] [--port 7860] [--data-dir ./tunehub-data] ...
 tunehub demo-model [--out DIR]
@@ -10,87 +10,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli_adapters import add_adapter_commands
-from .cli_data import add_data_commands
-from .cli_engine import (
+from ..settings import LIMIT_FLAGS, Settings, SettingsError, quiet_environment
+from .adapters import add_adapter_commands
+from .common import load_engine_for, progress_bar, resolve_model, store_is_sound
+from .data import add_data_commands
+from .engine import (
     add_engine_command,
     add_model_options,
     add_vllm_arguments,
     choose_engine,
     make_vllm_bases,
 )
-from .cli_tools import add_tool_commands
-from .cli_train import add_train_commands
-from .settings import LIMIT_FLAGS, Settings, SettingsError, quiet_environment
+from .tools import add_tool_commands
+from .train import add_train_commands
 
 if TYPE_CHECKING:
-    from serving.model_source import ModelSource
+    pass
 
 log = logging.getLogger("tunehub")
-
-
-def _progress_bar(description: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    from tqdm import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=description, unit="step", file=sys.stderr)
-        bar.n = done
-        bar.refresh()
-
-    def close() -> None:
-        if bar is not None:
-            bar.close()
-
-    return update, close
-
-
-def resolve_model(settings: Settings) -> ModelSource:
-    """The model to serve: the given hub id, directory or GGUF file (converted once into the data dir's
-    models/), or the demo model (built on first run, then cached). Raises ModelSourceError."""
-    from serving.model_source import ModelSource, resolve_model_source
-
-    if settings.model:
-        return resolve_model_source(settings.model, settings.models_dir)
-    from training.demo.build import ensure_demo_model
-
-    update, close = _progress_bar("building the demo model (first run only)")
-    try:
-        path = str(ensure_demo_model(settings.data_dir, progress=update))
-    finally:
-        close()
-    return ModelSource(given="", path=path, name="tunehub-demo")
-
-
-def load_engine_for(settings: Settings):
-    """The LocalEngine for `settings` (model, dtype, chat template, quantization, limits), not yet started.
-    Raises ValueError (ModelSourceError, ChatTemplateError) with a message for the user."""
-    from .whole_models import open_local_engine
-
-    source = resolve_model(settings)
-    return open_local_engine(settings, source.path, settings.served_model_name or source.name)
-
-
-def _store_is_sound(path: Path) -> bool:
-    """Check the feedback database before anything slow starts: a damaged file stops the hub with a message
-    naming it, and is never replaced by a new one."""
-    from feedback.errors import CorruptStore
-    from feedback.store import Store
-
-    try:
-        with Store(path) as store:
-            store.check_integrity()
-    except CorruptStore as exc:
-        print(f"tunehub: {exc}", file=sys.stderr)
-        return False
-    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -121,14 +61,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    from .app import build_app
+    from ..app import build_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not _store_is_sound(settings.data_dir / "feedback.db"):
+    if not store_is_sound(settings.data_dir / "feedback.db"):
         return 2
     from serving.errors import EngineError
 
-    from .whole_models import local_model_opener, open_more_bases, refuse_on_vllm
+    from ..whole_models import local_model_opener, open_more_bases, refuse_on_vllm
 
     try:
         if choose_engine(settings, args) == "vllm":
@@ -154,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo_model(args: argparse.Namespace) -> int:
     from training.demo.build import build_demo_model, ensure_demo_model
 
-    update, close = _progress_bar("building the demo model")
+    update, close = progress_bar("building the demo model")
     try:
         if args.out:
             path = build_demo_model(Path(args.out), progress=update)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger("tunehub")
 
@@ -196,8 +196,8 @@ def make_vllm_engine(
 def cmd_engine(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .cli import load_engine_for
-    from .engine_server import build_engine_app
+    from ..engine_server import build_engine_app
+    from .common import load_engine_for
 
     settings = Settings(
         model=args.model,

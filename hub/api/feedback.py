@@ -26,15 +26,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
 
 from feedback.errors import NotFound
-from feedback.leaderboard import Leaderboard
 from feedback.records import Vote
 from feedback.store import Store
 from feedback.vote_search import VoteQuery
 
-from .auth import Auth, Principal
-from .errors import ApiError
-from .feedback_service import FeedbackService, GenerationRef
-from .write_batcher import WriteBatcher
+from ..auth import Auth, Principal
+from ..errors import ApiError
+from ..feedback_service import FeedbackService, GenerationRef
+from ..views import leaderboard_body
+from ..write_batcher import WriteBatcher
 
 # ----- request bodies ----------------------------------------------------------------------------------
 
@@ -180,37 +180,6 @@ def vote_body(vote: Vote, refs: dict[str, GenerationRef]) -> dict:
         withdrawn_at=vote.withdrawn_at,
     )
     return body
-
-
-def leaderboard_body(board: Leaderboard) -> dict:
-    def rounded(x: float | None) -> float | None:
-        return None if x is None else round(x, 1)
-
-    return {
-        "object": "leaderboard",
-        "anchor": board.anchor,
-        "n_votes": board.n_votes,
-        "uncounted_votes": board.n_uncounted,  # between two answers of one model: they rate nothing
-        "rounds": board.rounds,
-        "data": [
-            {
-                "rank": r.rank,
-                "model": r.model,
-                "rating": rounded(r.rating),
-                "lower": rounded(r.lower),
-                "upper": rounded(r.upper),
-                "votes": r.votes,
-                "wins": r.wins,
-                "losses": r.losses,
-                "ties": r.ties,
-                "both_bad": r.both_bad,
-                "provisional": r.provisional,
-            }
-            for r in board.ratings
-        ],
-        "models": board.models,
-        "win_rate": [[None if x is None else round(x, 4) for x in row] for row in board.win_rate],
-    }
 
 
 # ----- routes ------------------------------------------------------------------------------------------

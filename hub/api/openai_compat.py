@@ -14,10 +14,10 @@ from feedback.errors import StoreError
 from serving.engine import Delta, GenerationRequest, SamplingParams
 from serving.errors import EngineError
 
+from ..auth import Auth, Principal
+from ..chat_service import ChatService, Choice
+from ..errors import ApiError, error_body
 from . import protocol as p
-from .auth import Auth, Principal
-from .errors import ApiError, error_body
-from .service import ChatService, Choice
 
 
 def _sampling(body: p._SamplingFields, max_tokens: int | None) -> SamplingParams:

@@ -18,29 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from feedback.records import JOB_STATUSES, Adapter, Job
+from feedback.records import JOB_STATUSES
 from training.jobs.launch import DEFAULT_STRATEGY, STRATEGIES
-from training.jobs.publish import served_name
-from training.jobs.runner import JobRunner, Replay
 from training.jobs.spec import FEEDBACK, STAGES, JobError
-from training.jobs.trigger import SETTINGS_FILE, AutoTrigger, TriggerError, load_rules
 from training.methods import METHODS
 
-from .auth import Auth, Principal
-from .errors import ApiError
-from .gpu_share import engine_lease
-from .jobs_service import JobsService, NoBaseModel
-from .service import ChatService
+from ..auth import Auth, Principal
+from ..errors import ApiError
+from ..jobs_service import JobsService, NoBaseModel
+from ..views import job_body
 
-LOAD_TIMEOUT_S = 300.0
-AUTO_TRAIN_ENV = "TUNEHUB_AUTO_TRAIN"  # a settings file for the automatic trigger outside the data dir
 log = logging.getLogger("tunehub.jobs")
 
 
@@ -63,33 +55,6 @@ class CreateJob(BaseModel):
     # checked by check_spec: more than 1 runs under `accelerate launch` with the strategy's shipped config
     gpus: int = Field(1, description="GPUs (processes) the job trains on")
     strategy: str = Field(DEFAULT_STRATEGY, description=f"with gpus > 1: one of {', '.join(STRATEGIES)}")
-
-
-def job_body(job: Job, command: str | None = None) -> dict[str, Any]:
-    spec = job.params
-    return {
-        "id": job.id,
-        "object": "training.job",
-        "stage": job.stage,
-        "method": job.method,
-        "name": spec.get("name"),
-        "data": spec.get("data"),
-        "parent": spec.get("parent"),
-        "params": spec.get("params", {}),
-        "gpus": spec.get("gpus", 1),
-        "strategy": spec.get("strategy", DEFAULT_STRATEGY),
-        "command": command,  # the exact command the runner runs for it
-        "trigger": spec.get("trigger"),  # set when the automatic trigger queued it: its count and newest vote
-        "status": job.status,
-        "progress": job.progress,
-        "adapter": job.adapter,
-        "error": job.error,
-        "metrics": job.metrics,
-        "dataset_id": job.dataset_id,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
 
 
 def build_jobs_router(jobs: JobsService, auth: Auth) -> APIRouter:
@@ -140,57 +105,3 @@ def build_jobs_router(jobs: JobsService, auth: Auth) -> APIRouter:
         return job_body(job, jobs.command(job))
 
     return router
-
-
-def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
-    """What the runner calls (from its thread) with each registered chat adapter: load it into the engine
-    under a new served name, on the event loop, and return that name."""
-
-    def publish(adapter: Adapter) -> str:
-        loaded = {info.name for info in service.engine.adapters()}
-        name = served_name(adapter, loaded)
-        future = asyncio.run_coroutine_threadsafe(service.load_adapter(name, Path(adapter.path)), loop)
-        future.result(timeout=LOAD_TIMEOUT_S)
-        return name
-
-    return publish
-
-
-def auto_trigger(
-    service: ChatService, store, data_dir: Path, chat_template: str | None = None
-) -> AutoTrigger | None:
-    """The automatic trigger from ``DATA_DIR/auto-train.json`` (or the file TUNEHUB_AUTO_TRAIN names);
-    None (off) when there is none. A bad file raises `TriggerError`: the hub refuses to start with it."""
-    named = os.environ.get(AUTO_TRAIN_ENV)
-    path = Path(named) if named else Path(data_dir) / SETTINGS_FILE
-    if not named and not path.exists():
-        return None
-    rules = load_rules(path)
-    base = getattr(service.engine, "model_path", None)
-    if not rules:
-        return None
-    if not base:
-        raise TriggerError(f"auto-train settings {str(path)!r}: this engine has no local base model to train")
-    log.info("auto-train on: %s", ", ".join(f"{r.stage} every {r.min_new} new rows" for r in rules))
-    return AutoTrigger(store, rules, str(base), chat_template=chat_template)
-
-
-def start_runner(
-    service: ChatService,
-    store,
-    data_dir: Path,
-    replay: Replay | None = None,
-    chat_template: str | None = None,
-) -> JobRunner:
-    """The hub's job runner, started, with the automatic trigger when one is set up and `replay` as each
-    chat adapter's last step once it is live; call from the lifespan (it needs the running event loop)."""
-    runner = JobRunner(
-        store,
-        data_dir,
-        publish=adapter_publisher(service, asyncio.get_running_loop()),
-        trigger=auto_trigger(service, store, data_dir, chat_template),
-        engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
-        replay=replay,
-    )
-    runner.start()
-    return runner

@@ -17,11 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+from .common import DATA_DIR_HELP, open_store, progress_bar, resolve_model
+
 # training.jobs.spec.STAGES (a test keeps them equal)
 STAGES = ("sft", "reward", "dpo", "kto", "ppo", "rloo", "grpo")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # serving/loader.DTYPE_CHOICES, the stage's precision
-DATA_DIR_HELP = "the hub's data directory (its store, jobs and adapters)"
 
 
 def _parse_value(text: str):
@@ -32,7 +33,7 @@ def _parse_value(text: str):
 
 
 def _params(args: argparse.Namespace) -> dict:
-    from .jobs_service import job_params
+    from ..jobs_service import job_params
 
     settings = {}
     for item in args.set or []:
@@ -59,12 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.jobs.runner import JobRunner
     from training.jobs.spec import JobError, JobSpec
 
-    from .cli import _progress_bar
-    from .settings import Settings
+    from ..settings import Settings
 
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    from .cli import resolve_model
 
     try:  # a hub id, directory or GGUF file (converted once), or the demo model
         base = resolve_model(Settings(model=args.base, data_dir=data_dir)).path
@@ -101,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"tunehub: {e.param}: {e.message}", file=sys.stderr)
             return 2
         print(f"job {job.id}: {args.stage} {args.method} -> {args.name}", file=sys.stderr)
-        update, close = _progress_bar(f"{args.stage} {args.name}")
+        update, close = progress_bar(f"{args.stage} {args.name}")
 
         def on_progress(progress) -> None:
             if progress.total:
@@ -133,17 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_store(args: argparse.Namespace):
-    from feedback.store import Store
-
-    path = Path(args.data_dir) / "feedback.db"
-    if not path.exists():
-        raise SystemExit(f"tunehub: no feedback store at {path}; pass the --data-dir the hub serves from")
-    return Store(path)
-
-
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    with _job_store(args) as store:
+    with open_store(args) as store:
         jobs = store.list_jobs(status=args.status, limit=args.limit)
     if not jobs:
         print("no jobs")
@@ -164,9 +154,9 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     from training.jobs.launch import format_command, job_command
     from training.jobs.queue import job_spec
 
-    from .jobs_api import job_body
+    from ..views import job_body
 
-    with _job_store(args) as store:
+    with open_store(args) as store:
         try:
             job = store.get_job(args.job_id)
         except NotFound as e:
@@ -183,7 +173,7 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     from feedback.errors import StoreError
     from training.jobs.queue import JobQueue
 
-    with _job_store(args) as store:
+    with open_store(args) as store:
         try:
             job = JobQueue(store).cancel(args.job_id)
         except StoreError as e:

@@ -82,7 +82,7 @@ class ChatService:
         self.started = int(time.time())
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         # the served name of the promoted adapter (None: the base), for requests naming DEFAULT_MODEL;
-        # hub/promotion.py's PromotionService.default_adapter in the hub. Unset (`tunehub engine`, no store):
+        # hub/promotion_service.py's PromotionService.default_adapter in the hub. Unset (`tunehub engine`, no store):
         # DEFAULT_MODEL is neither listed nor routed, as vLLM would not know it
         self.default_adapter: Callable[[], str | None] | None = None
         # answers stopped by their consumer (keep_partial), waiting for it to say what it showed

@@ -31,19 +31,19 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from .cli_train import DATA_DIR_HELP, _job_store
+from .common import DATA_DIR_HELP, open_store
 
 ADAPTER_STATUSES = ("candidate", "promoted", "retired")  # feedback.records.ADAPTER_STATUSES
 
 
 def _service(store):
-    from .adapters_service import AdapterService
+    from ..adapters_service import AdapterService
 
     return AdapterService(store)
 
 
 def cmd_adapters_list(args: argparse.Namespace) -> int:
-    with _job_store(args) as store:
+    with open_store(args) as store:
         rows = [r for r in _service(store).rows() if args.status in (None, r.adapter.status)]
     if not rows:
         print("no adapters")
@@ -61,7 +61,7 @@ def cmd_adapters_list(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, action) -> int:
     from feedback.errors import StoreError
 
-    with _job_store(args) as store:
+    with open_store(args) as store:
         try:
             return action(_service(store))
         except StoreError as e:
@@ -81,8 +81,8 @@ def cmd_adapters_show(args: argparse.Namespace) -> int:
 
 def _replay_summary(adapters, ref: str) -> dict | None:
     """The stored replay's accuracies and flip report (nothing is replayed here), or None without one."""
-    from .feedback_service import FeedbackService
-    from .promotion import PromotionService
+    from ..feedback_service import FeedbackService
+    from ..promotion_service import PromotionService
 
     store = adapters.store
     report = PromotionService(store, adapters, FeedbackService(store), Path(store.path).parent).report(ref)
@@ -99,8 +99,8 @@ def _replay_summary(adapters, ref: str) -> dict | None:
 def cmd_adapters_promote(args: argparse.Namespace) -> int:
     def promote(adapters) -> int:
         if not args.override:  # the same guard as the hub's (replays the candidate first: seconds)
-            from .feedback_service import FeedbackService
-            from .promotion import PromotionService
+            from ..feedback_service import FeedbackService
+            from ..promotion_service import PromotionService
 
             store = adapters.store
             data_dir = Path(store.path).parent

@@ -31,8 +31,8 @@ from training.jobs.publish import newest_reward_model, served_name
 from training.replay_flips import flip_report
 
 from .adapters_service import AdapterService
+from .chat_service import DEFAULT_MODEL  # noqa: F401  (re-exported: the name the API and Chat tab use)
 from .feedback_service import FeedbackService
-from .service import DEFAULT_MODEL  # noqa: F401  (re-exported: the name the API and Chat tab use)
 
 log = logging.getLogger("tunehub.promotion")
 REPLAY_TIMEOUT_S = 1800.0  # a replay on a real model on CPU takes minutes

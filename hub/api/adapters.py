@@ -20,8 +20,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from .adapters_service import AdapterRow, AdapterService
-from .auth import Auth, Principal
+from ..adapters_service import AdapterRow, AdapterService
+from ..auth import Auth, Principal
 
 
 def adapter_body(row: AdapterRow) -> dict[str, Any]:

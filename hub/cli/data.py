@@ -16,21 +16,13 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
+
+from .common import open_store
 
 # the same lists as feedback.exports.KINDS / FORMATS (a test keeps them equal); importing the store here
 # would slow down every `tunehub --help`
 KINDS = ("sft", "pairs", "kto", "prompts")
 FORMATS = ("trl", "alpaca", "sharegpt")
-
-
-def _store(args: argparse.Namespace):
-    from feedback.store import Store
-
-    path = Path(args.data_dir) / "feedback.db"
-    if not path.exists() and not getattr(args, "create", False):
-        raise SystemExit(f"tunehub: no feedback store at {path}; pass the --data-dir the hub serves from")
-    return Store(path)
 
 
 def _reporting_store_errors(
@@ -54,7 +46,7 @@ def _reporting_store_errors(
 def cmd_export(args: argparse.Namespace) -> int:
     from feedback.exports import export_dataset
 
-    with _store(args) as store:
+    with open_store(args) as store:
         export = export_dataset(
             store,
             args.kind,
@@ -94,7 +86,7 @@ def _password(args: argparse.Namespace, *, required: bool) -> str | None:
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
-    from .auth import ADMIN_USER
+    from ..auth import ADMIN_USER
 
     if args.name == ADMIN_USER:
         print(
@@ -104,8 +96,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
         )
         return 1
     password = _password(args, required=False)
-    args.create = True
-    with _store(args) as store:
+    with open_store(args, create=True) as store:
         rater = store.add_rater(args.name, role=args.role, password=password)
     login = "can sign in to the UI" if rater.has_password else "has no password yet (tunehub users passwd)"
     print(f"added {rater.role} {rater.name}; {login}")
@@ -113,7 +104,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with open_store(args) as store:
         raters = store.list_raters()
         counts = store.counts().by_rater
     if not raters:
@@ -130,14 +121,14 @@ def cmd_users_passwd(args: argparse.Namespace) -> int:
     password = _password(args, required=True)
     if not password:
         raise SystemExit("tunehub: the password is empty; nothing was changed")
-    with _store(args) as store:
+    with open_store(args) as store:
         store.set_password(args.name, password)
     print(f"password of {args.name} changed")
     return 0
 
 
 def cmd_users_key(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with open_store(args) as store:
         record, key = store.create_api_key(args.name, label=args.label)
     print(key)
     print(
@@ -148,7 +139,7 @@ def cmd_users_key(args: argparse.Namespace) -> int:
 
 
 def cmd_users_keys(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with open_store(args) as store:
         keys = store.list_api_keys(args.name)
     for k in keys:
         state = f"revoked {k.revoked_at}" if k.revoked_at else "live"
@@ -157,7 +148,7 @@ def cmd_users_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_users_revoke(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with open_store(args) as store:
         key = store.revoke_api_key(args.key_id)
     print(f"API key {key.id} of {key.rater} revoked")
     return 0
@@ -169,12 +160,12 @@ def cmd_users_revoke(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from feedback.leaderboard import fit_leaderboard
 
-    with _store(args) as store:
+    with open_store(args) as store:
         board = fit_leaderboard(
             store.pairwise_counts(), anchor=args.anchor, rounds=args.rounds, min_votes=args.min_votes
         )
     if args.json:
-        from .feedback_api import leaderboard_body
+        from ..views import leaderboard_body
 
         print(json.dumps(leaderboard_body(board), indent=1))
         return 0

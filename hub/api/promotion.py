@@ -18,9 +18,9 @@ import asyncio
 
 from fastapi import APIRouter, Depends
 
-from .auth import Auth, Principal
-from .errors import ApiError
-from .promotion import PromotionService
+from ..auth import Auth, Principal
+from ..errors import ApiError
+from ..promotion_service import PromotionService
 
 
 def build_promotion_router(promotion: PromotionService, auth: Auth) -> APIRouter:

@@ -12,11 +12,11 @@ import random
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 
+from feedback.connections import new_id
 from feedback.store import Store, generation_id
 from serving.engine import GenerationRequest, SamplingParams
 
-from .protocol import new_id
-from .service import DEFAULT_MODEL, ChatService
+from .chat_service import DEFAULT_MODEL, ChatService
 
 
 def pick_pair(
