@@ -241,7 +241,7 @@ class AdapterService:
         """At hub start: load every candidate or promoted chat adapter of a served base whose directory exists.
         One that fails to load is logged and skipped; the hub serves the rest."""
         chat = self._engine()
-        paths = [getattr(engine, "model_path", "") or "" for engine in chat.base_engines()]
+        paths = [engine.model_path for engine in chat.base_engines()]
         bases = {p for path in paths if path for p in (path, str(Path(path).resolve()))}
         loaded = []
         for row in reversed(self.rows()):  # oldest first, so earlier versions keep their plain names

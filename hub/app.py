@@ -86,7 +86,7 @@ def served_chat_template(engine: Engine, settings: Settings) -> str | None:
     the hub starts: they train the base with the template it is served with. None without the option."""
     if not settings.chat_template:
         return None
-    return getattr(getattr(engine, "tokenizer", None), "chat_template", None) or None
+    return engine.chat_template
 
 
 def build_app(
@@ -105,10 +105,10 @@ def build_app(
     more base models served beside `engine`, each with its own adapters. Nothing runs at import."""
     engine = ModelSet(engine, open_model=open_model or no_opener, others=other_bases)
     metrics = Metrics(
-        adapter_count=lambda: len(engine.adapters()), replicas=getattr(engine, "replica_status", None)
+        adapter_count=lambda: len(engine.adapters()),
+        replicas=engine.replica_status if engine.replica_status() else None,
     )
-    if hasattr(engine, "observe_steps"):
-        engine.observe_steps(metrics.batch_size.observe)
+    engine.observe_steps(metrics.batch_size.observe)
     if store is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.data_dir / "feedback.db")
@@ -133,7 +133,7 @@ def build_app(
     chat_template = served_chat_template(engine, settings)
     jobs = JobsService(
         store,
-        getattr(engine, "model_path", None) or None,
+        engine.model_path or None,
         settings.data_dir,
         chat_template,
         other_bases={e.model_name: e.model_path for e in engine.bases()[1:]},

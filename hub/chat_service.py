@@ -103,7 +103,7 @@ class ChatService:
             ModelEntry(
                 id=engine.model_name,
                 created=self.started,
-                root=getattr(engine, "model_path", None) or None,
+                root=engine.model_path or None,
                 max_model_len=engine.max_context,
             )
             for engine in self.base_engines()
@@ -117,7 +117,7 @@ class ChatService:
                     id=DEFAULT_MODEL,
                     created=self.started,
                     parent=engine.model_name,  # an alias of the promoted adapter or of the base itself
-                    root=promoted or getattr(engine, "model_path", None) or None,
+                    root=promoted or engine.model_path or None,
                     max_model_len=engine.max_context,
                 ),
             )

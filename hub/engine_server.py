@@ -71,8 +71,7 @@ def build_engine_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     """A FastAPI app serving `engine` (not yet started: the lifespan starts and stops it)."""
     sleepable = SleepableEngine(engine)
     metrics = Metrics(adapter_count=lambda: len(engine.adapters()))
-    if hasattr(engine, "observe_steps"):
-        engine.observe_steps(metrics.batch_size.observe)
+    engine.observe_steps(metrics.batch_size.observe)
     service = ChatService(sleepable, metrics)
 
     @asynccontextmanager

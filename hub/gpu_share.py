@@ -32,8 +32,4 @@ class SleepingEngineLease:
 def engine_lease(engine, loop: asyncio.AbstractEventLoop) -> SleepingEngineLease | None:
     """A lease when the engine is a vLLM that tunehub started with sleep mode (it holds this machine's GPU);
     None otherwise: the local engine, or a remote vLLM on other GPUs, keeps serving while jobs train."""
-    process = getattr(engine, "process", None)
-    options = getattr(process, "options", None)
-    if options is None or not getattr(options, "enable_sleep_mode", False):
-        return None
-    return SleepingEngineLease(engine, loop)
+    return SleepingEngineLease(engine, loop) if engine.can_sleep else None

@@ -302,7 +302,7 @@ def auto_trigger(
     if not named and not path.exists():
         return None
     rules = load_rules(path)
-    base = getattr(service.engine, "model_path", None)
+    base = service.engine.model_path
     if not rules:
         return None
     if not base:

@@ -7,7 +7,7 @@ and judges, and no second copy of the model is loaded for that."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -96,10 +96,43 @@ class TokenScores:
 
 
 class Engine(Protocol):
-    """What the hub needs from a serving backend."""
+    """What the hub needs from a serving backend: everything it asks of one, so it never probes."""
 
     model_name: str  # the name the base model is served under
     max_context: int
+    model_path: str  # where the base model was loaded from ("" when the engine does not say)
+
+    @property
+    def ready(self) -> bool:
+        """Started and able to answer (cheap; `health_problem` asks further for an engine elsewhere)."""
+        ...
+
+    async def health_problem(self) -> str | None:
+        """Why it cannot serve now, or None; for an engine in another process a probe (cached briefly)."""
+        ...
+
+    def replica_status(self) -> list[dict]:
+        """Each replica's state (URL, health, requests in flight, adapters), or [] for a single engine."""
+        ...
+
+    def observe_steps(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(rows)` after each decode step (an engine without steps of its own never calls it)."""
+        ...
+
+    @property
+    def chat_template(self) -> str | None:
+        """The chat template it applies when it templates chats itself (None: the server's own, or none)."""
+        ...
+
+    @property
+    def can_sleep(self) -> bool:
+        """Whether `sleep` frees this machine's GPU for a training job (a vLLM tunehub started with sleep
+        mode); the others keep serving while jobs train."""
+        ...
+
+    async def sleep(self, level: int = 1) -> None: ...
+
+    async def wake_up(self) -> None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
 

@@ -166,6 +166,26 @@ class LocalEngine:
     def ready(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._healthy
 
+    async def health_problem(self) -> str | None:
+        return None if self.ready else "the engine is not ready"
+
+    def replica_status(self) -> list[dict]:
+        return []
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or None
+
+    @property
+    def can_sleep(self) -> bool:
+        return False  # its weights stay where they are: there is no GPU memory to hand to a job on CPU
+
+    async def sleep(self, level: int = 1) -> None:
+        raise EngineUnavailable("the local engine does not sleep")
+
+    async def wake_up(self) -> None:
+        raise EngineUnavailable("the local engine does not sleep")
+
     # ----- requests -------------------------------------------------------------------------------------
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:

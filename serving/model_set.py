@@ -28,7 +28,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from .adapters import check_adapter_name
 from .engine import AdapterInfo, Delta, Engine, GenerationRequest, ScoreRequest, TokenScores
@@ -86,12 +85,38 @@ class ModelSet:
     def max_context(self) -> int:
         return self.base.max_context
 
-    def __getattr__(self, name: str) -> Any:
-        """The primary base's optional parts (model_path, tokenizer, ready, health_problem, replica_status,
-        observe_steps, process): the hub asks the primary base for them."""
-        if name.startswith("_") or name in ("base", "open_model"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
+    @property
+    def model_path(self) -> str:
+        return self.base.model_path
+
+    @property
+    def ready(self) -> bool:
+        return self.base.ready
+
+    async def health_problem(self) -> str | None:
+        """The primary base's: the hub is up while it serves (another base that fails, fails its requests)."""
+        return await self.base.health_problem()
+
+    def replica_status(self) -> list[dict]:
+        return self.base.replica_status()
+
+    def observe_steps(self, callback: Callable[[int], None]) -> None:
+        for engine in self._bases:
+            engine.observe_steps(callback)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.base.chat_template
+
+    @property
+    def can_sleep(self) -> bool:
+        return self.base.can_sleep
+
+    async def sleep(self, level: int = 1) -> None:
+        await self.base.sleep(level)
+
+    async def wake_up(self) -> None:
+        await self.base.wake_up()
 
     def bases(self) -> list[Engine]:
         """The base models' engines, the primary first."""
@@ -188,7 +213,7 @@ class ModelSet:
         for engine in self._bases:
             if same_model(named, engine):
                 return engine
-        served = ", ".join(f"{e.model_name} ({getattr(e, 'model_path', '') or '?'})" for e in self._bases)
+        served = ", ".join(f"{e.model_name} ({e.model_path or '?'})" for e in self._bases)
         raise InvalidAdapter(
             f"adapter {str(path)!r} was trained on {named or 'an unnamed base'!r}, which is none of the served "
             f"base models: {served}",
@@ -278,7 +303,7 @@ def same_model(named: str, engine: Engine) -> bool:
     or the same directory."""
     if not named:
         return False
-    path = str(getattr(engine, "model_path", "") or "")
+    path = engine.model_path or ""
     if named in (engine.model_name, path):
         return True
     try:

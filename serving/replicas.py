@@ -124,6 +124,23 @@ class ReplicaSet:
     def _down_report(self) -> str:
         return "; ".join(f"{r.url}: {r.problem}" for r in self.replicas if not r.healthy)
 
+    def observe_steps(self, callback) -> None:
+        """The replicas' steps are their own: nothing to observe here."""
+
+    @property
+    def chat_template(self) -> str | None:
+        return None  # each server applies its model's template
+
+    @property
+    def can_sleep(self) -> bool:
+        return False  # servers tunehub did not start hold GPUs of their own
+
+    async def sleep(self, level: int = 1) -> None:
+        raise EngineUnavailable("replicas are servers of their own: they do not sleep for the hub's jobs")
+
+    async def wake_up(self) -> None:
+        raise EngineUnavailable("replicas are servers of their own: they do not sleep for the hub's jobs")
+
     async def health_problem(self) -> str | None:
         """None while at least one replica is in rotation, else each replica's problem."""
         if self.ready:

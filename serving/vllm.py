@@ -140,6 +140,20 @@ class VLLMEngine:
     def ready(self) -> bool:
         return self._up and (self.process is None or self.process.running)
 
+    def replica_status(self) -> list[dict]:
+        return []
+
+    def observe_steps(self, callback) -> None:
+        """vLLM's steps are its own (its /metrics has them): nothing to observe here."""
+
+    @property
+    def chat_template(self) -> str | None:
+        return None  # vLLM applies the model's template (or its --chat-template) itself
+
+    @property
+    def can_sleep(self) -> bool:
+        return self.process is not None and self.process.options.enable_sleep_mode
+
     async def health_problem(self) -> str | None:
         """None while the vLLM server answers its /health, else why not (naming its URL). A cached probe,
         so the hub's /health stays cheap: a remote server can die without `ready` noticing."""

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from starlette.routing import Mount
 
+from tests.support.no_engine import NoEngine
 from tests.support.openai_schema import validate
 
 API_KEY, ADMIN_PASSWORD = "test-key", "test-admin"  # what the `secured_hub` fixture starts with
@@ -91,17 +92,6 @@ def matrix(model: str) -> dict[tuple[str, str], tuple[str, dict | None, dict]]:
     }
 
 
-class _NoEngine:
-    """Enough of an engine for build_app to wire its routes; never started."""
-
-    model_name = "matrix-model"
-    model_path = ""
-    max_context = 16
-
-    def adapters(self) -> list:
-        return []
-
-
 def _flat(routes: list) -> list:
     """FastAPI 0.165 keeps an included router as one route object; its routes are inside (no prefixes here)."""
     found = []
@@ -119,7 +109,7 @@ def app_routes(tmp_path: Path) -> set[tuple[str, str]]:
 
     settings = Settings(data_dir=tmp_path, api_key="k", admin_password="a")
     with Store(tmp_path / "feedback.db") as store:
-        app = build_app(settings, _NoEngine(), store=store, with_ui=False, run_jobs=False)
+        app = build_app(settings, NoEngine("matrix-model"), store=store, with_ui=False, run_jobs=False)
         routes = set()
         for route in _flat(app.routes):
             assert not isinstance(route, Mount), f"a mount besides the UI: {route.path}"

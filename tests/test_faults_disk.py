@@ -26,17 +26,7 @@ import pytest
 from feedback.store import Store
 from hub.app import build_app
 from hub.settings import Settings
-
-
-class _NoEngine:
-    """Enough of an engine for build_app; votes never reach it."""
-
-    model_name = "disk-model"
-    model_path = ""
-    max_context = 16
-
-    def adapters(self) -> list:
-        return []
+from tests.support.no_engine import NoEngine
 
 
 class TmpfsDisk:
@@ -133,7 +123,9 @@ def test_a_full_disk_refuses_votes_cleanly_and_loses_nothing(disk):
             for i in range(400)
         ]
         disk.attach(store)
-        app = build_app(Settings(data_dir=disk.root), _NoEngine(), store=store, with_ui=False, run_jobs=False)
+        app = build_app(
+            Settings(data_dir=disk.root), NoEngine("disk-model"), store=store, with_ui=False, run_jobs=False
+        )
         asyncio.run(vote_through_a_full_disk(app, disk, database, generations))
     finally:
         store.close()

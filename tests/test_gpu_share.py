@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -74,17 +73,32 @@ def test_the_runner_leaves_an_engine_without_a_lease_alone(tmp_path):
         assert runner.engine_lease is None
 
 
-def test_only_a_managed_vllm_with_sleep_mode_gets_a_lease():
+def test_only_a_managed_vllm_with_sleep_mode_gets_a_lease(tmp_path, demo_model):
+    """Asked of the engines as the hub builds them (none started): the local engine and a vLLM elsewhere
+    keep serving; a vLLM tunehub starts gets a lease only with sleep mode; the hub's ModelSet says what its
+    primary base says."""
+    from serving.loader import load_local_engine
+    from serving.model_set import ModelSet
+    from serving.vllm import VLLMEngine
+    from serving.vllm_process import VLLMOptions
+    from tests.support.no_engine import NoEngine
+
+    def managed(sleep: bool) -> VLLMEngine:
+        options = VLLMOptions(model="m", port=1, log_path=tmp_path / "vllm.log", enable_sleep_mode=sleep)
+        return VLLMEngine.managed(options)
+
     loop = asyncio.new_event_loop()
     try:
-        local = SimpleNamespace(model_name="demo")  # the local engine: no vLLM process
-        remote = SimpleNamespace(process=None)  # a vLLM elsewhere: its GPUs are not ours
-        awake = SimpleNamespace(process=SimpleNamespace(options=SimpleNamespace(enable_sleep_mode=False)))
-        sleepy = SimpleNamespace(process=SimpleNamespace(options=SimpleNamespace(enable_sleep_mode=True)))
+        local = load_local_engine(demo_model, model_name="demo")  # its weights stay put
+        remote = VLLMEngine("http://127.0.0.1:1")  # a vLLM elsewhere: its GPUs are not ours
         assert engine_lease(local, loop) is None
         assert engine_lease(remote, loop) is None
-        assert engine_lease(awake, loop) is None
-        assert isinstance(engine_lease(sleepy, loop), SleepingEngineLease)
+        assert engine_lease(managed(sleep=False), loop) is None
+        assert isinstance(engine_lease(managed(sleep=True), loop), SleepingEngineLease)
+        assert isinstance(
+            engine_lease(ModelSet(managed(sleep=True), open_model=None), loop), SleepingEngineLease
+        )
+        assert engine_lease(ModelSet(NoEngine(), open_model=None), loop) is None
     finally:
         loop.close()
 

@@ -130,17 +130,13 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
         probed, cached for a few seconds). Container health checks that must not fail with a remote engine
         use /health/live."""
         engine = service.engine
-        probe = getattr(engine, "health_problem", None)  # an engine in another process: VLLMEngine
-        if probe is not None:
-            problem = await probe()
-        else:
-            problem = None if getattr(engine, "ready", True) else "the engine is not ready"
+        problem = await engine.health_problem()
         if problem is not None:
             raise ApiError(503, problem, code="engine_unavailable")
         body = {"status": "ok", "model": engine.model_name, "adapters": len(engine.adapters())}
-        replicas = getattr(engine, "replica_status", None)  # a ReplicaSet: each replica's state
-        if replicas is not None:
-            body["replicas"] = replicas()
+        replicas = engine.replica_status()  # replicas of one base: each one's state
+        if replicas:
+            body["replicas"] = replicas
         return body
 
     @router.get("/health/live")
