@@ -6,7 +6,7 @@ Ollama), and the re-load of registered adapters when the hub starts.
     adapters = AdapterService(store, chat_service)       # chat_service None: store-only (the CLI)
     adapters.rows()                                      # every version, newest name first
     adapters.lineage("km@2")                             # job, dataset snapshot, votes, parents
-    adapters.promote("km@2"); adapters.rollback()
+    adapters.promote("km@2"); adapters.rollback()    # unguarded: PromotionService.promote guards
     adapters.export("km@2", "/exports/km", quantize="4bit")   # merged full weights (blocking: use a thread)
     adapters.export("km@2", format="gguf", quantize="q8_0")  # DATA_DIR/exports/km-v2-gguf-q8_0/km-v2-q8_0.gguf
     await adapters.load("km@2"); await adapters.reload_registered()
@@ -64,7 +64,6 @@ class AdapterService:
     def __init__(self, store, chat=None) -> None:
         self.store = store
         self.chat = chat  # hub.chat_service.ChatService, or None where there is no engine (the CLI)
-        self.guard = None  # adapter -> None, or raises Conflict: PromotionService.guard in the hub
 
     # ----- reading -------------------------------------------------------------------------------------
 
@@ -140,12 +139,10 @@ class AdapterService:
 
     # ----- status --------------------------------------------------------------------------------------
 
-    def promote(self, ref: str, *, override: bool = False) -> Adapter:
-        """Promote a version; the one promoted before it (same base) is retired. The guard (hub/promotion_service.py:
-        a replay's accuracy drop or KL) may refuse it with Conflict; ``override`` skips the guard. Blocking."""
+    def promote(self, ref: str) -> Adapter:
+        """Promote a version; the one promoted before it (same base) is retired. Unguarded: the hub, the
+        API and the CLI promote through PromotionService.promote, which checks the replay first."""
         adapter = self.get(ref)
-        if self.guard is not None and not override:
-            self.guard(adapter)
         return self.store.promote_adapter(adapter.name, adapter.version)
 
     def rollback(self) -> Adapter:

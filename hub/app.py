@@ -30,7 +30,7 @@ from .feedback_service import FeedbackService
 from .jobs_service import JobsService, start_runner
 from .limits import BodyLimit, GenerationGate, RateLimiter
 from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
-from .promotion_service import PromotionService, run_auto_promotion
+from .promotion_service import PromotionService, promoted_route, run_auto_promotion
 from .recording import store_recorder
 from .settings import Settings
 from .whole_models import no_opener
@@ -118,6 +118,7 @@ def build_app(
         recorder=store_recorder(store),
         gate=GenerationGate(settings.max_concurrent_generations, settings.max_queued_generations),
         timeout_s=settings.generation_timeout_s,
+        default_adapter=promoted_route(store, engine),  # what `tunehub-default` serves
     )
     limiter = RateLimiter(
         {"api": settings.rate_limit_key, "rater": settings.rate_limit_rater}, burst=settings.rate_limit_burst
@@ -128,8 +129,6 @@ def build_app(
     feedback = FeedbackService(store, anchor=lambda: engine.model_name)
     adapters = AdapterService(store, service)
     promotion = PromotionService(store, adapters, feedback, settings.data_dir, PromotionRule.from_env())
-    adapters.guard = promotion.guard  # promotions (API, UI) refuse a candidate that lost its skills
-    service.default_adapter = promotion.default_adapter  # what `tunehub-default` serves
     chat_template = served_chat_template(engine, settings)
     jobs = JobsService(
         store,
@@ -183,7 +182,7 @@ def build_app(
     app.include_router(build_feedback_router(feedback, auth))
     app.include_router(build_router(service, auth))
     app.include_router(build_jobs_router(jobs, auth))
-    app.include_router(build_adapters_router(adapters, auth))
+    app.include_router(build_adapters_router(adapters, promotion, auth))
     app.include_router(build_promotion_router(promotion, auth))
     # keep this after every API route: the UI is mounted at "/" and would answer any other /v1 path with
     # its own bare 404, so unknown API paths and wrong methods get the error envelope here instead

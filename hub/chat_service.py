@@ -73,6 +73,7 @@ class ChatService:
         *,
         gate: GenerationGate | None = None,
         timeout_s: float | None = None,
+        default_adapter: Callable[[], str | None] | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -82,9 +83,9 @@ class ChatService:
         self.started = int(time.time())
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         # the served name of the promoted adapter (None: the base), for requests naming DEFAULT_MODEL;
-        # hub/promotion_service.py's PromotionService.default_adapter in the hub. Unset (`tunehub engine`, no store):
+        # hub/promotion_service.py's promoted_route in the hub. None (`tunehub engine`, no store):
         # DEFAULT_MODEL is neither listed nor routed, as vLLM would not know it
-        self.default_adapter: Callable[[], str | None] | None = None
+        self.default_adapter = default_adapter
         # answers stopped by their consumer (keep_partial), waiting for it to say what it showed
         self._stopped: dict[str, _StoppedAnswer] = {}
         self._unclaimed: set[asyncio.Task] = set()

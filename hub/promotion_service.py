@@ -5,6 +5,7 @@ guard, automatic promotion, and the default model name that serves whatever is p
     promotion.replay("km@2")           # blocking (seconds): answers, accuracy, KL, flips; stored as JSON
     promotion.decision("km@2")         # Decision: promote / not_yet / refuse, with reasons
     promotion.guard(adapter)           # raises Conflict naming why a manual promotion is refused
+    promotion.promote("km@2")          # the guard, then the promotion (override=True skips the guard)
     promotion.auto_promote()           # promote every candidate the rule accepts (when rule.auto)
     promotion.default_adapter()        # the served name `tunehub-default` routes to (None: the base)
     promotion.history()                # each promotion over time with its rating and replay accuracy
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,23 @@ from .chat_service import DEFAULT_MODEL  # noqa: F401  (re-exported: the name th
 from .feedback_service import FeedbackService
 
 log = logging.getLogger("tunehub.promotion")
+
+
+def promoted_route(store, engine) -> Callable[[], str | None]:
+    """What `tunehub-default` names, asked at each request: the served name of the promoted version if the
+    engine serves it (None: the base). Needs only the store and the engine, so the chat service is built
+    with it."""
+
+    def route() -> str | None:
+        promoted = store.promoted_adapter()
+        if promoted is None or engine is None:
+            return None
+        path = str(Path(promoted.path).resolve())
+        return next((a.name for a in engine.adapters() if str(Path(a.path).resolve()) == path), None)
+
+    return route
+
+
 REPLAY_TIMEOUT_S = 1800.0  # a replay on a real model on CPU takes minutes
 
 
@@ -79,10 +98,15 @@ class PromotionService:
 
     def default_adapter(self) -> str | None:
         """The engine adapter `tunehub-default` routes to: the promoted one if the engine serves it."""
-        promoted = self.promoted()
-        if promoted is None:
-            return None
-        return self.adapters.served_names().get(str(Path(promoted.path).resolve()))
+        return promoted_route(self.store, self.adapters.chat.engine if self.adapters.chat else None)()
+
+    def promote(self, ref: str, *, override: bool = False) -> Adapter:
+        """Promote a version after the guard (a replay's accuracy drop or KL may refuse it with Conflict;
+        ``override`` skips it); the one promoted before it (same base) is retired. Blocking."""
+        adapter = self.adapters.get(ref)
+        if not override:
+            self.guard(adapter)
+        return self.adapters.promote(adapter.ref)
 
     # ----- the replay --------------------------------------------------------------------------------
 

@@ -140,7 +140,6 @@ def guarded(tmp_path_factory, full_demo_model):
         )
     adapters = AdapterService(store)
     promotion = PromotionService(store, adapters, FeedbackService(store, anchor=lambda: "base"), root)
-    adapters.guard = promotion.guard
     yield adapters, promotion
     store.close()
 
@@ -148,7 +147,7 @@ def guarded(tmp_path_factory, full_demo_model):
 def test_a_broken_candidate_is_refused_naming_the_accuracy_drop(guarded):
     adapters, promotion = guarded
     with pytest.raises(Conflict) as refused:
-        adapters.promote("broken")
+        promotion.promote("broken")
     message = refused.value.message
     assert "broken@1 is not promoted: checkable accuracy fell from" in message and "points" in message
     assert "KL divergence from the base" in message and "override" in message
@@ -166,7 +165,7 @@ def test_a_broken_candidate_is_refused_naming_the_accuracy_drop(guarded):
     assert flips["against_base"]["mean_length"]["other"] > 0
     assert promotion.decision("broken").verdict == "refuse"
     assert adapters.get("broken").status == "candidate"
-    assert adapters.promote("broken", override=True).status == "promoted"  # an admin's override
+    assert promotion.promote("broken", override=True).status == "promoted"  # an admin's override
     adapters.store.set_adapter_status("broken", 1, "retired")
 
 
@@ -177,7 +176,7 @@ def test_a_harmless_candidate_passes_with_zero_kl(guarded):
     assert report["candidate"]["accuracy"] == report["incumbent"]["accuracy"] > 0.5
     assert [r["candidate"] for r in report["rows"]] == [r["incumbent"] for r in report["rows"]]
     assert promotion.decision("harmless").verdict == "not_yet"  # the guard passes; no votes yet
-    assert adapters.promote("harmless").status == "promoted"
+    assert promotion.promote("harmless").status == "promoted"
     against_base = report["flips"]["against_base"]
     assert against_base["pass_to_fail"] == against_base["fail_to_pass"] == []
     assert against_base["length_ratio"] == pytest.approx(1.0)
@@ -186,7 +185,7 @@ def test_a_harmless_candidate_passes_with_zero_kl(guarded):
 def test_the_flip_report_compares_with_the_promoted_model_and_the_base(guarded):
     """Issue 16: against a promoted adapter, the replay keeps the base's answers too, and flips against both."""
     adapters, promotion = guarded
-    adapters.promote("harmless", override=True)
+    adapters.promote("harmless")
     report = promotion.replay("broken")
     assert report["against"] == "harmless@1"
     flips = report["flips"]

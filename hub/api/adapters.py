@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends
 
 from ..adapters_service import AdapterRow, AdapterService
 from ..auth import Auth, Principal
+from ..promotion_service import PromotionService
 
 
 def adapter_body(row: AdapterRow) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def adapter_body(row: AdapterRow) -> dict[str, Any]:
     }
 
 
-def build_adapters_router(adapters: AdapterService, auth: Auth) -> APIRouter:
+def build_adapters_router(adapters: AdapterService, promotion: PromotionService, auth: Auth) -> APIRouter:
     router = APIRouter()
     admin = Depends(auth.require_admin)
 
@@ -60,7 +61,7 @@ def build_adapters_router(adapters: AdapterService, auth: Auth) -> APIRouter:
     @router.post("/v1/adapters/{ref}/promote")
     async def promote(ref: str, override: bool = False, principal: Principal = admin):
         # the guard may replay the candidate first (seconds): in a thread; override skips it
-        promoted = await asyncio.to_thread(lambda: adapters.promote(ref, override=override))
+        promoted = await asyncio.to_thread(lambda: promotion.promote(ref, override=override))
         return adapter_body(await asyncio.to_thread(adapters.row, promoted.ref))
 
     @router.post("/v1/adapters/{ref}/load")

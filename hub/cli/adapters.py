@@ -98,14 +98,12 @@ def _replay_summary(adapters, ref: str) -> dict | None:
 
 def cmd_adapters_promote(args: argparse.Namespace) -> int:
     def promote(adapters) -> int:
-        if not args.override:  # the same guard as the hub's (replays the candidate first: seconds)
-            from ..feedback_service import FeedbackService
-            from ..promotion_service import PromotionService
+        from ..feedback_service import FeedbackService
+        from ..promotion_service import PromotionService
 
-            store = adapters.store
-            data_dir = Path(store.path).parent
-            adapters.guard = PromotionService(store, adapters, FeedbackService(store), data_dir).guard
-        promoted = adapters.promote(args.adapter, override=args.override)
+        store = adapters.store  # the same guard as the hub's (replays the candidate first: seconds)
+        promotion = PromotionService(store, adapters, FeedbackService(store), Path(store.path).parent)
+        promoted = promotion.promote(args.adapter, override=args.override)
         print(f"{promoted.ref} promoted")
         return 0
 

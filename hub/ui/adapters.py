@@ -204,7 +204,7 @@ def adapters_tab(services: UiServices, blocks: gr.Blocks, tab: gr.Tab) -> None:
         with (
             shown_to_user()
         ):  # the guard may replay the candidate first (seconds; gradio runs this in a thread)
-            adapter = adapters.promote(ref, override=bool(override_))
+            adapter = services.promotion.promote(ref, override=bool(override_))
         said = (
             " (guard overridden)." if override_ else (" (against the rule, confirmed)." if waiting else ".")
         )

@@ -29,4 +29,4 @@ class UiServices:
     auth: Auth
     jobs: JobsService
     adapters: AdapterService
-    promotion: PromotionService | None = None  # replays and decisions in the Adapters tab
+    promotion: PromotionService | None = None  # replays, decisions, guarded promotions (the hub sets it)
