@@ -103,7 +103,11 @@ def load_local_engine(
             prepack_if_memory_allows(base)  # bfloat16 only: the same outputs, about twice as fast a step
     check_batching(base, tokenizer.pad_token_id)
     name = model_name or Path(str(model)).name
-    log.info("loaded %s on %s in %s (%s), quantize=%s", model, device, torch_dtype, why, quantize)
-    return LocalEngine(
+    engine = LocalEngine(
         base, tokenizer, model_name=name, model_path=str(model), turn_end=turn_end, **engine_options
     )
+    log.info(
+        "loaded %s on %s in %s (%s), quantize=%s, %d CPU threads",
+        *(model, device, torch_dtype, why, quantize, engine.threads),
+    )
+    return engine

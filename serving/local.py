@@ -45,6 +45,7 @@ from .lora_model import MultiLoraModel
 from .sampling import make_generator, sample_next
 from .scoring import score_sequences
 from .textstream import TextStream
+from .threads import engine_threads
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class LocalEngine:
         batch_max_wait_s: float = 0.05,
         on_step: Callable[[int], None] | None = None,
         turn_end: str | None = None,
+        threads: int | None = None,
     ) -> None:
         self.model_name = model_name
         self.model_path = model_path
@@ -113,6 +115,7 @@ class LocalEngine:
         self.batch_wait_s = batch_wait_s
         self.batch_max_wait_s = batch_max_wait_s
         self._on_step = on_step
+        self.threads = engine_threads(threads)  # intra-op threads of the worker (serving.threads)
         self._model = MultiLoraModel(model)
         self._device = self._model.device
         eos = tokenizer.eos_token_id
@@ -367,6 +370,7 @@ class LocalEngine:
         return self._model.forward(ids, mask, positions, cache, adapter_names)
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)  # from the worker: OpenMP and MKL keep the count per thread
         with torch.inference_mode():
             while True:
                 if not self._take_from_inbox(block=not self._rows and not self._waiting):

@@ -760,3 +760,29 @@ def test_a_failed_decode_step_fails_the_running_rows_and_the_engine_keeps_servin
     results, after = asyncio.run(scenario())
     assert all(isinstance(r, EngineError) and "injected failure" in str(r) for r in results), results
     assert after.text == reference("Hi")[1]
+
+
+# ----- CPU threads (issue 12: the HTTP side keeps a core) ------------------------------------------------------
+
+
+def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, monkeypatch):
+    import torch
+
+    from serving import threads
+
+    async def worker_threads(**options) -> tuple[int, int]:
+        async with running_engine(demo_model, **options) as engine:
+            return engine.threads, await engine._call_in_worker(torch.get_num_threads)
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads, "available_cores", lambda: 2)
+        assert asyncio.run(worker_threads()) == (1, 1)
+        assert asyncio.run(worker_threads(threads=2)) == (2, 2)
+        monkeypatch.setattr(threads, "available_cores", lambda: 64)
+        torch.set_num_threads(3)  # torch's own default (OMP_NUM_THREADS) is the most auto takes
+        assert asyncio.run(worker_threads()) == (3, 3)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads=0"):
+        load_local_engine(demo_model, threads=0)
