@@ -132,13 +132,13 @@ class Baselines:
         """tok/s of one `model.generate` over the clients' first prompts together, left-padded: the better of
         torch's default thread count and the engine's (all cores but one), so that the ceiling stays the best
         this machine does, whichever suits the load of the moment."""
-        from serving.threads import engine_threads
+        from serving.loader import pick_threads
 
         torch = self.torch
         prompts = [self._ids(prompt_for(c, 0)) for c in range(clients)]
         default, best_rate = torch.get_num_threads(), 0.0
         try:
-            for threads in sorted({default, engine_threads()}):
+            for threads in sorted({default, pick_threads()}):
                 torch.set_num_threads(threads)
                 self._generate(prompts, 4)  # warm-up
                 start = time.perf_counter()

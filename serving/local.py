@@ -45,7 +45,6 @@ from .lora_model import MultiLoraModel
 from .sampling import make_generator, sample_next
 from .scoring import score_sequences
 from .textstream import TextStream
-from .threads import engine_threads
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class LocalEngine:
         self.batch_wait_s = batch_wait_s
         self.batch_max_wait_s = batch_max_wait_s
         self._on_step = on_step
-        self.threads = engine_threads(threads)  # intra-op threads of the worker (serving.threads)
+        self.threads = threads  # the worker's CPU threads (serving.loader.pick_threads); None: torch's
         # a row's tokens within this long of its last hand-over go out together (first and last at once)
         self.stream_interval_s = stream_interval_s
         self._model = MultiLoraModel(model)
@@ -376,7 +375,8 @@ class LocalEngine:
         return self._model.forward(ids, mask, positions, cache, adapter_names)
 
     def _run(self) -> None:
-        torch.set_num_threads(self.threads)  # from the worker: OpenMP and MKL keep the count per thread
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # from the worker: OpenMP and MKL keep the count per thread
         with torch.inference_mode():
             while True:
                 idle = not self._rows and not self._waiting

@@ -768,7 +768,7 @@ def test_a_failed_decode_step_fails_the_running_rows_and_the_engine_keeps_servin
 def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, monkeypatch):
     import torch
 
-    from serving import threads
+    from serving import loader
 
     async def worker_threads(**options) -> tuple[int, int]:
         async with running_engine(demo_model, **options) as engine:
@@ -776,10 +776,10 @@ def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, mo
 
     before = torch.get_num_threads()
     try:
-        monkeypatch.setattr(threads, "available_cores", lambda: 2)
+        monkeypatch.setattr(loader, "available_cores", lambda: 2)
         assert asyncio.run(worker_threads()) == (1, 1)
         assert asyncio.run(worker_threads(threads=2)) == (2, 2)
-        monkeypatch.setattr(threads, "available_cores", lambda: 64)
+        monkeypatch.setattr(loader, "available_cores", lambda: 64)
         torch.set_num_threads(3)  # torch's own default (OMP_NUM_THREADS) is the most auto takes
         assert asyncio.run(worker_threads()) == (3, 3)
     finally:
