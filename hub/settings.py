@@ -97,6 +97,7 @@ class Settings:
     quantize: str = "none"
     dtype: str = "auto"  # compute dtype of the local engine (serving/loader.pick_dtype)
     chat_template: str | None = None  # a .jinja file or a shipped name, for models without a template
+    threads: int | None = None  # CPU threads of the local engine; None: all cores but one (serving.loader)
     max_lora_rank: int = 64
     max_batch_size: int = 32
     served_model_name: str | None = None

@@ -133,6 +133,7 @@ def open_local_engine(settings: Settings, path: str | Path, name: str) -> Engine
         quantize=settings.quantize,
         dtype=settings.dtype,
         chat_template=settings.chat_template,
+        threads=settings.threads,
         max_lora_rank=settings.max_lora_rank,
         max_batch_size=settings.max_batch_size,
     )

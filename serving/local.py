@@ -70,6 +70,7 @@ class _Job:
     pending_token: int = -1
     stream: TextStream | None = None
     generator: torch.Generator | None = None
+    unsent: Delta | None = None  # its delta in the outbox, which later tokens of the row join
 
 
 @dataclass
@@ -103,6 +104,8 @@ class LocalEngine:
         batch_max_wait_s: float = 0.05,
         on_step: Callable[[int], None] | None = None,
         turn_end: str | None = None,
+        threads: int | None = None,
+        stream_interval_s: float = 0.01,
     ) -> None:
         self.model_name = model_name
         self.model_path = model_path
@@ -113,6 +116,9 @@ class LocalEngine:
         self.batch_wait_s = batch_wait_s
         self.batch_max_wait_s = batch_max_wait_s
         self._on_step = on_step
+        self.threads = threads  # the worker's CPU threads (serving.loader.pick_threads); None: torch's
+        # a row's tokens within this long of its last hand-over go out together (first and last at once)
+        self.stream_interval_s = stream_interval_s
         self._model = MultiLoraModel(model)
         self._device = self._model.device
         eos = tokenizer.eos_token_id
@@ -137,7 +143,9 @@ class LocalEngine:
         self._waiting: deque[_Job] = deque()
         self._rows: list[_Job] = []
         self._batch: kvbatch.KVBatch | None = None
-        self._outbox: list[tuple[_Job, Delta | Exception]] = []  # emitted this step, handed over at its end
+        self._outbox: list[tuple[_Job, Delta | Exception]] = []  # emitted, not yet handed over
+        self._outbox_urgent = False  # it holds a first token, a last one or an error: hand over now
+        self._handed_at = 0.0
         self._thread: threading.Thread | None = None
         self._healthy = True
 
@@ -387,9 +395,14 @@ class LocalEngine:
         return self._model.forward(ids, mask, positions, cache, adapter_names)
 
     def _run(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # from the worker: OpenMP and MKL keep the count per thread
         with torch.inference_mode():
             while True:
-                if not self._take_from_inbox(block=not self._rows and not self._waiting):
+                idle = not self._rows and not self._waiting
+                if idle:
+                    self._hand_over(force=True)  # nothing will step: what is left goes now
+                if not self._take_from_inbox(block=idle):
                     break
                 try:
                     self._admit()
@@ -401,7 +414,7 @@ class LocalEngine:
                     self._fail_all(EngineError(f"generation failed: {exc}"))
                 finally:
                     self._hand_over()
-            self._hand_over()
+            self._hand_over(force=True)
 
     def _take_from_inbox(self, block: bool) -> bool:
         """Move new jobs to the waiting line and run commands. Returns False when asked to stop."""
@@ -523,15 +536,32 @@ class LocalEngine:
         return False
 
     def _emit(self, job: _Job, item: Delta | Exception) -> None:
-        self._outbox.append((job, item))
+        unsent = job.unsent
+        if isinstance(item, Delta) and unsent is not None:  # the row's last delta is still here: extend it
+            unsent.text += item.text
+            unsent.token_ids += item.token_ids
+            unsent.finish_reason = item.finish_reason
+            unsent.completion_tokens = item.completion_tokens
+        else:
+            self._outbox.append((job, item))
+            job.unsent = item if isinstance(item, Delta) else None
+        if not isinstance(item, Delta) or item.finish_reason is not None or item.completion_tokens == 1:
+            self._outbox_urgent = True
 
-    def _hand_over(self) -> None:
-        """Give the step's deltas to their event loops: one wake-up per loop per step, not one per row (each
-        wake-up runs the loop's Python while this thread waits for the GIL)."""
+    def _hand_over(self, force: bool = False) -> None:
+        """Give the deltas to their event loops: one wake-up per loop, not one per row (each wake-up runs the
+        loop's Python while this thread waits for the GIL), and at most one per stream interval while every
+        row is mid-answer: a fast step (the demo model's take a few ms) then sends a few tokens per event,
+        and each event costs the event loop about as much CPU as a step of the model costs per row."""
         if not self._outbox:
             return
+        now = time.monotonic()
+        if not (force or self._outbox_urgent) and now - self._handed_at < self.stream_interval_s:
+            return
+        self._handed_at, self._outbox_urgent = now, False
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Delta | Exception]]] = {}
         for job, item in self._outbox:
+            job.unsent = None
             by_loop.setdefault(job.loop, []).append((job, item))
         self._outbox = []
         for loop, items in by_loop.items():

@@ -317,7 +317,7 @@ def test_max_tokens_ends_with_length_and_counts_the_tokens(demo_model, reference
     assert len(full_ids) > 6, "the greedy answer must be longer than max_tokens for this test"
 
     async def scenario():
-        async with running_engine(demo_model) as engine:
+        async with running_engine(demo_model, stream_interval_s=0) as engine:  # one delta per token
             return await collect(engine, chat("Hi", max_tokens=5))
 
     result = asyncio.run(scenario())
@@ -760,3 +760,50 @@ def test_a_failed_decode_step_fails_the_running_rows_and_the_engine_keeps_servin
     results, after = asyncio.run(scenario())
     assert all(isinstance(r, EngineError) and "injected failure" in str(r) for r in results), results
     assert after.text == reference("Hi")[1]
+
+
+# ----- CPU threads (issue 12: the HTTP side keeps a core) ------------------------------------------------------
+
+
+def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, monkeypatch):
+    import torch
+
+    from serving import loader
+
+    async def worker_threads(**options) -> tuple[int, int]:
+        async with running_engine(demo_model, **options) as engine:
+            return engine.threads, await engine._call_in_worker(torch.get_num_threads)
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(loader, "available_cores", lambda: 2)
+        assert asyncio.run(worker_threads()) == (1, 1)
+        assert asyncio.run(worker_threads(threads=2)) == (2, 2)
+        monkeypatch.setattr(loader, "available_cores", lambda: 64)
+        torch.set_num_threads(3)  # torch's own default (OMP_NUM_THREADS) is the most auto takes
+        assert asyncio.run(worker_threads()) == (3, 3)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads=0"):
+        load_local_engine(demo_model, threads=0)
+
+
+def test_tokens_within_the_stream_interval_go_out_together_first_and_last_at_once(
+    demo_model, reference, tokenizer
+):
+    """Issue 12: a fast step hands its tokens over a few at a time; the first token is not held back (time to
+    first token) and neither is the end of the answer."""
+    ids, _ = reference("Hi")
+    assert len(ids) > 6, "the greedy answer must be longer than max_tokens for this test"
+
+    async def scenario():
+        async with running_engine(demo_model, stream_interval_s=60) as engine:
+            first = asyncio.Event()
+            task = asyncio.create_task(collect(engine, chat("Hi", max_tokens=5), first))
+            await asyncio.wait_for(first.wait(), 30)  # not 60 s: the first token went at once
+            return await task
+
+    result = asyncio.run(scenario())
+    assert result.deltas == 2 and result.completion_tokens == 5 == len(result.token_ids)
+    assert (result.token_ids, result.finish_reason) == (ids[:5], "length")
+    assert result.text == tokenizer.decode(ids[:5], skip_special_tokens=True)

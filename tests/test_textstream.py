@@ -131,3 +131,32 @@ def test_finish_drops_an_incomplete_character(tokenizer):
     stream = make_stream(tokenizer, [])
     released = "".join(stream.push(t) for t in ids[:-1])  # the emoji's last byte never arrives
     assert released + stream.finish() == "ok "
+
+
+def test_each_push_decodes_a_few_tokens_not_the_whole_answer(tokenizer):
+    """Issue 12: decoding the whole answer at every token made a long answer's tokens ever slower."""
+    text = "The capital of France is Paris, and the capital of Japan is Tokyo. " * 8
+    ids = encode(tokenizer, text)
+    decoded_lengths: list[int] = []
+
+    def decode(part: list[int]) -> str:
+        decoded_lengths.append(len(part))
+        return tokenizer.decode(part, skip_special_tokens=True)
+
+    stream = TextStream(decode, [])
+    assert "".join(push_all(stream, ids)) + stream.finish() == text
+    assert len(ids) > 100 and max(decoded_lengths) <= 4
+
+
+def test_a_decoder_that_drops_the_first_words_space_still_gives_the_whole_text():
+    """SentencePiece's decoder drops the leading space of a text: a token decoded alone after others must not
+    lose its space."""
+    pieces = [" Hello", " world", ",", " how", " are", " you", "?"]
+
+    def decode(ids: list[int]) -> str:
+        return "".join(pieces[i] for i in ids).removeprefix(" ")
+
+    stream = TextStream(decode, ["you"])
+    released = push_all(stream, list(range(len(pieces))))
+    assert "".join(released) == "Hello world, how are "
+    assert stream.stopped

@@ -66,6 +66,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--chat-template",
         help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for models without one",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the local engine's matmuls (default: all cores but one, kept for the HTTP side)",
+    )
 
 
 def _cuda_available() -> bool:
@@ -205,6 +211,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         dtype=args.dtype,
         chat_template=args.chat_template,
+        threads=args.threads,
         max_lora_rank=args.max_lora_rank,
         max_batch_size=args.max_batch_size,
         served_model_name=args.served_model_name,

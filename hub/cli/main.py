@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         dtype=args.dtype,
         chat_template=args.chat_template,
+        threads=args.threads,
         max_lora_rank=args.max_lora_rank,
         max_batch_size=args.max_batch_size,
         served_model_name=args.served_model_name,
