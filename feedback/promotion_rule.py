@@ -24,7 +24,6 @@ losing skills (DESIGN.md, "Preference training over-optimises easily").
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,29 +68,6 @@ class PromotionRule:
                 f"max_perplexity_rise must be 0 or more (0.10 = 10%), got {self.max_perplexity_rise!r}",
                 param="max_perplexity_rise",
             )
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> PromotionRule:
-        """From TUNEHUB_PROMOTION_RULE, _WIN_RATE, _MIN_VOTES, _MAX_ACCURACY_DROP, _MAX_KL,
-        _MAX_PERPLEXITY_RISE and TUNEHUB_AUTO_PROMOTE (1/true/yes); unset ones keep their defaults."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for key, name, cast in (
-            ("TUNEHUB_PROMOTION_RULE", "kind", str),
-            ("TUNEHUB_PROMOTION_WIN_RATE", "win_rate", float),
-            ("TUNEHUB_PROMOTION_MIN_VOTES", "min_votes", int),
-            ("TUNEHUB_PROMOTION_MAX_ACCURACY_DROP", "max_accuracy_drop", float),
-            ("TUNEHUB_PROMOTION_MAX_KL", "max_kl", float),
-            ("TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE", "max_perplexity_rise", float),
-        ):
-            if env.get(key):
-                try:
-                    values[name] = cast(env[key])
-                except ValueError:
-                    raise Invalid(f"{key}={env[key]!r} is not a {cast.__name__}", param=key) from None
-        if env.get("TUNEHUB_AUTO_PROMOTE"):
-            values["auto"] = env["TUNEHUB_AUTO_PROMOTE"].strip().lower() in ("1", "true", "yes", "on")
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,10 @@ def build_app(
     )
     feedback = FeedbackService(store, anchor=lambda: engine.model_name)
     adapters = AdapterService(store, service)
-    promotion = PromotionService(store, adapters, feedback, settings.data_dir, PromotionRule.from_env())
+    rule = PromotionRule(**settings.promotion_rule_values())
+    promotion = PromotionService(
+        store, adapters, feedback, settings.data_dir, rule, replay_prompts=settings.replay_prompts
+    )
     chat_template = served_chat_template(engine, settings)
     jobs = JobsService(
         store,
@@ -150,9 +153,17 @@ def build_app(
         # runner only loads those of jobs that finish from now on
         await adapters.reload_registered()
         runner = (
-            start_runner(service, store, settings.data_dir, replay_live, chat_template) if run_jobs else None
+            start_runner(
+                service, store, settings.data_dir, replay_live, chat_template, auto_train=settings.auto_train
+            )
+            if run_jobs
+            else None
         )
-        auto = asyncio.create_task(run_auto_promotion(promotion)) if promotion.rule.auto else None
+        auto = (
+            asyncio.create_task(run_auto_promotion(promotion, settings.auto_promote_interval_s))
+            if promotion.rule.auto
+            else None
+        )
         try:
             yield
         finally:

@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +274,6 @@ class JobsService:
 
 LOAD_TIMEOUT_S = 300.0
 log = logging.getLogger("tunehub.jobs")
-AUTO_TRAIN_ENV = "TUNEHUB_AUTO_TRAIN"  # a settings file for the automatic trigger outside the data dir
 
 
 def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
@@ -293,13 +291,17 @@ def adapter_publisher(service: ChatService, loop: asyncio.AbstractEventLoop):
 
 
 def auto_trigger(
-    service: ChatService, store, data_dir: Path, chat_template: str | None = None
+    service: ChatService,
+    store,
+    data_dir: Path,
+    chat_template: str | None = None,
+    settings_file: Path | None = None,
 ) -> AutoTrigger | None:
-    """The automatic trigger from ``DATA_DIR/auto-train.json`` (or the file TUNEHUB_AUTO_TRAIN names);
-    None (off) when there is none. A bad file raises `TriggerError`: the hub refuses to start with it."""
-    named = os.environ.get(AUTO_TRAIN_ENV)
-    path = Path(named) if named else Path(data_dir) / SETTINGS_FILE
-    if not named and not path.exists():
+    """The automatic trigger from `settings_file` (--auto-train, TUNEHUB_AUTO_TRAIN), else
+    ``DATA_DIR/auto-train.json``; None (off) when there is none. A bad file raises `TriggerError`: the hub
+    refuses to start with it."""
+    path = Path(settings_file) if settings_file else Path(data_dir) / SETTINGS_FILE
+    if not settings_file and not path.exists():
         return None
     rules = load_rules(path)
     base = service.engine.model_path
@@ -317,6 +319,8 @@ def start_runner(
     data_dir: Path,
     replay: Replay | None = None,
     chat_template: str | None = None,
+    *,
+    auto_train: Path | None = None,
 ) -> JobRunner:
     """The hub's job runner, started, with the automatic trigger when one is set up and `replay` as each
     chat adapter's last step once it is live; call from the lifespan (it needs the running event loop)."""
@@ -324,7 +328,7 @@ def start_runner(
         store,
         data_dir,
         publish=adapter_publisher(service, asyncio.get_running_loop()),
-        trigger=auto_trigger(service, store, data_dir, chat_template),
+        trigger=auto_trigger(service, store, data_dir, chat_template, auto_train),
         engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
         replay=replay,
     )

@@ -1,7 +1,7 @@
 """Promotion of candidate adapters: the evidence rule over the arena's votes, the regression replay and its
 guard, automatic promotion, and the default model name that serves whatever is promoted.
 
-    promotion = PromotionService(store, adapters, feedback, data_dir, PromotionRule.from_env())
+    promotion = PromotionService(store, adapters, feedback, data_dir, PromotionRule(kind="win_rate"))
     promotion.replay("km@2")           # blocking (seconds): answers, accuracy, KL, flips; stored as JSON
     promotion.decision("km@2")         # Decision: promote / not_yet / refuse, with reasons
     promotion.guard(adapter)           # raises Conflict naming why a manual promotion is refused
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +73,7 @@ class PromotionService:
         self.data_dir = Path(data_dir)
         self.rule = rule or PromotionRule()
         # a JSONL prompt set for the replay; None: the set chosen for the base (training.replay_sets)
-        self.replay_prompts = replay_prompts or os.environ.get("TUNEHUB_REPLAY_PROMPTS") or None
+        self.replay_prompts = replay_prompts or None
         self.engine = None  # the serving engine the replay runs on (`attach_engine`); None: one of its own
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -314,14 +313,13 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-async def run_auto_promotion(promotion: PromotionService, interval_s: float | None = None) -> None:
-    """Check the candidates every ``interval_s`` (TUNEHUB_AUTO_PROMOTE_INTERVAL, default 60 s) in a worker
-    thread, promoting those the rule accepts; runs until cancelled (the hub's lifespan does that)."""
+async def run_auto_promotion(promotion: PromotionService, interval_s: float = 60.0) -> None:
+    """Check the candidates every ``interval_s`` (--auto-promote-interval) in a worker thread, promoting
+    those the rule accepts; runs until cancelled (the hub's lifespan does that)."""
     import asyncio
 
-    interval = interval_s or float(os.environ.get("TUNEHUB_AUTO_PROMOTE_INTERVAL") or 60)
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(promotion.auto_promote)
         except Exception as e:  # the next round tries again; the hub keeps serving

@@ -1,11 +1,15 @@
-"""Settings of one hub process, from CLI flags and TUNEHUB_* environment variables."""
+"""Settings of one hub process, each declared once (flag, TUNEHUB_* variable, default, help), from which
+`tunehub serve`'s parser is generated; read once at start from the flags, else the environment."""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 QUIET_ENVIRONMENT = {
     # nothing phones home: no analytics, no telemetry, no tokenizer fork warnings
@@ -38,81 +42,257 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class LimitFlag:
-    """A `tunehub serve` flag for one of the limits of hub/limits.py; the Settings field gives its default."""
+class Option:
+    """How a setting is given: its `tunehub serve` flag and its TUNEHUB_* variable (either may be None),
+    the help both show, and the choices it takes. A flag beats the variable; the variable beats the
+    default."""
 
-    setting: str  # the Settings field it sets
-    flag: str
+    flag: str | None
+    env: str | None
     help: str
-    zero_allowed: bool = False  # 0 turns the limit off
+    choices: tuple[str, ...] | None = None
+    positive: bool = False  # must be above 0
+    zero_allowed: bool = False  # must be 0 or more (0 turns it off)
 
 
-LIMIT_FLAGS = (
-    LimitFlag(
-        "rate_limit_key",
-        "--rate-limit-key",
-        "requests per minute for the shared --api-key (0: no limit; 429 with Retry-After beyond it)",
-        zero_allowed=True,
-    ),
-    LimitFlag(
-        "rate_limit_rater",
-        "--rate-limit-rater",
-        "requests per minute for each rater's API key (0: no limit); admins are never limited",
-        zero_allowed=True,
-    ),
-    LimitFlag("rate_limit_burst", "--rate-limit-burst", "requests allowed at once"),
-    LimitFlag(
-        "max_concurrent_generations",
-        "--max-concurrent-generations",
-        "choices generating at once; more wait in a queue",
-    ),
-    LimitFlag(
-        "max_queued_generations",
-        "--max-queued-generations",
-        "choices waiting for room; beyond that requests get 503 at once",
-        zero_allowed=True,
-    ),
-    LimitFlag(
-        "generation_timeout_s",
-        "--generation-timeout",
-        "seconds a generation may take, queueing included, before it is cancelled",
-    ),
-    LimitFlag("max_body_bytes", "--max-body-bytes", "largest API request body (413 beyond it)"),
-)
+def setting(default: Any = None, *, flag: str | None = None, env: str | None = None, help: str, **kw) -> Any:
+    """A Settings field declared once: its default and how it is given (see Option)."""
+    option = Option(flag, env, help, **kw)
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"option": option})
+    return field(default=default, metadata={"option": option})
 
 
 @dataclass
 class Settings:
-    model: str | None = None  # a hub id, local directory or GGUF file; None: the self-built demo model
-    # further base models served beside the first (`--model` given again), each by an engine of its own
-    more_models: list[str] = field(default_factory=list)
-    engine: str = "auto"
-    host: str = "127.0.0.1"
-    port: int = 7860
-    data_dir: Path = Path("./tunehub-data")
-    api_key: str | None = field(default_factory=lambda: os.environ.get("TUNEHUB_API_KEY") or None)
-    admin_password: str | None = field(
-        default_factory=lambda: os.environ.get("TUNEHUB_ADMIN_PASSWORD") or None
+    """Everything one hub process is told, each setting declared once: `tunehub serve`'s parser is
+    generated from these declarations (`add_arguments`), `from_sources` reads the flags and the environment
+    once at start, and the parts of the hub get values from here instead of reading the environment."""
+
+    model: str | None = setting(
+        flag="--model",
+        help="hub id, local model directory or .gguf file (default: the self-built demo model); give it "
+        "again to serve more base models beside the first, each with its own adapters",
     )
-    quantize: str = "none"
-    dtype: str = "auto"  # compute dtype of the local engine (serving/loader.pick_dtype)
-    chat_template: str | None = None  # a .jinja file or a shipped name, for models without a template
-    threads: int | None = None  # CPU threads of the local engine; None: all cores but one (serving.loader)
-    max_lora_rank: int = 64
-    max_batch_size: int = 32
-    served_model_name: str | None = None
-    # limits (hub/limits.py); 0 turns a rate limit off
-    rate_limit_key: float = 0.0  # requests per minute for the shared --api-key (and keyless callers)
-    rate_limit_rater: float = 0.0  # requests per minute for each rater's own API key
-    rate_limit_burst: int = 10  # requests a caller may send at once before the per-minute rate applies
-    max_concurrent_generations: int = 64  # choices generating at once (the engine batches up to 32)
-    max_queued_generations: int = 256  # choices waiting for room; beyond that 503 at once
-    generation_timeout_s: float = 600.0  # a generation (queue wait included) is cancelled after this
-    max_body_bytes: int = 8 * 1024 * 1024  # larger API request bodies get 413
-    # how many times as often the arena draws a candidate adapter as any other model
-    arena_candidate_boost: float = field(
-        default_factory=lambda: float(os.environ.get("TUNEHUB_ARENA_BOOST") or 3.0)
+    more_models: list[str] = field(default_factory=list)  # the further --model values
+    engine: str = setting(
+        "auto",
+        flag="--engine",
+        help="inference engine (auto: vLLM with --vllm-url, or with a CUDA GPU and vllm on PATH; local "
+        "otherwise)",
+        choices=("auto", "local", "vllm"),
     )
+    host: str = setting(
+        "127.0.0.1", flag="--host", help="address to bind (non-loopback needs --admin-password and --api-key)"
+    )
+    port: int = setting(7860, flag="--port", help="TCP port of the UI and the API")
+    data_dir: Path = setting(
+        Path("./tunehub-data"), flag="--data-dir", help="models, adapters and the feedback database"
+    )
+    api_key: str | None = setting(
+        flag="--api-key", env="TUNEHUB_API_KEY", help="require 'Authorization: Bearer KEY' on /v1"
+    )
+    admin_password: str | None = setting(
+        flag="--admin-password",
+        env="TUNEHUB_ADMIN_PASSWORD",
+        help="password of admin actions and the UI's admin",
+    )
+    quantize: str = setting(
+        "none", flag="--quantize", help="load the base through bitsandbytes", choices=("none", "8bit", "4bit")
+    )
+    dtype: str = setting(
+        "auto",
+        flag="--dtype",
+        help="compute dtype (auto: bfloat16 on GPUs and CPUs that have it, else float16 on GPU, float32)",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    chat_template: str | None = setting(
+        flag="--chat-template",
+        help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for models without one",
+    )
+    threads: int | None = setting(
+        flag="--threads",
+        help="CPU threads of the local engine's matmuls (default: all cores but one, kept for the HTTP side)",
+    )
+    max_lora_rank: int = setting(
+        64, flag="--max-lora-rank", help="largest adapter rank accepted", positive=True
+    )
+    max_batch_size: int = setting(32, flag="--max-batch-size", help="rows decoded together", positive=True)
+    served_model_name: str | None = setting(
+        flag="--served-model-name", help="name of the base model on the API (default: its directory name)"
+    )
+    # limits (hub/limits.py)
+    rate_limit_key: float = setting(
+        0.0,
+        flag="--rate-limit-key",
+        help="requests per minute for the shared --api-key (0: no limit; 429 with Retry-After beyond it)",
+        zero_allowed=True,
+    )
+    rate_limit_rater: float = setting(
+        0.0,
+        flag="--rate-limit-rater",
+        help="requests per minute for each rater's API key (0: no limit); admins are never limited",
+        zero_allowed=True,
+    )
+    rate_limit_burst: int = setting(
+        10, flag="--rate-limit-burst", help="requests allowed at once", positive=True
+    )
+    max_concurrent_generations: int = setting(
+        64,
+        flag="--max-concurrent-generations",
+        help="choices generating at once (API and UI together); more wait in a queue",
+        positive=True,
+    )
+    max_queued_generations: int = setting(
+        256,
+        flag="--max-queued-generations",
+        help="choices waiting for room; beyond that the API answers 503 and the UI an error, at once",
+        zero_allowed=True,
+    )
+    generation_timeout_s: float = setting(
+        600.0,
+        flag="--generation-timeout",
+        help="seconds a generation may take, queueing included, before it is cancelled",
+        positive=True,
+    )
+    max_body_bytes: int = setting(
+        8 * 1024 * 1024,
+        flag="--max-body-bytes",
+        help="largest API request body (413 beyond it)",
+        positive=True,
+    )
+    # the arena and promotion
+    arena_candidate_boost: float = setting(
+        3.0,
+        flag="--arena-boost",
+        env="TUNEHUB_ARENA_BOOST",
+        help="how many times as often the arena draws a candidate adapter as any other model",
+        positive=True,
+    )
+    promotion_rule: str | None = setting(
+        flag="--promotion-rule",
+        env="TUNEHUB_PROMOTION_RULE",
+        help="when a candidate may replace the promoted model: bt_lower_above_upper or win_rate",
+        choices=("bt_lower_above_upper", "win_rate"),
+    )
+    promotion_win_rate: float | None = setting(
+        flag="--promotion-win-rate", env="TUNEHUB_PROMOTION_WIN_RATE", help="the win_rate rule's bar (0.55)"
+    )
+    promotion_min_votes: int | None = setting(
+        flag="--promotion-min-votes",
+        env="TUNEHUB_PROMOTION_MIN_VOTES",
+        help="votes between candidate and incumbent before the rule decides (30)",
+    )
+    promotion_max_accuracy_drop: float | None = setting(
+        flag="--promotion-max-accuracy-drop",
+        env="TUNEHUB_PROMOTION_MAX_ACCURACY_DROP",
+        help="the replay guard: largest fall in checkable accuracy (0.05 = 5 points)",
+    )
+    promotion_max_kl: float | None = setting(
+        flag="--promotion-max-kl",
+        env="TUNEHUB_PROMOTION_MAX_KL",
+        help="the replay guard: largest KL from the base",
+    )
+    promotion_max_perplexity_rise: float | None = setting(
+        flag="--promotion-max-perplexity-rise",
+        env="TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE",
+        help="the replay guard: largest rise in held-out perplexity (0.10 = 10%%)",
+    )
+    auto_promote: bool = setting(
+        False,
+        flag="--auto-promote",
+        env="TUNEHUB_AUTO_PROMOTE",
+        help="promote every candidate the rule accepts, checked every --auto-promote-interval seconds",
+    )
+    auto_promote_interval_s: float = setting(
+        60.0,
+        flag="--auto-promote-interval",
+        env="TUNEHUB_AUTO_PROMOTE_INTERVAL",
+        help="seconds between automatic promotion checks",
+        positive=True,
+    )
+    replay_prompts: str | None = setting(
+        flag="--replay-prompts",
+        env="TUNEHUB_REPLAY_PROMPTS",
+        help="a JSONL prompt set for the regression replay (default: the set chosen for the base)",
+    )
+    auto_train: Path | None = setting(
+        flag="--auto-train",
+        env="TUNEHUB_AUTO_TRAIN",
+        help="the automatic trigger's settings file (default: DATA_DIR/auto-train.json when it exists)",
+    )
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """Each declared setting's Option, by field name."""
+        return {f.name: f.metadata["option"] for f in fields(cls) if "option" in f.metadata}
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+        """Add the flags of the declared settings (or of `names`) to `parser`; an unset flag stays None, so
+        `from_sources` can tell it from a given one."""
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, option in cls.options().items():
+            if option.flag is None or (names is not None and name not in names):
+                continue
+            default = defaults[name]
+            shown = f" (default: {default})" if default not in (None, MISSING) else ""
+            via = f"; or {option.env}" if option.env else ""
+            kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{option.help}{shown}{via}"}
+            if name == "model":
+                kwargs["action"] = "append"
+            elif isinstance(default, bool):
+                kwargs["action"] = "store_const"
+                kwargs["const"] = True
+            else:
+                kwargs["type"] = _CASTS.get(name, str) if default is None else _cast_for(default)
+                kwargs["choices"] = option.choices
+            parser.add_argument(option.flag, **kwargs)
+
+    @classmethod
+    def from_sources(
+        cls, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """The settings from the given flags, else the TUNEHUB_* variables, else the defaults; read once at
+        start. A variable that does not parse raises SettingsError naming it."""
+        env = os.environ if env is None else env
+        given = vars(args) if args is not None else {}
+        defaults = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, option in cls.options().items():
+            value = given.get(name)
+            if value is None and option.env and env.get(option.env):
+                raw = env[option.env]
+                default = defaults[name].default
+                try:
+                    value = _parse_env(raw, default, name)
+                except ValueError:
+                    raise SettingsError(f"{option.env}={raw!r} is not a {_kind(default, name)}") from None
+                if option.choices and value not in option.choices:
+                    raise SettingsError(f"{option.env}={raw!r} is not one of {', '.join(option.choices)}")
+            if value is not None:
+                values[name] = value
+        models = values.pop("model", None) or []
+        if isinstance(models, str):
+            models = [models]
+        if models:
+            values["model"], values["more_models"] = models[0], list(models[1:])
+        for name in ("data_dir", "auto_train"):
+            if name in values:
+                values[name] = Path(values[name])
+        return cls(**values)
+
+    def promotion_rule_values(self) -> dict[str, Any]:
+        """The promotion rule's settings that were given (the rest keep the rule's defaults)."""
+        given = {
+            "kind": self.promotion_rule,
+            "win_rate": self.promotion_win_rate,
+            "min_votes": self.promotion_min_votes,
+            "max_accuracy_drop": self.promotion_max_accuracy_drop,
+            "max_kl": self.promotion_max_kl,
+            "max_perplexity_rise": self.promotion_max_perplexity_rise,
+        }
+        return {k: v for k, v in given.items() if v is not None} | {"auto": self.auto_promote}
 
     def check(self) -> None:
         if not is_loopback(self.host) and not (self.admin_password and self.api_key):
@@ -127,18 +307,22 @@ class Settings:
             )
         if not 0 < self.port < 65536:
             raise SettingsError(f"--port {self.port} is not a TCP port (1-65535)")
-        if self.max_lora_rank < 1:
-            raise SettingsError(f"--max-lora-rank {self.max_lora_rank} must be at least 1")
-        if not self.arena_candidate_boost > 0:
-            raise SettingsError(f"TUNEHUB_ARENA_BOOST {self.arena_candidate_boost} must be a number above 0")
-        for limit in LIMIT_FLAGS:
-            value = getattr(self, limit.setting)
-            if limit.zero_allowed and not value >= 0:
-                raise SettingsError(f"{limit.flag} {value} must be 0 or more")
-            if not limit.zero_allowed and not value > 0:
-                raise SettingsError(f"{limit.flag} {value} must be above 0")
-        if self.max_batch_size < 1:
-            raise SettingsError(f"--max-batch-size {self.max_batch_size} must be at least 1")
+        from feedback.errors import Invalid
+        from feedback.promotion_rule import PromotionRule
+
+        try:
+            PromotionRule(**self.promotion_rule_values())
+        except Invalid as exc:
+            raise SettingsError(f"the promotion rule: {exc.message}") from None
+        for name, option in self.options().items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            given_as = option.flag or option.env
+            if option.zero_allowed and not value >= 0:
+                raise SettingsError(f"{given_as} {value} must be 0 or more")
+            if option.positive and not value > 0:
+                raise SettingsError(f"{given_as} {value} must be above 0")
 
     @property
     def models_dir(self) -> Path:
@@ -147,3 +331,35 @@ class Settings:
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+
+_CASTS: dict[str, Callable[[str], Any]] = {  # settings whose default is None: how a given value is read
+    "threads": int,
+    "promotion_win_rate": float,
+    "promotion_min_votes": int,
+    "promotion_max_accuracy_drop": float,
+    "promotion_max_kl": float,
+    "promotion_max_perplexity_rise": float,
+}
+
+
+def _cast_for(default: Any) -> Callable[[str], Any]:
+    return str if isinstance(default, Path) else type(default)
+
+
+def _kind(default: Any, name: str) -> str:
+    cast = _CASTS.get(name, str) if default is None else _cast_for(default)
+    return {int: "whole number", float: "number", bool: "yes/no value"}.get(cast, "text")
+
+
+def _parse_env(raw: str, default: Any, name: str) -> Any:
+    """A TUNEHUB_* value as the setting's type; raises ValueError when it is not one."""
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(raw)
+    cast = _CASTS.get(name, str) if default is None else _cast_for(default)
+    return cast(raw)

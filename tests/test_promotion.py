@@ -85,15 +85,20 @@ def test_rule_settings_are_checked_and_read_from_the_environment():
         PromotionRule(kind="elo")
     with pytest.raises(Invalid, match="0.3"):
         PromotionRule(win_rate=0.3)
-    rule = PromotionRule.from_env(
-        {
+    from hub.settings import Settings  # the hub reads the variables once and gives the rule its values
+
+    given = Settings.from_sources(
+        env={
             "TUNEHUB_PROMOTION_RULE": "win_rate",
             "TUNEHUB_PROMOTION_MIN_VOTES": "50",
             "TUNEHUB_AUTO_PROMOTE": "1",
         }
     )
+    rule = PromotionRule(**given.promotion_rule_values())
     assert (rule.kind, rule.min_votes, rule.auto, rule.max_accuracy_drop) == ("win_rate", 50, True, 0.05)
-    assert PromotionRule.from_env({}).auto is False  # off by default
+    assert (
+        PromotionRule(**Settings.from_sources(env={}).promotion_rule_values()).auto is False
+    )  # off by default
 
 
 # ----- lineage both ways -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from feedback.promotion_rule import PromotionRule, guard_reasons
+from hub.settings import Settings
 from serving.engine import ScoreRequest
 from tests.support.adapters import make_lora_adapter
 from training.demo.corpus import conversations
@@ -196,7 +197,8 @@ def test_the_guard_refuses_a_perplexity_rise_above_the_bound():
     [reason] = guard_reasons(rule, worse, incumbent)
     assert "perplexity on the held-out text rose from 20 (base) to 23 (km@1): 15% more" in reason
     assert guard_reasons(PromotionRule(max_perplexity_rise=0.2), worse, incumbent) == []
-    assert PromotionRule.from_env({"TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE": "0.2"}).max_perplexity_rise == 0.2
+    given = Settings.from_sources(env={"TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE": "0.2"})
+    assert PromotionRule(**given.promotion_rule_values()).max_perplexity_rise == 0.2
     assert guard_reasons(rule, {"name": "x", "accuracy": 0.8}, incumbent) == []  # not measured: no refusal
 
 

@@ -183,12 +183,12 @@ def test_the_settings_file_is_checked_naming_rule_and_field(tmp_path):
         load_rules(path)
 
 
-def test_the_hub_turns_it_on_only_with_a_settings_file(store, tmp_path, monkeypatch):
+def test_the_hub_turns_it_on_only_with_a_settings_file(store, tmp_path):
     from types import SimpleNamespace
 
-    from hub.jobs_service import AUTO_TRAIN_ENV, auto_trigger
+    from hub.jobs_service import auto_trigger
+    from hub.settings import Settings
 
-    monkeypatch.delenv(AUTO_TRAIN_ENV, raising=False)
     service = SimpleNamespace(engine=SimpleNamespace(model_path="/models/base"))
     assert auto_trigger(service, store, tmp_path) is None  # off by default
     (tmp_path / "auto-train.json").write_text(json.dumps({"triggers": [{"stage": "dpo", "min_new": 4}]}))
@@ -196,6 +196,6 @@ def test_the_hub_turns_it_on_only_with_a_settings_file(store, tmp_path, monkeypa
     assert [r.stage for r in trigger.rules] == ["dpo"] and trigger.base_model == "/models/base"
     elsewhere = tmp_path / "other.json"
     elsewhere.write_text(json.dumps({"triggers": [{"stage": "sft", "min_new": 0}]}))
-    monkeypatch.setenv(AUTO_TRAIN_ENV, str(elsewhere))
+    named = Settings.from_sources(env={"TUNEHUB_AUTO_TRAIN": str(elsewhere)}).auto_train  # or --auto-train
     with pytest.raises(TriggerError, match="min_new"):
-        auto_trigger(service, store, tmp_path)  # a bad file stops the hub from starting
+        auto_trigger(service, store, tmp_path, settings_file=named)  # a bad file stops the hub from starting

@@ -16,7 +16,6 @@ import shutil
 import socket
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from ..settings import Settings
 
@@ -49,28 +48,6 @@ def add_vllm_arguments(serve: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--vllm-start-timeout", type=float, default=900.0, help="seconds to wait for vLLM's /health"
-    )
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--dtype and --chat-template, shared by `tunehub serve` and `tunehub engine`."""
-    from serving.loader import DTYPE_CHOICES
-
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default="auto",
-        help="compute dtype (auto: bfloat16 on GPUs and CPUs that have it, else float16 on GPU, float32)",
-    )
-    parser.add_argument(
-        "--chat-template",
-        help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for models without one",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads of the local engine's matmuls (default: all cores but one, kept for the HTTP side)",
     )
 
 
@@ -205,26 +182,22 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from ..engine_server import build_engine_app
     from .common import load_engine_for
 
-    settings = Settings(
-        model=args.model,
-        data_dir=Path(args.data_dir),
-        quantize=args.quantize,
-        dtype=args.dtype,
-        chat_template=args.chat_template,
-        threads=args.threads,
-        max_lora_rank=args.max_lora_rank,
-        max_batch_size=args.max_batch_size,
-        served_model_name=args.served_model_name,
-    )
     try:
+        settings = Settings.from_sources(args, env={})  # the engine's own flags only
         engine = load_engine_for(settings)
-    except ValueError as exc:
+    except ValueError as exc:  # a bad setting, source or template
         print(f"tunehub engine: {exc}", file=sys.stderr)
         return 2
     app = build_engine_app(engine, api_key=args.api_key)
     print(f"tunehub engine: serving {engine.model_name} on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0
+
+
+# the settings `tunehub engine` shares with `tunehub serve` (declared in hub/settings.py)
+ENGINE_SETTINGS = (
+    "served_model_name", "max_lora_rank", "max_batch_size", "quantize", "dtype", "chat_template", "threads", "data_dir",
+)  # fmt: skip
 
 
 def add_engine_command(sub) -> None:
@@ -239,12 +212,7 @@ def add_engine_command(sub) -> None:
     engine.add_argument(
         "--api-key", default=os.environ.get("VLLM_API_KEY"), help="require this Bearer key on /v1 paths"
     )
-    engine.add_argument("--served-model-name", help="name of the base model on the API")
-    engine.add_argument("--max-lora-rank", type=int, default=64)
-    engine.add_argument("--max-batch-size", type=int, default=32)
-    engine.add_argument("--quantize", choices=["none", "8bit", "4bit"], default="none")
-    add_model_options(engine)
-    engine.add_argument("--data-dir", default="./tunehub-data", help="where the demo model is cached")
+    Settings.add_arguments(engine, names=ENGINE_SETTINGS)
     engine.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )

@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..settings import LIMIT_FLAGS, Settings, SettingsError, quiet_environment
+from ..settings import Settings, SettingsError, quiet_environment
 from .adapters import add_adapter_commands
 from .common import load_engine_for, progress_bar, resolve_model, store_is_sound
 from .data import add_data_commands
 from .engine import (
     add_engine_command,
-    add_model_options,
     add_vllm_arguments,
     choose_engine,
     make_vllm_bases,
@@ -34,27 +33,11 @@ log = logging.getLogger("tunehub")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    models = args.model or []
-    settings = Settings(
-        model=models[0] if models else None,
-        more_models=models[1:],
-        engine=args.engine,
-        host=args.host,
-        port=args.port,
-        data_dir=Path(args.data_dir),
-        quantize=args.quantize,
-        dtype=args.dtype,
-        chat_template=args.chat_template,
-        threads=args.threads,
-        max_lora_rank=args.max_lora_rank,
-        max_batch_size=args.max_batch_size,
-        served_model_name=args.served_model_name,
-        **{limit.setting: getattr(args, limit.setting) for limit in LIMIT_FLAGS},
-    )
-    if args.api_key:
-        settings.api_key = args.api_key
-    if args.admin_password:
-        settings.admin_password = args.admin_password
+    try:
+        settings = Settings.from_sources(args)
+    except SettingsError as exc:
+        print(f"tunehub: {exc}", file=sys.stderr)
+        return 2
     try:
         settings.check()
     except SettingsError as exc:
@@ -107,10 +90,6 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default(setting: str):
-    return Settings.__dataclass_fields__[setting].default
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunehub", description="Chat, rate, retrain and hot-swap LLM adapters."
@@ -118,46 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the UI and the OpenAI-compatible API")
-    serve.add_argument(
-        "--model",
-        action="append",
-        help="hub id, local model directory or .gguf file (default: the self-built demo model); give it "
-        "again to serve more base models beside the first (local engine), each with its own adapters",
-    )
-    serve.add_argument(
-        "--engine",
-        choices=["auto", "local", "vllm"],
-        default="auto",
-        help="inference engine (auto: vLLM with --vllm-url, or with a CUDA GPU and vllm on PATH; local otherwise)",
-    )
-    serve.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind (non-loopback needs --admin-password and --api-key)",
-    )
-    serve.add_argument("--port", type=int, default=7860)
-    serve.add_argument(
-        "--data-dir", default="./tunehub-data", help="models, adapters and the feedback database"
-    )
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (or TUNEHUB_API_KEY)")
-    serve.add_argument("--admin-password", help="password for admin actions (or TUNEHUB_ADMIN_PASSWORD)")
-    serve.add_argument(
-        "--quantize",
-        choices=["none", "8bit", "4bit"],
-        default="none",
-        help="load the base through bitsandbytes",
-    )
-    add_model_options(serve)
-    serve.add_argument("--max-lora-rank", type=int, default=64, help="largest adapter rank accepted")
-    serve.add_argument("--max-batch-size", type=int, default=32, help="rows decoded together")
-    serve.add_argument(
-        "--served-model-name", help="name of the base model on the API (default: its directory name)"
-    )
-    for limit in LIMIT_FLAGS:
-        default = _default(limit.setting)
-        serve.add_argument(
-            limit.flag, dest=limit.setting, type=type(default), default=default, help=limit.help
-        )
+    Settings.add_arguments(serve)
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
