@@ -107,9 +107,11 @@ def test_a_full_fine_tune_from_the_train_tab_is_chatted_with_rated_and_promoted(
         wait_text(page, "#adapters-replay-summary", "ui-whole@1", timeout=120_000)
         page.locator("#adapters-override input").check()  # six steps on 32 rows: the guard may object
         page.locator("#adapters-promote").click()
-        page.locator("#adapters-message").get_by_text("promoted").wait_for(timeout=60_000)
-        wait_text(page, "#adapters-table", "promoted")
+        # the promotion's own message ("... is not promoted: ..." would be the guard refusing it)
+        page.locator("#adapters-message").get_by_text("promoted (guard overridden)").wait_for(timeout=60_000)
 
+    with Store(whole_hub.data_dir / "feedback.db") as store:
+        assert store.promoted_adapter().ref == "ui-whole@1"
     assert answer("tunehub-default") == tuned  # the default model now answers with the full fine-tune
     back = httpx.post(
         f"{whole_hub.url}/v1/adapters/rollback", headers={"Authorization": f"Bearer {ADMIN[1]}"}, timeout=60
