@@ -32,14 +32,51 @@ from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
 
 class SleepableEngine:
     """The engine with vLLM's sleep switch: asleep, it refuses generation with 503 (the local engine keeps
-    its weights where they are: there is no GPU memory to hand to a training job on CPU)."""
+    its weights where they are: there is no GPU memory to hand to a training job on CPU). Everything else
+    is the engine's."""
 
     def __init__(self, engine: Engine) -> None:
         self.inner = engine
         self.sleeping = False
+        inner = engine  # its calls, as they are
+        self.adapters, self.load_adapter, self.unload_adapter = (
+            inner.adapters,
+            inner.load_adapter,
+            inner.unload_adapter,
+        )
+        self.score, self.start, self.close = inner.score, inner.start, inner.close
+        self.health_problem, self.replica_status = inner.health_problem, inner.replica_status
+        self.observe_steps = inner.observe_steps
 
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def max_context(self) -> int:
+        return self.inner.max_context
+
+    @property
+    def model_path(self) -> str:
+        return self.inner.model_path
+
+    @property
+    def ready(self) -> bool:
+        return self.inner.ready
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.inner.chat_template
+
+    @property
+    def can_sleep(self) -> bool:
+        return True  # the switch below: it stops answering, as a sleeping vLLM does
+
+    async def sleep(self, level: int = 1) -> None:
+        self.sleeping = True
+
+    async def wake_up(self) -> None:
+        self.sleeping = False
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if self.sleeping:
@@ -106,12 +143,12 @@ def build_engine_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
 
     @vllm_routes.post("/sleep", response_model=None)
     async def sleep(level: int = 1):
-        sleepable.sleeping = True
+        await sleepable.sleep(level)
         return PlainTextResponse("")
 
     @vllm_routes.post("/wake_up", response_model=None)
     async def wake_up():
-        sleepable.sleeping = False
+        await sleepable.wake_up()
         return PlainTextResponse("")
 
     @vllm_routes.get("/is_sleeping")
