@@ -16,7 +16,8 @@ from serving.loader import load_local_engine
 
 @pytest.fixture(scope="module")
 def engine(demo_model):
-    return load_local_engine(demo_model, dtype="float32")
+    # one delta per token (no grouping of tokens made within a few ms): the test counts tokens by deltas
+    return load_local_engine(demo_model, dtype="float32", stream_interval_s=0)
 
 
 def ask() -> GenerationRequest:
