@@ -7,7 +7,7 @@ guard, automatic promotion, and the default model name that serves whatever is p
     promotion.guard(adapter)           # raises Conflict naming why a manual promotion is refused
     promotion.promote("km@2")          # the guard, then the promotion (override=True skips the guard)
     promotion.auto_promote()           # promote every candidate the rule accepts (when rule.auto)
-    promotion.default_adapter()        # the served name `tunehub-default` routes to (None: the base)
+    promoted_route(store, engine)()    # the served name `tunehub-default` routes to (None: the base)
     promotion.history()                # each promotion over time with its rating and replay accuracy
 
 Replay reports live in ``DATA_DIR/replay/NAME-vN.json``. Every method blocks: async callers use a thread.
@@ -94,10 +94,6 @@ class PromotionService:
             if served is not None:
                 return served
         return self.feedback.anchor() or "base"
-
-    def default_adapter(self) -> str | None:
-        """The engine adapter `tunehub-default` routes to: the promoted one if the engine serves it."""
-        return promoted_route(self.store, self.adapters.chat.engine if self.adapters.chat else None)()
 
     def promote(self, ref: str, *, override: bool = False) -> Adapter:
         """Promote a version after the guard (a replay's accuracy drop or KL may refuse it with Conflict;

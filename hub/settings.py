@@ -50,16 +50,26 @@ class Option:
     flag: str | None
     env: str | None
     help: str
+    kind: Callable[[str], Any] = str  # reads a given value: str, int, float, Path or bool
     choices: tuple[str, ...] | None = None
     positive: bool = False  # must be above 0
     zero_allowed: bool = False  # must be 0 or more (0 turns it off)
 
 
-def setting(default: Any = None, *, flag: str | None = None, env: str | None = None, help: str, **kw) -> Any:
-    """A Settings field declared once: its default and how it is given (see Option)."""
-    option = Option(flag, env, help, **kw)
-    if isinstance(default, list):
-        return field(default_factory=list, metadata={"option": option})
+def setting(
+    default: Any = None,
+    *,
+    flag: str | None = None,
+    env: str | None = None,
+    help: str,
+    kind: Callable[[str], Any] | None = None,
+    **kw,
+) -> Any:
+    """A Settings field declared once: its default and how it is given (see Option); its kind is the
+    default's type unless the default is None."""
+    if kind is None:
+        kind = Path if isinstance(default, Path) else str if default is None else type(default)
+    option = Option(flag, env, help, kind, **kw)
     return field(default=default, metadata={"option": option})
 
 
@@ -111,6 +121,7 @@ class Settings:
         help="a .jinja file or a shipped template (chatml, llama3, mistral, zephyr) for models without one",
     )
     threads: int | None = setting(
+        kind=int,
         flag="--threads",
         help="CPU threads of the local engine's matmuls (default: all cores but one, kept for the HTTP side)",
     )
@@ -176,24 +187,31 @@ class Settings:
         choices=("bt_lower_above_upper", "win_rate"),
     )
     promotion_win_rate: float | None = setting(
-        flag="--promotion-win-rate", env="TUNEHUB_PROMOTION_WIN_RATE", help="the win_rate rule's bar (0.55)"
+        kind=float,
+        flag="--promotion-win-rate",
+        env="TUNEHUB_PROMOTION_WIN_RATE",
+        help="the win_rate rule's bar (0.55)",
     )
     promotion_min_votes: int | None = setting(
+        kind=int,
         flag="--promotion-min-votes",
         env="TUNEHUB_PROMOTION_MIN_VOTES",
         help="votes between candidate and incumbent before the rule decides (30)",
     )
     promotion_max_accuracy_drop: float | None = setting(
+        kind=float,
         flag="--promotion-max-accuracy-drop",
         env="TUNEHUB_PROMOTION_MAX_ACCURACY_DROP",
         help="the replay guard: largest fall in checkable accuracy (0.05 = 5 points)",
     )
     promotion_max_kl: float | None = setting(
+        kind=float,
         flag="--promotion-max-kl",
         env="TUNEHUB_PROMOTION_MAX_KL",
         help="the replay guard: largest KL from the base",
     )
     promotion_max_perplexity_rise: float | None = setting(
+        kind=float,
         flag="--promotion-max-perplexity-rise",
         env="TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE",
         help="the replay guard: largest rise in held-out perplexity (0.10 = 10%%)",
@@ -217,6 +235,7 @@ class Settings:
         help="a JSONL prompt set for the regression replay (default: the set chosen for the base)",
     )
     auto_train: Path | None = setting(
+        kind=Path,
         flag="--auto-train",
         env="TUNEHUB_AUTO_TRAIN",
         help="the automatic trigger's settings file (default: DATA_DIR/auto-train.json when it exists)",
@@ -241,11 +260,11 @@ class Settings:
             kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{option.help}{shown}{via}"}
             if name == "model":
                 kwargs["action"] = "append"
-            elif isinstance(default, bool):
+            elif option.kind is bool:
                 kwargs["action"] = "store_const"
                 kwargs["const"] = True
             else:
-                kwargs["type"] = _CASTS.get(name, str) if default is None else _cast_for(default)
+                kwargs["type"] = option.kind
                 kwargs["choices"] = option.choices
             parser.add_argument(option.flag, **kwargs)
 
@@ -257,17 +276,15 @@ class Settings:
         start. A variable that does not parse raises SettingsError naming it."""
         env = os.environ if env is None else env
         given = vars(args) if args is not None else {}
-        defaults = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         for name, option in cls.options().items():
             value = given.get(name)
             if value is None and option.env and env.get(option.env):
                 raw = env[option.env]
-                default = defaults[name].default
                 try:
-                    value = _parse_env(raw, default, name)
+                    value = _parse_env(raw, option.kind)
                 except ValueError:
-                    raise SettingsError(f"{option.env}={raw!r} is not a {_kind(default, name)}") from None
+                    raise SettingsError(f"{option.env}={raw!r} is not a {_KIND_NAMES[option.kind]}") from None
                 if option.choices and value not in option.choices:
                     raise SettingsError(f"{option.env}={raw!r} is not one of {', '.join(option.choices)}")
             if value is not None:
@@ -277,9 +294,6 @@ class Settings:
             models = [models]
         if models:
             values["model"], values["more_models"] = models[0], list(models[1:])
-        for name in ("data_dir", "auto_train"):
-            if name in values:
-                values[name] = Path(values[name])
         return cls(**values)
 
     def promotion_rule_values(self) -> dict[str, Any]:
@@ -333,33 +347,16 @@ class Settings:
         return self.data_dir / "adapters"
 
 
-_CASTS: dict[str, Callable[[str], Any]] = {  # settings whose default is None: how a given value is read
-    "threads": int,
-    "promotion_win_rate": float,
-    "promotion_min_votes": int,
-    "promotion_max_accuracy_drop": float,
-    "promotion_max_kl": float,
-    "promotion_max_perplexity_rise": float,
-}
+_KIND_NAMES = {str: "text", int: "whole number", float: "number", bool: "yes/no value", Path: "path"}
 
 
-def _cast_for(default: Any) -> Callable[[str], Any]:
-    return str if isinstance(default, Path) else type(default)
-
-
-def _kind(default: Any, name: str) -> str:
-    cast = _CASTS.get(name, str) if default is None else _cast_for(default)
-    return {int: "whole number", float: "number", bool: "yes/no value"}.get(cast, "text")
-
-
-def _parse_env(raw: str, default: Any, name: str) -> Any:
-    """A TUNEHUB_* value as the setting's type; raises ValueError when it is not one."""
-    if isinstance(default, bool):
+def _parse_env(raw: str, kind: Callable[[str], Any]) -> Any:
+    """A TUNEHUB_* value read as `kind`; raises ValueError when it is not one."""
+    if kind is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off", ""):
             return False
         raise ValueError(raw)
-    cast = _CASTS.get(name, str) if default is None else _cast_for(default)
-    return cast(raw)
+    return kind(raw)

@@ -44,8 +44,10 @@ def test_the_arena_never_pits_tunehub_default_against_what_it_stands_for(demo_mo
     from hub.metrics import Metrics
     from serving.loader import load_local_engine
 
-    chat = ChatService(load_local_engine(demo_model, model_name="base"), Metrics())
-    chat.default_adapter = lambda: None  # as the hub wires it: tunehub-default serves the base
+    # as the hub builds it: tunehub-default routes to nothing promoted, so to the base
+    chat = ChatService(
+        load_local_engine(demo_model, model_name="base"), Metrics(), default_adapter=lambda: None
+    )
     assert DEFAULT_MODEL in [m.id for m in chat.models()]
     with Store(tmp_path / "feedback.db") as store:
         arena = ArenaService(chat, store, rng=random.Random(0))
