@@ -139,19 +139,18 @@ def open_local_engine(settings: Settings, path: str | Path, name: str) -> Engine
     )
 
 
-def refuse_on_vllm(name: str, path: Path) -> Engine:
-    """The opener of a vLLM hub: a whole model needs a vLLM server of its own, which the hub does not
-    start beside a running one."""
-    raise InvalidAdapter(
-        f"{name!r} is a whole model ({path}): a vLLM hub serves adapters of its base only. Serve it with "
-        f"`tunehub serve --model {path}` (or a vLLM server started on it)",
-        param="adapter",
-    )
+def refusing(why: str) -> Callable[[str, Path], Engine]:
+    """An opener that opens nothing: loading a whole model is refused, saying `why` and how to serve it."""
+
+    def refuse(name: str, path: Path) -> Engine:
+        raise InvalidAdapter(
+            f"{name!r} is a whole model ({path}): {why}; serve it with `tunehub serve --model {path}`",
+            param="adapter",
+        )
+
+    return refuse
 
 
-def no_opener(name: str, path: Path) -> Engine:
-    """The opener of an app built without one (embedded uses, tests of other parts)."""
-    raise InvalidAdapter(
-        f"{name!r} is a whole model ({path}), and this hub was built without a way to open one",
-        param="adapter",
-    )
+# a whole model needs a vLLM server of its own, which the hub does not start beside a running one
+refuse_on_vllm = refusing("a vLLM hub serves adapters of its bases only")
+no_opener = refusing("this hub was built without a way to open one")  # embedded uses, tests of other parts

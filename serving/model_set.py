@@ -154,14 +154,12 @@ class ModelSet:
     def adapters(self) -> list[AdapterInfo]:
         """Every adapter of every base (its `parent` the base's served name, with several bases), then the
         whole models."""
-        found = []
-        for engine in self._bases:
-            for info in engine.adapters():
-                found.append(info if len(self._bases) == 1 else replace(info, parent=engine.model_name))
+        found = [self._on(engine, info) for engine in self._bases for info in engine.adapters()]
         return [*found, *(m.info for m in self._models.values())]
 
-    def whole_models(self) -> list[AdapterInfo]:
-        return [m.info for m in self._models.values()]
+    def _on(self, engine: Engine, info: AdapterInfo) -> AdapterInfo:
+        """An adapter's info, naming the base it answers on where there are several."""
+        return info if len(self._bases) == 1 else replace(info, parent=engine.model_name)
 
     def _taken(self) -> set[str]:
         return {*(e.model_name for e in self._bases), *self._loading, *(a.name for a in self.adapters())}
@@ -175,8 +173,7 @@ class ModelSet:
             others = self._taken() - {engine.model_name, *(a.name for a in engine.adapters())}
             if name in others:
                 raise AdapterConflict(f"the name {name!r} is already served", param="lora_name")
-            info = await engine.load_adapter(name, path)
-            return info if len(self._bases) == 1 else replace(info, parent=engine.model_name)
+            return self._on(engine, await engine.load_adapter(name, path))
         if name in self._taken():
             raise AdapterConflict(f"the name {name!r} is already served", param="lora_name")
         self._loading.add(name)

@@ -192,3 +192,17 @@ def test_the_api_loads_lists_answers_with_and_unloads_a_whole_model(tmp_path, de
         [recorded] = store.list_generations(model="full-sft")
     assert recorded.text == text
     assert unloaded.status_code == 200 and gone.status_code == 404, gone.text
+
+
+def test_a_vllm_hub_refuses_a_whole_model_saying_how_to_serve_it(demo_model, tuned_copy):
+    async def scenario():
+        from hub.whole_models import refuse_on_vllm
+
+        engines = ModelSet(load_local_engine(demo_model, model_name="demo"), open_model=refuse_on_vllm)
+        with pytest.raises(InvalidAdapter) as refused:
+            await engines.load_adapter("full-sft", tuned_copy)
+        assert "a vLLM hub serves adapters of its bases only" in refused.value.message
+        assert f"tunehub serve --model {tuned_copy}" in refused.value.message
+        assert engines.adapters() == []
+
+    asyncio.run(scenario())
