@@ -206,3 +206,38 @@ def test_a_vllm_hub_refuses_a_whole_model_saying_how_to_serve_it(demo_model, tun
         assert engines.adapters() == []
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_the_real_model_is_served_as_a_whole_model_beside_the_demo_base(tmp_path, demo_model, smollm2_dir):
+    """SmolLM2's directory (a whole model, as a full fine-tune of it would be) opened beside the demo base by
+    the opener `tunehub serve` uses, memory checked from its real config: it answers as SmolLM2 does."""
+    from hub.settings import Settings
+    from hub.whole_models import local_model_opener, parameter_count
+
+    assert 130e6 < parameter_count(smollm2_dir) < 140e6  # 135M, read from its config
+
+    async def scenario():
+        settings = Settings(data_dir=tmp_path, dtype="float32")
+        engines = ModelSet(
+            load_local_engine(demo_model, model_name="demo", dtype="float32"),
+            open_model=local_model_opener(settings),
+        )
+        await engines.start()
+        try:
+            info = await engines.load_adapter("smollm2", smollm2_dir)
+            request = GenerationRequest(
+                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                sampling=SamplingParams(max_tokens=16, temperature=0),
+                adapter="smollm2",
+            )
+            text = "".join([d.text async for d in engines.generate(request)])
+            base = await answer(engines, "What is the capital of France?")
+            await engines.unload_adapter("smollm2")
+            return info, text, base
+        finally:
+            await engines.close()
+
+    info, text, base = asyncio.run(scenario())
+    assert info.kind == "model" and "Paris" in text, text
+    assert text != base
