@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import TEST_ENVIRONMENT, HubProcess
+from tests.support.server import TEST_ENVIRONMENT, InProcessHub
 
 for _key, _value in TEST_ENVIRONMENT.items():
     os.environ.setdefault(_key, _value)
@@ -86,21 +86,21 @@ def adapters_dir(tmp_path_factory, demo_model) -> Path:
 
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory, demo_model):
-    """A real `tunehub serve` on 127.0.0.1 with no API key (loopback: the local user is admin)."""
-    with HubProcess(model=demo_model, data_dir=tmp_path_factory.mktemp("hub-data")) as process:
-        yield process
+    """A real `tunehub serve` on 127.0.0.1 with no API key (loopback: the local user is admin), in process."""
+    with InProcessHub(model=demo_model, data_dir=tmp_path_factory.mktemp("hub-data")) as served:
+        yield served
 
 
 @pytest.fixture(scope="session")
 def secured_hub(tmp_path_factory, demo_model):
-    """A real `tunehub serve` with an API key and an admin password."""
-    with HubProcess(
+    """A real `tunehub serve` with an API key and an admin password, in process."""
+    with InProcessHub(
         model=demo_model,
         data_dir=tmp_path_factory.mktemp("secured-data"),
         api_key="test-key",
         admin_password="test-admin",
-    ) as process:
-        yield process
+    ) as served:
+        yield served
 
 
 def pytest_collection_modifyitems(config, items):

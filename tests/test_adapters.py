@@ -16,7 +16,7 @@ from feedback.errors import Conflict
 from feedback.store import Store
 from hub.adapters_service import AdapterService, split_ref
 from tests.support.cli import tunehub
-from tests.support.server import HubProcess
+from tests.support.server import InProcessHub
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -121,7 +121,7 @@ def test_the_hub_reloads_registered_adapters_when_it_starts(tmp_path, demo_model
         store.add_adapter(
             "judge", base=str(demo_model), method="lora", path=str(paths["a"]), metrics={"stage": "reward"}
         )
-    with HubProcess(model=demo_model, data_dir=data_dir) as hub:
+    with InProcessHub(model=demo_model, data_dir=data_dir) as hub:
         models = {m["id"] for m in httpx.get(f"{hub.url}/v1/models", timeout=30).json()["data"]}
         assert {"cand", "cand@v2", "prom"} <= models
         assert not {"old", "gone", "judge"} & models  # retired, missing on disk, not a chat adapter

@@ -12,7 +12,7 @@ import pytest
 from feedback.store import Store
 from tests.support.adapters import make_lora_adapter
 from tests.support.cli import tunehub
-from tests.support.server import HubProcess
+from tests.support.server import InProcessHub
 
 PASSWORD = "adapters-admin-pw"
 ADMIN = {"Authorization": f"Bearer {PASSWORD}"}
@@ -31,7 +31,7 @@ def hub(tmp_path_factory, demo_model):
             )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
-        with HubProcess(model=demo_model, data_dir=data_dir, admin_password=PASSWORD) as process:
+        with InProcessHub(model=demo_model, data_dir=data_dir, admin_password=PASSWORD) as process:
             yield process
 
 

@@ -19,7 +19,7 @@ import pytest
 from hub.chat_service import DEFAULT_MODEL
 from tests.support.adapters import make_lora_adapter, rewrite_config
 from tests.support.openai_schema import validate
-from tests.support.server import HubProcess
+from tests.support.server import InProcessHub
 
 STORY = [{"role": "user", "content": "Tell me a long story"}]
 
@@ -289,7 +289,7 @@ def test_load_request_fields_are_checked(hub, adapters_dir):
 
 @pytest.mark.slow
 def test_max_lora_rank_flag(tmp_path, demo_model, adapters_dir):
-    with HubProcess(
+    with InProcessHub(
         model=demo_model, data_dir=tmp_path / "data", extra_args=["--max-lora-rank", "4"]
     ) as small:
         error = expect_error(load(small, "b", adapters_dir / "b"), 400)

@@ -19,7 +19,7 @@ import pytest
 from hub.errors import ApiError
 from hub.limits import GenerationGate, RateLimiter, ServerBusy
 from tests.support.openai_schema import validate
-from tests.support.server import HubProcess
+from tests.support.server import InProcessHub
 
 API_KEY, ADMIN = "limits-key", "limits-admin"
 
@@ -112,7 +112,7 @@ def test_the_gate_runs_queues_and_refuses_in_order():
 @pytest.fixture(scope="module")
 def limited_hub(tmp_path_factory, demo_model):
     """Rate limits on: 3 at once, then 60/min for the shared key and 30/min for each rater."""
-    with HubProcess(
+    with InProcessHub(
         model=demo_model,
         data_dir=tmp_path_factory.mktemp("limited"),
         api_key=API_KEY,
@@ -158,7 +158,7 @@ def test_rate_limits_answer_429_with_retry_after(limited_hub):
 @pytest.fixture(scope="module")
 def busy_hub(tmp_path_factory, demo_model):
     """One generation at a time, one more waiting, half a second per generation, 64 KiB bodies."""
-    with HubProcess(
+    with InProcessHub(
         model=demo_model,
         data_dir=tmp_path_factory.mktemp("busy"),
         extra_args=[

@@ -15,7 +15,7 @@ from feedback.promotion_rule import PromotionRule, decide, guard_reasons
 from feedback.store import Store
 from tests.support.adapters import make_lora_adapter
 from tests.support.cli import tunehub
-from tests.support.server import HubProcess
+from tests.support.server import InProcessHub
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -227,7 +227,7 @@ def hub(tmp_path_factory, demo_model):
         patch.setenv("TUNEHUB_AUTO_PROMOTE_INTERVAL", "3600")
         patch.setenv("TUNEHUB_PROMOTION_RULE", "win_rate")
         patch.setenv("TUNEHUB_PROMOTION_MIN_VOTES", "10")
-        with HubProcess(model=demo_model, data_dir=data_dir, admin_password=PASSWORD) as process:
+        with InProcessHub(model=demo_model, data_dir=data_dir, admin_password=PASSWORD) as process:
             yield process
 
 

@@ -26,7 +26,7 @@ from serving.errors import AdapterConflict, InvalidAdapter
 from serving.loader import load_local_engine
 from serving.model_set import ModelSet
 from tests.support.adapters import make_lora_adapter
-from tests.support.server import HubProcess
+from tests.support.server import InProcessHub
 from tests.test_training_jobs import TINY, finished, sft_rows, wait_for
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -164,7 +164,7 @@ def test_a_vllm_hub_starts_one_server_per_base(tmp_path, demo_model, full_demo_m
         "--max-lora-rank",
         "8",
     ]
-    with HubProcess(model=demo_model, data_dir=tmp_path / "hub", extra_args=extra) as hub:
+    with InProcessHub(model=demo_model, data_dir=tmp_path / "hub", extra_args=extra) as hub:
         servers = _vllm_starts(starts)
         assert sorted(s["argv"][1] for s in servers) == sorted([str(demo_model), str(full_demo_model)])
         assert len({s["argv"][s["argv"].index("--port") + 1] for s in servers}) == 2
@@ -201,7 +201,7 @@ def test_a_hub_serves_two_bases_with_their_adapters(tmp_path, demo_model, full_d
             "on-full", base=str(full_demo_model), method="lora", path=str(lora_dirs["on-full"]), metrics={}
         )
     extra = ["--model", str(full_demo_model)]
-    with HubProcess(model=demo_model, data_dir=data_dir, extra_args=extra) as hub:
+    with InProcessHub(model=demo_model, data_dir=data_dir, extra_args=extra) as hub:
         client = openai.OpenAI(base_url=f"{hub.url}/v1", api_key="unused", max_retries=0)
         listed = {m.id: m.model_extra.get("parent") for m in client.models.list().data}
         assert listed == {

@@ -21,7 +21,7 @@ import pytest
 
 from feedback.store import Store
 from tests.support.cli import tunehub_process
-from tests.support.server import HubProcess
+from tests.support.server import HubProcess, InProcessHub
 from training.jobs.faults import EXIT_OOM, Fault, diagnose, oom_retry
 from training.jobs.progress import ProgressReader, write_event
 
@@ -76,7 +76,7 @@ def sft_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def jobs_hub(tmp_path_factory, demo_model, one_torch_thread):
     """A hub of its own (loopback, no keys: the local user is admin), so its job queue is this module's."""
-    with HubProcess(model=demo_model, data_dir=tmp_path_factory.mktemp("jobs-hub")) as process:
+    with InProcessHub(model=demo_model, data_dir=tmp_path_factory.mktemp("jobs-hub")) as process:
         yield process
 
 

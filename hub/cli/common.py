@@ -62,9 +62,9 @@ def load_engine_for(settings: Settings):
     return open_local_engine(settings, source.path, settings.served_model_name or source.name)
 
 
-def store_is_sound(path: Path) -> bool:
+def store_problem(path: Path) -> str | None:
     """Check the feedback database before anything slow starts: a damaged file stops the hub with a message
-    naming it, and is never replaced by a new one."""
+    naming it (returned), and is never replaced by a new one. None: it is sound (or new)."""
     from feedback.errors import CorruptStore
     from feedback.store import Store
 
@@ -72,9 +72,8 @@ def store_is_sound(path: Path) -> bool:
         with Store(path) as store:
             store.check_integrity()
     except CorruptStore as exc:
-        print(f"tunehub: {exc}", file=sys.stderr)
-        return False
-    return True
+        return str(exc)
+    return None
 
 
 def open_store(args: argparse.Namespace, *, create: bool = False):

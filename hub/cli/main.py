@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..settings import Settings, SettingsError, quiet_environment
 from .adapters import add_adapter_commands
-from .common import load_engine_for, progress_bar, resolve_model, store_is_sound
+from .common import load_engine_for, progress_bar, resolve_model, store_problem
 from .data import add_data_commands
 from .engine import (
     add_engine_command,
@@ -27,33 +28,34 @@ from .tools import add_tool_commands
 from .train import add_train_commands
 
 if TYPE_CHECKING:
-    pass
+    from fastapi import FastAPI
 
 log = logging.getLogger("tunehub")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        settings = Settings.from_sources(args)
-    except SettingsError as exc:
-        print(f"tunehub: {exc}", file=sys.stderr)
-        return 2
-    try:
-        settings.check()
-    except SettingsError as exc:
-        print(f"tunehub: {exc}", file=sys.stderr)
-        return 2
-    import uvicorn
+class CannotServe(Exception):
+    """What stops `tunehub serve` before it listens, in words for the user: a bad setting, a damaged feedback
+    store, a model source or chat template that does not load, a model that does not fit."""
 
-    from ..app import build_app
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not store_is_sound(settings.data_dir / "feedback.db"):
-        return 2
+def served_app(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> tuple[Settings, FastAPI]:
+    """The hub `tunehub serve` runs for `args` (and the TUNEHUB_* variables of `env`, else the process's):
+    settings checked, the store checked, the engine or engines made and the app wired around them, not yet
+    started (the app's lifespan starts them). Raises CannotServe."""
     from serving.errors import EngineError
 
+    from ..app import build_app
     from ..whole_models import local_model_opener, open_more_bases, refuse_on_vllm
 
+    try:
+        settings = Settings.from_sources(args, env)
+        settings.check()
+    except SettingsError as exc:
+        raise CannotServe(str(exc)) from None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    problem = store_problem(settings.data_dir / "feedback.db")
+    if problem:
+        raise CannotServe(problem)
     try:
         if choose_engine(settings, args) == "vllm":
             engine, *others = make_vllm_bases(settings, args, resolve_model)
@@ -62,13 +64,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine, open_model = load_engine_for(settings), local_model_opener(settings)
             others = open_more_bases(settings, taken={engine.model_name})
     except (ValueError, EngineError) as exc:  # a bad source or template; a model that does not fit
+        raise CannotServe(str(exc)) from None
+    app = build_app(settings, engine, open_model=open_model, other_bases=others)
+    log.info(
+        "serving %s on http://%s:%s  (UI at /, API at /v1)",
+        engine.model_name or args.vllm_url,
+        settings.host,
+        settings.port,
+    )
+    return settings, app
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    try:
+        settings, app = served_app(args)
+    except CannotServe as exc:
         print(f"tunehub: {exc}", file=sys.stderr)
         return 2
-    app = build_app(settings, engine, open_model=open_model, other_bases=others)
-    print(
-        f"tunehub: serving {engine.model_name or args.vllm_url} on http://{settings.host}:{settings.port}  (UI at /, API at /v1)",
-        file=sys.stderr,
-    )
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=5
     )

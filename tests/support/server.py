@@ -1,12 +1,17 @@
-"""Runs a real `tunehub serve` process on 127.0.0.1 for tests and benchmarks, and stops it by its pid."""
+"""Real `tunehub serve` hubs on 127.0.0.1 for tests and benchmarks: in a process of their own (HubProcess,
+stopped by its pid), or built by the same CLI code inside the test process and served by uvicorn in a thread
+(InProcessHub: no interpreter start, imports or model load per hub; for tests that need no process of the
+hub's own: no signals, no restart, no crash)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,25 +115,118 @@ class HubProcess(ServerProcess):
         return self.data_dir / "serve.log"
 
     def command(self) -> list[str]:
-        args = [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "serve",
-            "--model",
-            str(self.model),
-            "--port",
-            str(self.port),
-        ]
-        args += ["--data-dir", str(self.data_dir), "--log-level", "warning", *self.extra_args]
-        if self.api_key:
-            args += ["--api-key", self.api_key]
-        if self.admin_password:
-            args += ["--admin-password", self.admin_password]
-        return args
+        return [sys.executable, "-m", "hub.cli", *serve_arguments(self)]
 
     def environment(self) -> dict[str, str]:
-        env = super().environment()
-        env.pop("TUNEHUB_API_KEY", None)
-        env.pop("TUNEHUB_ADMIN_PASSWORD", None)
-        return env
+        return hub_environment()
+
+
+def serve_arguments(hub: HubProcess | InProcessHub) -> list[str]:
+    """`tunehub serve`'s arguments for a hub of either kind."""
+    args = ["serve", "--model", str(hub.model), "--port", str(hub.port), "--data-dir", str(hub.data_dir)]
+    args += ["--log-level", "warning", *hub.extra_args]
+    if hub.api_key:
+        args += ["--api-key", hub.api_key]
+    if hub.admin_password:
+        args += ["--admin-password", hub.admin_password]
+    return args
+
+
+def hub_environment() -> dict[str, str]:
+    """The test environment without the secrets a developer's shell may hold: a hub gets them by flag."""
+    env = {**os.environ, **TEST_ENVIRONMENT}
+    env.pop("TUNEHUB_API_KEY", None)
+    env.pop("TUNEHUB_ADMIN_PASSWORD", None)
+    return env
+
+
+@dataclass
+class InProcessHub:
+    """`tunehub serve` in this process: the app `hub.cli.main.served_app` builds from the same arguments as
+    HubProcess, served by a real uvicorn server on 127.0.0.1 in a thread of its own, its lifespan (engine,
+    job runner) run there. Its log (data_dir/serve.log) has what this process logged while it ran: with two
+    hubs up at once, both hubs' lines."""
+
+    model: Path
+    data_dir: Path
+    api_key: str | None = None
+    admin_password: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    name = "tunehub serve (in process)"
+
+    def __post_init__(self) -> None:
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._log_handler: logging.Handler | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "serve.log"
+
+    def start(self, timeout: float = 120) -> InProcessHub:
+        import uvicorn
+
+        from hub.cli.main import build_parser, served_app
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._capture_log()
+        args = build_parser().parse_args(serve_arguments(self))
+        settings, app = served_app(args, hub_environment())
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=settings.port, log_level="warning", timeout_graceful_shutdown=5
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"hub-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                self.stop()
+                raise RuntimeError(f"{self.name} stopped before it served:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become healthy in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Shut down as SIGTERM would: the lifespan stops the runner and the engine."""
+        if self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=60)
+            self._thread = None
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            logging.getLogger().setLevel(self._root_level)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def _capture_log(self) -> None:
+        handler = logging.FileHandler(self.log_path)
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        self._root_level = root.level  # back at stop
+        root.setLevel(logging.INFO)  # as `tunehub serve` logs
+        root.addHandler(handler)
+        self._log_handler = handler
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> InProcessHub:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
