@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel
 
 from feedback.errors import StoreError
 from serving.engine import Delta, GenerationRequest, SamplingParams
@@ -119,6 +121,98 @@ async def _primed(stream: AsyncIterator) -> AsyncIterator:
     return rest()
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """How one endpoint writes its answers: chat completions and text completions differ only here."""
+
+    id_prefix: str
+    whole: Callable[[str, str, list[Choice], p.Usage], BaseModel]  # (id, model, choices, usage): unstreamed
+    chunk: type[BaseModel]  # a streamed event: id, created, model, choices, usage
+    piece: Callable[[int, str, str | None], BaseModel]  # one choice's part of a chunk: (index, text, finish)
+    opening: Callable[[int], BaseModel] | None = None  # the part that opens each choice's stream
+
+
+_CHAT = _Shape(
+    "chatcmpl",
+    whole=lambda id_, model, choices, usage: p.ChatCompletion(
+        id=id_,
+        model=model,
+        choices=[
+            p.ChatChoice(
+                index=c.index, message=p.ResponseMessage(content=c.text), finish_reason=c.finish_reason
+            )
+            for c in choices
+        ],
+        usage=usage,
+    ),
+    chunk=p.ChatCompletionChunk,
+    piece=lambda index, text, finish: p.ChunkChoice(
+        index=index, delta=p.ChunkDelta(content=(text or None) if finish else text), finish_reason=finish
+    ),
+    opening=lambda index: p.ChunkChoice(index=index, delta=p.ChunkDelta(role="assistant", content="")),
+)
+
+_TEXT = _Shape(
+    "cmpl",
+    whole=lambda id_, model, choices, usage: p.Completion(
+        id=id_,
+        model=model,
+        choices=[
+            p.CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in choices
+        ],
+        usage=usage,
+    ),
+    chunk=p.Completion,
+    piece=lambda index, text, finish: p.CompletionChoice(index=index, text=text, finish_reason=finish),
+)
+
+
+async def _answer(
+    service: ChatService,
+    request: GenerationRequest,
+    body: p._SamplingFields,
+    rater: str | None,
+    shape: _Shape,
+    echo: str = "",
+) -> JSONResponse | StreamingResponse:
+    """One chat or text completion request answered whole, or streamed as SSE. `echo` opens each choice's
+    text (a text completion's `echo`: its prompt)."""
+    response_id = p.new_id(shape.id_prefix)
+    if not body.stream:
+        choices = await service.complete(request, body.n, response_id=response_id, rater=rater)
+        usage = _usage(choices)  # counted before the echo joins the text
+        if echo:
+            choices = [replace(c, text=echo + c.text) for c in choices]
+        return JSONResponse(p.dump(shape.whole(response_id, body.model, choices, usage)))
+    stream = await _primed(service.stream(request, body.n, response_id=response_id, rater=rater))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    created = int(time.time())
+
+    def chunk(pieces: list[BaseModel], usage: p.Usage | None = None) -> str:
+        return _sse(
+            p.dump(
+                shape.chunk(id=response_id, created=created, model=body.model, choices=pieces, usage=usage)
+            )
+        )
+
+    text_events = _TextEvents(lambda index, text: chunk([shape.piece(index, text, None)]))
+    echoed: set[int] = set()
+
+    def event(index: int, delta: Delta) -> str | None:
+        text = delta.text
+        if echo and index not in echoed:
+            echoed.add(index)
+            text = echo + text
+        if not (text or delta.finish_reason):
+            return None
+        if delta.finish_reason is None:
+            return text_events(index, text)
+        return chunk([shape.piece(index, text, delta.finish_reason)])
+
+    opening = [chunk([shape.opening(i)]) for i in range(body.n)] if shape.opening else None
+    return _event_stream(stream, body.n, include_usage, chunk, event, opening)
+
+
 def build_router(service: ChatService, auth: Auth) -> APIRouter:
     router = APIRouter()
     api = Depends(auth.require_api)
@@ -165,62 +259,7 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
             sampling=_sampling(body, body.token_limit()),
             adapter=service.adapter_for(body.model),
         )
-        response_id = p.new_id("chatcmpl")
-        if not body.stream:
-            choices = await service.complete(request, body.n, response_id=response_id, rater=principal.name)
-            return JSONResponse(
-                p.dump(
-                    p.ChatCompletion(
-                        id=response_id,
-                        model=body.model,
-                        choices=[
-                            p.ChatChoice(
-                                index=c.index,
-                                message=p.ResponseMessage(content=c.text),
-                                finish_reason=c.finish_reason,
-                            )
-                            for c in choices
-                        ],
-                        usage=_usage(choices),
-                    )
-                )
-            )
-        stream = await _primed(service.stream(request, body.n, response_id=response_id, rater=principal.name))
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        created = int(time.time())
-
-        def chunk(choices: list[p.ChunkChoice], usage: p.Usage | None = None) -> str:
-            return _sse(
-                p.dump(
-                    p.ChatCompletionChunk(
-                        id=response_id, created=created, model=body.model, choices=choices, usage=usage
-                    )
-                )
-            )
-
-        text_events = _TextEvents(
-            lambda index, text: chunk([p.ChunkChoice(index=index, delta=p.ChunkDelta(content=text))])
-        )
-
-        def event(index: int, delta: Delta) -> str | None:
-            if not (delta.text or delta.finish_reason):
-                return None
-            if delta.finish_reason is None:
-                return text_events(index, delta.text)
-            content = delta.text if delta.text else None
-            return chunk(
-                [
-                    p.ChunkChoice(
-                        index=index, delta=p.ChunkDelta(content=content), finish_reason=delta.finish_reason
-                    )
-                ]
-            )
-
-        opening = [
-            chunk([p.ChunkChoice(index=i, delta=p.ChunkDelta(role="assistant", content=""))])
-            for i in range(body.n)
-        ]
-        return _event_stream(stream, body.n, include_usage, chunk, event, opening)
+        return await _answer(service, request, body, principal.name, _CHAT)
 
     @router.post("/v1/completions", response_model=None)
     async def completions(body: p.CompletionRequest, principal: Principal = api):
@@ -228,56 +267,7 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
         request = GenerationRequest(
             prompt=prompt, sampling=_sampling(body, body.max_tokens), adapter=service.adapter_for(body.model)
         )
-        response_id = p.new_id("cmpl")
-        prefix = prompt if body.echo else ""
-        if not body.stream:
-            choices = await service.complete(request, body.n, response_id=response_id, rater=principal.name)
-            return JSONResponse(
-                p.dump(
-                    p.Completion(
-                        id=response_id,
-                        model=body.model,
-                        choices=[
-                            p.CompletionChoice(
-                                index=c.index, text=prefix + c.text, finish_reason=c.finish_reason
-                            )
-                            for c in choices
-                        ],
-                        usage=_usage(choices),
-                    )
-                )
-            )
-        stream = await _primed(service.stream(request, body.n, response_id=response_id, rater=principal.name))
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        created = int(time.time())
-
-        def chunk(choices: list[p.CompletionChoice], usage: p.Usage | None = None) -> str:
-            return _sse(
-                p.dump(
-                    p.Completion(
-                        id=response_id, created=created, model=body.model, choices=choices, usage=usage
-                    )
-                )
-            )
-
-        echoed: set[int] = set()
-
-        text_events = _TextEvents(
-            lambda index, text: chunk([p.CompletionChoice(index=index, text=text, finish_reason=None)])
-        )
-
-        def event(index: int, delta: Delta) -> str | None:
-            text = delta.text
-            if prefix and index not in echoed:  # `echo`: the prompt opens each choice's first chunk
-                echoed.add(index)
-                text = prefix + text
-            if not (text or delta.finish_reason):
-                return None
-            if delta.finish_reason is None:
-                return text_events(index, text)
-            return chunk([p.CompletionChoice(index=index, text=text, finish_reason=delta.finish_reason)])
-
-        return _event_stream(stream, body.n, include_usage, chunk, event)
+        return await _answer(service, request, body, principal.name, _TEXT, echo=prompt if body.echo else "")
 
     @router.post("/v1/load_lora_adapter", response_model=None)
     async def load_lora_adapter(body: p.LoadLoraAdapterRequest, principal: Principal = admin):
