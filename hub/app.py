@@ -20,16 +20,17 @@ from .api.feedback import build_feedback_router
 from .api.jobs import build_jobs_router
 from .api.openai_compat import build_router
 from .api.promotion import build_promotion_router
+from .api.server import api_app
 from .arena_service import ArenaService
 from .auth import Auth
 from .chat_service import ChatService
 from .conversations import Conversations
 from .dataset_service import DatasetService
-from .errors import ApiError, install_error_handlers
+from .errors import ApiError
 from .feedback_service import FeedbackService
 from .jobs_service import JobsService, start_runner
 from .limits import BodyLimit, GenerationGate, RateLimiter
-from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
+from .metrics import Metrics, engine_metrics
 from .promotion_service import PromotionService, promoted_route, run_auto_promotion
 from .recording import store_recorder
 from .settings import Settings
@@ -104,11 +105,7 @@ def build_app(
     its own beside the base (hub/whole_models.py); without it, loading one is refused. `other_bases` are
     more base models served beside `engine`, each with its own adapters. Nothing runs at import."""
     engine = ModelSet(engine, open_model=open_model or no_opener, others=other_bases)
-    metrics = Metrics(
-        adapter_count=lambda: len(engine.adapters()),
-        replicas=engine.replica_status if engine.replica_status() else None,
-    )
-    engine.observe_steps(metrics.batch_size.observe)
+    metrics = engine_metrics(engine)
     if store is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.data_dir / "feedback.db")
@@ -174,17 +171,9 @@ def build_app(
             await engine.close()
             store.close()
 
-    app = FastAPI(
-        title="tunehub",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        telemetry=FASTAPI_TELEMETRY_OFF,
-    )
-    app.state.service = service
+    app = api_app("tunehub", lifespan, service)
     app.state.store = store
     app.state.settings = settings
-    install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # the API's bodies: 413 beyond it
     app.add_middleware(CountRequests, metrics=metrics)

@@ -24,10 +24,10 @@ from serving.errors import EngineUnavailable
 
 from .api import protocol as p
 from .api.openai_compat import build_router
+from .api.server import api_app
 from .auth import Auth
 from .chat_service import ChatService
-from .errors import install_error_handlers
-from .metrics import FASTAPI_TELEMETRY_OFF, Metrics
+from .metrics import engine_metrics
 
 
 class SleepableEngine:
@@ -107,9 +107,7 @@ class VllmApiKey:
 def build_engine_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     """A FastAPI app serving `engine` (not yet started: the lifespan starts and stops it)."""
     sleepable = SleepableEngine(engine)
-    metrics = Metrics(adapter_count=lambda: len(engine.adapters()))
-    engine.observe_steps(metrics.batch_size.observe)
-    service = ChatService(sleepable, metrics)
+    service = ChatService(sleepable, engine_metrics(engine))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -119,15 +117,7 @@ def build_engine_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         finally:
             await engine.close()
 
-    app = FastAPI(
-        title="tunehub engine",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        telemetry=FASTAPI_TELEMETRY_OFF,
-    )
-    app.state.service = service
-    install_error_handlers(app)
+    app = api_app("tunehub engine", lifespan, service)
     vllm_routes = APIRouter()
 
     # registered before the hub's router, so these answer load/unload: vLLM's success answers are plain text

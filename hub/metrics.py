@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -86,3 +90,14 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def engine_metrics(engine: Engine) -> Metrics:
+    """The metrics of a server around `engine`: its adapter count, its replicas (when it has any), and the
+    batch size of every decode step it reports."""
+    metrics = Metrics(
+        adapter_count=lambda: len(engine.adapters()),
+        replicas=engine.replica_status if engine.replica_status() else None,
+    )
+    engine.observe_steps(metrics.batch_size.observe)
+    return metrics

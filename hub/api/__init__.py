@@ -7,4 +7,5 @@ jobs.py           /v1/jobs
 adapters.py       /v1/adapters: list, promote, rollback, load, unload
 promotion.py      /v1/adapters/{adapter}/replay and /promotion, auto-promote
 protocol.py       pydantic models of the OpenAI API slice
+server.py         the FastAPI app the hub and `tunehub engine` both start from
 """
