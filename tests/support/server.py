@@ -37,54 +37,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """A `tunehub` command serving on 127.0.0.1: started, awaited until /health answers, stopped by its pid.
-
-    Subclasses (dataclasses) hold `port`, `process` and `log_path` and say what to run (`command`)."""
+class Served:
+    """A server on 127.0.0.1 a test started: awaited until /health answers, its log read back, stopped when the
+    `with` block ends. Subclasses hold `port` and `log_path` and say how they start (`launch`), whether they
+    still run (`stopped`: why not, else None) and how they `stop`."""
 
     port: int
-    process: subprocess.Popen | None
     log_path: Path
     name = "tunehub"
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def environment(self) -> dict[str, str]:
-        return {**os.environ, **TEST_ENVIRONMENT}
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def stopped(self) -> str | None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
     def start(self, timeout: float = 120):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(), cwd=REPO
-            )
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            why = self.stopped()
+            if why is not None:
+                self.stop()
+                raise RuntimeError(f"{self.name} {why}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} did not become healthy in {timeout}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -99,20 +90,60 @@ class ServerProcess:
         self.stop()
 
 
+class ServerProcess(Served):
+    """A `tunehub` command serving on 127.0.0.1 in a process of its own, stopped by its pid.
+
+    Subclasses (dataclasses) hold `port`, `process` and `log_path` and say what to run (`command`)."""
+
+    process: subprocess.Popen | None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **TEST_ENVIRONMENT}
+
+    def launch(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(), cwd=REPO
+            )
+
+    def stopped(self) -> str | None:
+        code = self.process.poll()
+        return None if code is None else f"exited with {code}"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
 @dataclass
-class HubProcess(ServerProcess):
+class HubArguments:
+    """What a test hub is started with (`tunehub serve`'s arguments: `serve_arguments`)."""
+
     model: Path
     data_dir: Path
     api_key: str | None = None
     admin_password: str | None = None
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    name = "tunehub serve"
 
     @property
     def log_path(self) -> Path:
         return self.data_dir / "serve.log"
+
+
+@dataclass
+class HubProcess(HubArguments, ServerProcess):
+    process: subprocess.Popen | None = None
+    name = "tunehub serve"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "hub.cli", *serve_arguments(self)]
@@ -121,7 +152,7 @@ class HubProcess(ServerProcess):
         return hub_environment()
 
 
-def serve_arguments(hub: HubProcess | InProcessHub) -> list[str]:
+def serve_arguments(hub: HubArguments) -> list[str]:
     """`tunehub serve`'s arguments for a hub of either kind."""
     args = ["serve", "--model", str(hub.model), "--port", str(hub.port), "--data-dir", str(hub.data_dir)]
     args += ["--log-level", "warning", *hub.extra_args]
@@ -141,18 +172,12 @@ def hub_environment() -> dict[str, str]:
 
 
 @dataclass
-class InProcessHub:
+class InProcessHub(HubArguments, Served):
     """`tunehub serve` in this process: the app `hub.cli.main.served_app` builds from the same arguments as
     HubProcess, served by a real uvicorn server on 127.0.0.1 in a thread of its own, its lifespan (engine,
     job runner) run there. Its log (data_dir/serve.log) has what this process logged while it ran: with two
     hubs up at once, both hubs' lines."""
 
-    model: Path
-    data_dir: Path
-    api_key: str | None = None
-    admin_password: str | None = None
-    extra_args: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
     name = "tunehub serve (in process)"
 
     def __post_init__(self) -> None:
@@ -160,20 +185,11 @@ class InProcessHub:
         self._thread: threading.Thread | None = None
         self._log_handler: logging.Handler | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "serve.log"
-
-    def start(self, timeout: float = 120) -> InProcessHub:
+    def launch(self) -> None:
         import uvicorn
 
         from hub.cli.main import build_parser, served_app
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._capture_log()
         args = build_parser().parse_args(serve_arguments(self))
         settings, app = served_app(args, hub_environment())
@@ -183,19 +199,9 @@ class InProcessHub:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"hub-{self.port}", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self._thread.is_alive():
-                self.stop()
-                raise RuntimeError(f"{self.name} stopped before it served:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not become healthy in {timeout}s:\n{self.log_tail()}")
+
+    def stopped(self) -> str | None:
+        return None if self._thread is not None and self._thread.is_alive() else "stopped before it served"
 
     def stop(self) -> None:
         """Shut down as SIGTERM would: the lifespan stops the runner and the engine."""
@@ -218,15 +224,3 @@ class InProcessHub:
         root.setLevel(logging.INFO)  # as `tunehub serve` logs
         root.addHandler(handler)
         self._log_handler = handler
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> InProcessHub:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
