@@ -396,8 +396,9 @@ def test_a_live_chat_adapter_is_replayed_as_the_jobs_last_step(tmp_path, sft_fil
         def replay(adapter):
             job = store.get_job(adapter.job_id)
             seen.append((adapter.ref, job.status, job.adapter))
-            side = {"name": adapter.ref, "accuracy": 0.5, "kl": 0.01, "checkable": 4}
-            return {"against": "base", "candidate": side, "incumbent": {**side, "name": "base"}, "rows": []}
+            side = {"name": adapter.ref, "accuracy": 0.5, "kl": 0.01, "checkable": 4, "perplexity": 40.5}
+            incumbent = {**side, "name": "base", "perplexity": 39.5}  # a real model's replay has perplexity
+            return {"against": "base", "candidate": side, "incumbent": incumbent, "rows": []}
 
         runner = JobRunner(
             store,
@@ -416,8 +417,8 @@ def test_a_live_chat_adapter_is_replayed_as_the_jobs_last_step(tmp_path, sft_fil
         assert job.metrics["replay"] == {
             "against": "base",
             "seconds": job.metrics["replay"]["seconds"],
-            "candidate": {"name": "fast@1", "accuracy": 0.5, "kl": 0.01},
-            "incumbent": {"name": "base", "accuracy": 0.5, "kl": 0.01},
+            "candidate": {"name": "fast@1", "accuracy": 0.5, "kl": 0.01, "perplexity": 40.5},
+            "incumbent": {"name": "base", "accuracy": 0.5, "kl": 0.01, "perplexity": 39.5},
         }
         assert "--- regression replay of fast@1" in (tmp_path / "jobs" / job.id / "worker.log").read_text()
 

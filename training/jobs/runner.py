@@ -407,7 +407,8 @@ class JobRunner:
         )
 
     def _replay(self, running: _Running, adapter: Adapter) -> dict[str, Any]:
-        """The live candidate's replay, summarised for the job's metrics (per model: accuracy, KL, reward);
+        """The live candidate's replay, summarised for the job's metrics (per model: accuracy, KL, reward, and
+        perplexity on the held-out text where the replay set has one);
         a replay that fails is recorded as an error, and the job still succeeds: its adapter is live."""
         with (running.job_dir / LOG_FILE).open("a") as log_file:
             log_file.write(f"--- regression replay of {adapter.ref}\n")
@@ -442,7 +443,9 @@ class JobRunner:
 
 
 def _replay_side(summary: dict[str, Any]) -> dict[str, Any]:
-    return {key: summary.get(key) for key in ("name", "accuracy", "kl", "reward") if key in summary}
+    return {
+        key: summary.get(key) for key in ("name", "accuracy", "kl", "reward", "perplexity") if key in summary
+    }
 
 
 def _defaults(stage: str) -> dict[str, Any]:
