@@ -126,7 +126,8 @@ class _Shape:
     """How one endpoint writes its answers: chat completions and text completions differ only here."""
 
     id_prefix: str
-    whole: Callable[[str, str, list[Choice], p.Usage], BaseModel]  # (id, model, choices, usage): unstreamed
+    whole: type[BaseModel]  # the unstreamed answer: id, model, choices, usage
+    choice: Callable[[Choice], BaseModel]  # one finished choice of it
     chunk: type[BaseModel]  # a streamed event: id, created, model, choices, usage
     piece: Callable[[int, str, str | None], BaseModel]  # one choice's part of a chunk: (index, text, finish)
     opening: Callable[[int], BaseModel] | None = None  # the part that opens each choice's stream
@@ -134,16 +135,9 @@ class _Shape:
 
 _CHAT = _Shape(
     "chatcmpl",
-    whole=lambda id_, model, choices, usage: p.ChatCompletion(
-        id=id_,
-        model=model,
-        choices=[
-            p.ChatChoice(
-                index=c.index, message=p.ResponseMessage(content=c.text), finish_reason=c.finish_reason
-            )
-            for c in choices
-        ],
-        usage=usage,
+    whole=p.ChatCompletion,
+    choice=lambda c: p.ChatChoice(
+        index=c.index, message=p.ResponseMessage(content=c.text), finish_reason=c.finish_reason
     ),
     chunk=p.ChatCompletionChunk,
     piece=lambda index, text, finish: p.ChunkChoice(
@@ -154,14 +148,8 @@ _CHAT = _Shape(
 
 _TEXT = _Shape(
     "cmpl",
-    whole=lambda id_, model, choices, usage: p.Completion(
-        id=id_,
-        model=model,
-        choices=[
-            p.CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in choices
-        ],
-        usage=usage,
-    ),
+    whole=p.Completion,
+    choice=lambda c: p.CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason),
     chunk=p.Completion,
     piece=lambda index, text, finish: p.CompletionChoice(index=index, text=text, finish_reason=finish),
 )
@@ -183,7 +171,10 @@ async def _answer(
         usage = _usage(choices)  # counted before the echo joins the text
         if echo:
             choices = [replace(c, text=echo + c.text) for c in choices]
-        return JSONResponse(p.dump(shape.whole(response_id, body.model, choices, usage)))
+        answer = shape.whole(
+            id=response_id, model=body.model, choices=[shape.choice(c) for c in choices], usage=usage
+        )
+        return JSONResponse(p.dump(answer))
     stream = await _primed(service.stream(request, body.n, response_id=response_id, rater=rater))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     created = int(time.time())
