@@ -13,9 +13,6 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
-# FastAPI's own OpenTelemetry hooks look up the global providers on every request, about 8% of a vote's CPU
-# in bench/store.py; these metrics (GET /metrics) are the hub's observability, so the apps switch it off
-FASTAPI_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
 class ReplicaCollector:

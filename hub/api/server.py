@@ -11,7 +11,10 @@ from fastapi import FastAPI
 
 from ..chat_service import ChatService
 from ..errors import install_error_handlers
-from ..metrics import FASTAPI_TELEMETRY_OFF
+
+# FastAPI's own OpenTelemetry hooks look up the global providers on every request, about 8% of a vote's CPU
+# in bench/store.py; the hub's own metrics (GET /metrics, hub/metrics.py) are its observability: switched off
+FASTAPI_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
 def api_app(
