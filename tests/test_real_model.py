@@ -181,7 +181,8 @@ def test_a_lora_sft_job_on_the_real_model_goes_live_and_is_replayed(real_hub, tm
     log = real_hub.data_dir / "jobs" / job_id / "worker.log"
     assert job["status"] == "succeeded", (job["error"], log.read_text()[-3000:] if log.exists() else "")
     assert job["metrics"]["steps"] == 2 and len(job["metrics"]["loss_curve"]) == 2
-    assert "replay" in job["metrics"], job["metrics"].keys()
+    replay = job["metrics"]["replay"]  # a real model's replay: the general set and held-out perplexity
+    assert replay["candidate"]["perplexity"] > 1 and replay["incumbent"]["perplexity"] > 1, replay
 
     models = {m["id"]: m for m in httpx.get(f"{real_hub.url}/v1/models", timeout=30).json()["data"]}
     assert models["sums"]["parent"] == SERVED
