@@ -3,14 +3,15 @@ lets them, each stage retrains with what the Train tab sends when nothing on it 
 rater judges the candidate against the base, blind, on held-out prompts.
 
     python -m bench.loop [--model DIR|FILE.gguf] [--quick] [--tastes concise,direct] [--stages dpo,sft,ppo]
-                         [--votes N] [--judge N] [--max-steps N] [--max-tokens N]
+                         [--votes N] [--judge N] [--max-steps N] [--max-tokens N] [--train-without-headroom]
 
 For each taste a fresh `tunehub serve` (127.0.0.1, temporary data directory) is driven only through its
 HTTP API:
 
 1. headroom: on the held-out prompts the base answers greedily and samples 4 answers at the Chat tab's
    default sampling; the headroom is how often one of the samples beats the greedy answer for the rater. A
-   taste the base already satisfies (headroom under 30%) cannot be won: it is reported, not counted.
+   taste the base already satisfies (headroom under 30%) cannot be won: it is reported, not counted, and
+   not voted on or trained unless `--train-without-headroom` asks for it.
 2. votes, as the UI casts them: half are pairwise on two answers sampled at the Arena's settings
    (Arena, regenerate), three in ten a thumb on one answer at the Chat tab's settings, two in ten a ranking
    of 4 answers at the Rank tab's settings; a pair the rater cannot tell apart is a tie.
@@ -264,6 +265,8 @@ def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, a
         httpx.Client(base_url=hub.url, timeout=600) as http,
     ):
         run.headroom, base_greedy = headroom(http, taste, setup.judge_prompts, setup.max_tokens)
+        if run.headroom < MIN_HEADROOM and not args.train_without_headroom:
+            return run  # the base already answers this way: nothing to vote on or train
         base_sampled = answers(http, BASE, setup.judge_prompts, CHAT, setup.max_tokens)
         kinds = [vote_kind(i) for i in range(len(setup.vote_prompts))]
         with ThreadPoolExecutor(4) as pool:
@@ -364,6 +367,11 @@ def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
         f"{'replay acc':>11} {'ppl':>13} {'empty':>5} | target"
     )
     for run in runs:
+        if not run.stages:
+            print(
+                f"{run.taste:<18} {'*':<5} | {run.headroom:>8.0%} | no headroom (<{MIN_HEADROOM:.0%}): the base "
+                "already answers this way, cannot be won; not trained (--train-without-headroom trains it)"
+            )
         for r in run.stages:
             if r.error:
                 print(f"{r.taste:<18} {r.stage:<5} | {r.headroom:>8.0%} | failed: {r.error}")
@@ -420,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-tokens", type=int, default=None, help="answer length (demo 32, real 96)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-without-headroom",
+        action="store_true",
+        help=f"vote and train even for a taste whose headroom is under {MIN_HEADROOM:.0%}",
+    )
     parser.add_argument("--job-timeout", type=float, default=3600.0, help="seconds a job may take")
     args = parser.parse_args(argv)
     model_dir = prepare(args)

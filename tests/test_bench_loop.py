@@ -65,7 +65,9 @@ def test_votes_are_cast_as_the_ui_allows_and_jobs_are_the_train_tabs_body():
 
 @pytest.mark.slow
 def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
-    code = main(["--quick", "--model", str(demo_model), "--votes", "16", "--judge", "8"])
+    code = main(
+        ["--quick", "--model", str(demo_model), "--votes", "16", "--judge", "8", "--train-without-headroom"]
+    )
     out = capsys.readouterr().out
     print(out)
     assert code == 0, out
@@ -73,3 +75,14 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "failed" not in row
     assert "votes" in out and "chosen dpo: lr=" in out  # the settings the job chose are printed
     assert "target: win >= 0.70 greedy" in out
+
+
+@pytest.mark.slow
+def test_a_taste_the_base_already_satisfies_is_reported_and_not_trained(demo_model, capsys):
+    # the demo base answers its checkable prompts correctly about as often as any sample does (headroom ~3%)
+    code = main(["--quick", "--model", str(demo_model), "--tastes", "correct", "--judge", "8"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if line.startswith("correct            *"))
+    assert "cannot be won; not trained" in row, out
+    assert "[correct/" not in out  # no stage ran
