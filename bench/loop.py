@@ -13,7 +13,7 @@ HTTP API:
    taste the base already satisfies (headroom under 30%) cannot be won: it is reported, not counted, and
    not voted on or trained unless `--train-without-headroom` asks for it.
 2. votes, as the UI casts them: half are pairwise on two answers sampled at the Arena's settings
-   (Arena, regenerate), three in ten a thumb on one answer at the Chat tab's settings, two in ten a ranking
+   (Arena, regenerate; "both are bad" where neither answer meets the rater's first requirement), three in ten a thumb on one answer at the Chat tab's settings, two in ten a ranking
    of 4 answers at the Rank tab's settings; a pair the rater cannot tell apart is a tie.
 3. training: for each stage ``POST /v1/jobs`` with ``data: "feedback"`` and the body the Train tab sends
    unchanged (`hub.ui.train.default_params`; `--max-steps` adds a step cap, printed, where the 2-core time
@@ -121,11 +121,12 @@ def vote(
         result, trained = ("up" if liked else "down"), [liked] if liked else []
     elif kind == "pairwise":
         gid, answers = ask(http, BASE, prompt, 2, ARENA, max_tokens)
-        winner = taste.judge(prompt, *answers)
+        winner = taste.arena_vote(prompt, *answers)
         ref = lambda i: {"generation_id": gid, "choice": i}  # noqa: E731
         body = {"type": "pairwise", "a": ref(0), "b": ref(1), "winner": winner}
-        result = "pair" if winner != "tie" else "tie"
-        trained = [taste.likes(prompt, answers[0 if winner == "a" else 1])] if winner != "tie" else []
+        decided = winner in ("a", "b")
+        result = "pair" if decided else winner
+        trained = [taste.likes(prompt, answers[0 if winner == "a" else 1])] if decided else []
     else:
         gid, answers = ask(http, BASE, prompt, RANK_SIZE, RANK, max_tokens)
         scores = [taste.score(prompt, a) for a in answers]

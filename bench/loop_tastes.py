@@ -1,13 +1,17 @@
 """The loop benchmark's raters: tastes a person could hold, scripted so a run is repeatable.
 
 A taste scores an answer (a tuple: higher is better, equal is a tie) and says whether it likes an answer
-on its own (a thumb up). The demo model's tastes work on its checkable prompts (correctness first, then the
-reply style); a real model's tastes are styles real users ask for, on any prompt.
+on its own (a thumb up). The score's first element is what the rater requires of any answer (correct on the
+demo model, not empty on a real one); between two answers that both fail it the rater clicks "both are bad",
+as the Arena lets a person do, instead of preferring one wrong answer for its style. The demo model's tastes
+work on its checkable prompts (correctness first, then the reply style); a real model's tastes are styles
+real users ask for, on any prompt.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +31,13 @@ class Taste:
         """``"a"``, ``"b"`` or ``"tie"``."""
         sa, sb = self.score(prompt, a), self.score(prompt, b)
         return "a" if sa > sb else "b" if sb > sa else "tie"
+
+    def arena_vote(self, prompt: CheckablePrompt, a: str, b: str) -> str:
+        """What the rater clicks in the Arena: ``"both_bad"`` when neither answer meets the taste's first
+        requirement, else :meth:`judge`'s verdict."""
+        if not self.score(prompt, a)[0] and not self.score(prompt, b)[0]:
+            return "both_bad"
+        return self.judge(prompt, a, b)
 
 
 def _correct(prompt: CheckablePrompt, text: str) -> bool:
@@ -83,6 +94,10 @@ CLOSING_OFFER = re.compile(
     re.IGNORECASE,
 )
 LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+LOOP_WORDS, LOOP_REPEATS = (
+    4,
+    3,
+)  # a run of 4 words said 3 times is a loop, not a recipe's "1 cup of ..." lines
 
 
 def _first_sentence(text: str) -> str:
@@ -107,6 +122,12 @@ def _listed(text: str) -> bool:
 
 def _format_fits(prompt: CheckablePrompt, text: str) -> bool:
     return _listed(text) == _is_how(prompt)
+
+
+def _loops(text: str) -> bool:
+    words = re.findall(r"\w+", text.lower())
+    runs = Counter(tuple(words[i : i + LOOP_WORDS]) for i in range(len(words) - LOOP_WORDS + 1))
+    return bool(runs) and max(runs.values()) >= LOOP_REPEATS
 
 
 def _answered(text: str) -> bool:
@@ -139,6 +160,12 @@ REAL_TASTES: dict[str, Taste] = {
             "no closing offer of more help ('let me know if...', 'hope this helps')",
             lambda p, t: (_answered(t), not CLOSING_OFFER.search(t)),
             lambda p, t: _answered(t) and not CLOSING_OFFER.search(t),
+        ),
+        Taste(
+            "no-repetition",
+            "no phrase said over and over (a small model's greedy loops)",
+            lambda p, t: (_answered(t), not _loops(t)),
+            lambda p, t: _answered(t) and not _loops(t),
         ),
     )
 }

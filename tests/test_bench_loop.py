@@ -48,6 +48,19 @@ def test_real_tastes_judge_styles_people_ask_for():
     assert REAL_TASTES["no-closing-offer"].judge(fact, offer, "Paris is the capital of France.") == "b"
     assert REAL_TASTES["concise"].judge(fact, offer, "Paris is the capital of France.") == "b"
     assert REAL_TASTES["concise"].judge(fact, "", "Paris.") == "b"  # an empty answer is never the short one
+    loop = "Boil an egg:\n\n" * 5
+    recipe = "- 1 cup of milk\n- 1 cup of berries\n- 1 cup of ice\n- 1 cup of yoghurt"
+    assert REAL_TASTES["no-repetition"].judge(how, loop, recipe) == "b"
+    assert REAL_TASTES["no-repetition"].likes(how, recipe)  # a list's shared "1 cup of" is not a loop
+
+
+def test_the_arena_rater_calls_two_answers_that_fail_its_first_requirement_both_bad():
+    prompt = user("What is 2 + 2?", "4")
+    short_wrong, long_wrong = "2 + 2 = 5.", f"2 + 2 = 3. {REMARK} {CLOSING}"
+    assert DEMO_TASTES["detailed"].judge(prompt, short_wrong, long_wrong) == "b"  # style alone would pick one
+    assert DEMO_TASTES["detailed"].arena_vote(prompt, short_wrong, long_wrong) == "both_bad"
+    assert DEMO_TASTES["detailed"].arena_vote(prompt, short_wrong, "2 + 2 = 4.") == "b"
+    assert REAL_TASTES["concise"].arena_vote(user("Hi?"), "", " ") == "both_bad"
 
 
 def test_votes_are_cast_as_the_ui_allows_and_jobs_are_the_train_tabs_body():
