@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .architecture import check_batching, check_config
 from .chat_templates import apply_chat_template_option
+from .openmp import in_passing_thread
 from .prepack import prepack_if_memory_allows
 
 if TYPE_CHECKING:
@@ -126,12 +127,17 @@ def load_local_engine(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     turn_end = apply_chat_template_option(tokenizer, chat_template, model=str(model))
-    base = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
-    if quantize == "none":
-        base = base.to(device)
-        if device == "cpu":
-            prepack_if_memory_allows(base)  # bfloat16 only: the same outputs, about twice as fast a step
-    check_batching(base, tokenizer.pad_token_id)
+
+    def build():
+        base = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
+        if quantize == "none":
+            base = base.to(device)
+            if device == "cpu":
+                prepack_if_memory_allows(base)  # bfloat16 only: the same outputs, about twice as fast a step
+        check_batching(base, tokenizer.pad_token_id)
+        return base
+
+    base = in_passing_thread(build)  # the main thread keeps no OpenMP team (serving.openmp)
     name = model_name or Path(str(model)).name
     log.info(
         "loaded %s on %s in %s (%s), quantize=%s, %d CPU threads",

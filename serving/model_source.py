@@ -21,6 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .openmp import in_passing_thread
+
 log = logging.getLogger(__name__)
 
 GGUF_SUFFIX = ".gguf"
@@ -69,7 +71,7 @@ def resolve_model_source(given: str, cache_dir: Path, *, progress=None) -> Model
     digest = file_digest(gguf, Path(cache_dir) / DIGESTS_FILE)
     out = Path(cache_dir) / f"{gguf.stem}-{digest[:16]}"
     if not (out / SOURCE_FILE).is_file():
-        convert_gguf(gguf, out, digest)
+        in_passing_thread(lambda: convert_gguf(gguf, out, digest))  # no OpenMP team left behind
     return ModelSource(given=given, path=str(out), name=gguf.stem, gguf_file=gguf, digest=digest)
 
 

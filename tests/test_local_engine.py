@@ -788,6 +788,46 @@ def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, mo
         load_local_engine(demo_model, threads=0)
 
 
+LOAD_AND_COUNT_THREADS = """
+import os, sys, threading, torch
+from serving.loader import load_local_engine
+torch.set_num_threads(2)  # a team of 2 whatever this machine's cores: the main thread's would add a thread
+native = lambda: len(os.listdir("/proc/self/task")) - len(threading.enumerate())
+before = native()
+load_local_engine(sys.argv[1], threads=1)
+import time
+deadline = time.monotonic() + 5  # a finished thread's team winds down on its own
+while native() > before and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(before, native())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc (Linux)")
+def test_loading_leaves_no_openmp_team_behind_in_the_loading_thread(demo_model):
+    """Issue 12: a model loaded in the main thread left libgomp a team there for good, and with more OpenMP
+    threads than cores every op of the engine's own team waited to be woken (serving.openmp)."""
+    import os
+    import subprocess
+    import sys
+
+    # counted under libgomp's default wait policy, whose teams' threads visibly end with their thread (the hub
+    # runs PASSIVE with a short spin, where loading in a passing thread measured 33-44 ms a SmolLM2 step at
+    # --threads 2 against 58-64 with the model loaded in the main thread)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_COUNT_THREADS, str(demo_model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = map(int, done.stdout.split()[-2:])
+    assert after == before, f"{after - before} native threads left behind by loading"
+
+
 def test_tokens_within_the_stream_interval_go_out_together_first_and_last_at_once(
     demo_model, reference, tokenizer
 ):
