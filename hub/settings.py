@@ -20,6 +20,11 @@ QUIET_ENVIRONMENT = {
     # server and a training job (or a test client) share a small CPU machine: measured 10-30x slower steps.
     # Read when torch loads, so it must be set before the first `import torch`.
     "OMP_WAIT_POLICY": "PASSIVE",
+    # ... but for about 0.1 ms after each op (libgomp's spin count; PASSIVE alone makes it 0): a decode step's
+    # ops come microseconds apart, and a team woken for every one of them ran SmolLM2 bfloat16 at 16-17 tok/s
+    # for one client with --threads 2 on the 2-core machine, 25-32 with the spin (serving.openmp). Serving
+    # beside an SFT job did not slow down with it. Intel's OpenMP (KMP_BLOCKTIME) does not read it.
+    "GOMP_SPINCOUNT": "10000",
 }
 
 
