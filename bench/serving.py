@@ -13,7 +13,8 @@ default a user gets; every other engine setting left at its default) and measure
   * the baselines, in this process while the hub is idle, same model, dtype, prompts and lengths: one
     `model.generate` per request one after another (what a quick demo does), and one raw batched
     `model.generate` of the 16 clients' prompts (left-padded, greedy, min_new_tokens = max_new_tokens; the
-    better of torch's default thread count and the engine's), the ceiling of this machine for that model;
+    best of 1 thread, powers of two, torch's default and the engine's count), the ceiling of this machine
+    for that model;
   * one client's decode speed against the memory-bandwidth limit: the bytes of weights one decode step reads
     over the read bandwidth measured here (the best of a few sums of a tensor far larger than the caches);
   * under the auto dtype: 8 LoRA adapters chosen at random per request against every request on one
@@ -129,16 +130,17 @@ class Baselines:
         return generated / (time.perf_counter() - start)
 
     def batched(self, clients: int, tokens: int) -> float:
-        """tok/s of one `model.generate` over the clients' first prompts together, left-padded: the better of
-        torch's default thread count and the engine's (all cores but one), so that the ceiling stays the best
-        this machine does, whichever suits the load of the moment."""
+        """tok/s of one `model.generate` over the clients' first prompts together, left-padded: the best of
+        1 thread, the powers of two up to torch's default count, that count and the engine's, so that the
+        ceiling stays the best this machine does (a tiny model decodes fastest on one thread)."""
         from serving.loader import pick_threads
 
         torch = self.torch
         prompts = [self._ids(prompt_for(c, 0)) for c in range(clients)]
         default, best_rate = torch.get_num_threads(), 0.0
+        counts = {default, pick_threads()} | {2**i for i in range(default.bit_length()) if 2**i <= default}
         try:
-            for threads in sorted({default, pick_threads()}):
+            for threads in sorted(counts):
                 torch.set_num_threads(threads)
                 self._generate(prompts, 4)  # warm-up
                 start = time.perf_counter()

@@ -128,7 +128,8 @@ class Settings:
     threads: int | None = setting(
         kind=int,
         flag="--threads",
-        help="CPU threads of the local engine's matmuls (default: all cores but one, kept for the HTTP side)",
+        help="CPU threads of the local engine's matmuls (default: all cores but one, kept for the HTTP side and "
+        "training jobs; all cores are faster on a machine that does nothing else)",
     )
     max_lora_rank: int = setting(
         64, flag="--max-lora-rank", help="largest adapter rank accepted", positive=True

@@ -71,10 +71,12 @@ def pick_threads(requested: int | None = None) -> int:
 
     torch's OpenMP team waits at the end of every parallel op for all of its threads, so when one is
     descheduled (the event loop, the UI or the clients took its core) the op stalls for a scheduler slice.
-    Measured on the 2-core machine: the demo model at 16 streaming clients took 405-610 us of server CPU per
-    token with 2 threads (73-156 of them the second thread's) and 332-366 with 1; one SmolLM2-135M decode
-    step under other load 0.8-2.6 s with 2 threads, 0.11-0.22 s with 1; one SmolLM2 client 17-19 tok/s with
-    2, 19-22 with 1. vLLM's CPU backend gives the same advice (keep a core for the API server)."""
+    Measured on the 2-core machine: one SmolLM2-135M client (bfloat16) got 25 tok/s with 1 thread and 6 with
+    2 while an SFT job trained beside the hub, and a decode step under other load took 0.8-2.6 s with 2
+    threads, 0.11-0.22 s with 1. On a machine doing nothing else all cores do better (2 threads, SmolLM2 at
+    16 clients: 149 against 106 tok/s in float32, 313 against 221 in bfloat16; the demo model 5,900 against
+    5,200): `--threads` is there for a server that has its machine to itself. vLLM's CPU backend gives the
+    same advice (keep a core for the API server)."""
     import torch
 
     if requested is not None:
