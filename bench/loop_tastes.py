@@ -130,6 +130,10 @@ def _loops(text: str) -> bool:
     return bool(runs) and max(runs.values()) >= LOOP_REPEATS
 
 
+def _one_paragraph(text: str) -> bool:
+    return "\n\n" not in text.strip() and not _listed(text)
+
+
 def _answered(text: str) -> bool:
     return bool(text.strip())
 
@@ -166,6 +170,12 @@ REAL_TASTES: dict[str, Taste] = {
             "no phrase said over and over (a small model's greedy loops)",
             lambda p, t: (_answered(t), not _loops(t)),
             lambda p, t: _answered(t) and not _loops(t),
+        ),
+        Taste(
+            "one-paragraph",
+            "the whole answer in one paragraph: no sections, no list",
+            lambda p, t: (_answered(t), _one_paragraph(t)),
+            lambda p, t: _answered(t) and _one_paragraph(t),
         ),
     )
 }

@@ -52,6 +52,11 @@ def test_real_tastes_judge_styles_people_ask_for():
     recipe = "- 1 cup of milk\n- 1 cup of berries\n- 1 cup of ice\n- 1 cup of yoghurt"
     assert REAL_TASTES["no-repetition"].judge(how, loop, recipe) == "b"
     assert REAL_TASTES["no-repetition"].likes(how, recipe)  # a list's shared "1 cup of" is not a loop
+    assert (
+        REAL_TASTES["one-paragraph"].judge(how, "Boil water.\n\nAdd the egg.", "Boil water, add the egg.")
+        == "b"
+    )
+    assert not REAL_TASTES["one-paragraph"].likes(how, recipe)
 
 
 def test_the_arena_rater_calls_two_answers_that_fail_its_first_requirement_both_bad():
