@@ -1,5 +1,5 @@
 """The UI's Gradio queue polls gently (issue 12): Gradio looks for new events every 1 ms even when idle, which
-woke an idle hub's event loop 1,100 times a second; the hub sets longer intervals on the installed Gradio.
+woke an idle hub's event loop about 1,000 times a second; the hub sets longer intervals on the installed Gradio.
 
 Run: python -m pytest tests/test_ui_queue.py -q
 """

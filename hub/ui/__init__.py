@@ -77,7 +77,7 @@ def build_ui(services: UiServices) -> gr.Blocks:
 
 def poll_gently(blocks: gr.Blocks) -> None:
     """Gradio's queue looks for new events every 1 ms and for progress every 10 ms, also when nothing
-    happens: the event loop woke 1,100 times a second and an idle hub took 4.6% of a core (1.3% with the
+    happens: the event loop woke about 1,000 times a second and an idle hub took 4.6% of a core (1.3% with the
     intervals below). An event now waits up to QUEUE_POLL_S before it starts, which no one sees.
     Shortcut: sets two attributes of Gradio's Queue (gradio 6.31, queueing.py), which has no setting for them."""
     queue = blocks._queue
