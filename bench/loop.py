@@ -13,8 +13,9 @@ HTTP API:
    taste the base already satisfies (headroom under 30%) cannot be won: it is reported, not counted, and
    not voted on or trained unless `--train-without-headroom` asks for it.
 2. votes, as the UI casts them: half are pairwise on two answers sampled at the Arena's settings
-   (Arena, regenerate; "both are bad" where neither answer meets the rater's first requirement), three in ten a thumb on one answer at the Chat tab's settings, two in ten a ranking
-   of 4 answers at the Rank tab's settings; a pair the rater cannot tell apart is a tie.
+   (Arena, regenerate), three in ten a thumb on one answer at the Chat tab's settings, two in ten a ranking
+   of 4 answers at the Rank tab's settings; a pair the rater cannot tell apart is a tie, and two answers
+   that both fail the rater's first requirement are "both are bad".
 3. training: for each stage ``POST /v1/jobs`` with ``data: "feedback"`` and the body the Train tab sends
    unchanged (`hub.ui.train.default_params`; `--max-steps` adds a step cap, printed, where the 2-core time
    budget needs one). ppo first trains a reward model the same way. Each candidate goes live by itself.

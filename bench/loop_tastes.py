@@ -94,10 +94,9 @@ CLOSING_OFFER = re.compile(
     re.IGNORECASE,
 )
 LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
-LOOP_WORDS, LOOP_REPEATS = (
-    4,
-    3,
-)  # a run of 4 words said 3 times is a loop, not a recipe's "1 cup of ..." lines
+# a run of 4 words said 3 times is a loop, not a recipe's "1 cup of ..." lines
+LOOP_WORDS = 4
+LOOP_REPEATS = 3
 
 
 def _first_sentence(text: str) -> str:
@@ -138,6 +137,16 @@ def _answered(text: str) -> bool:
     return bool(text.strip())
 
 
+def _style(name: str, description: str, fits: Callable[[CheckablePrompt, str], bool]) -> Taste:
+    """A taste for one style: any real answer first, then one that `fits`; its thumb goes up on both."""
+    return Taste(
+        name,
+        description,
+        lambda p, t: (_answered(t), fits(p, t)),
+        lambda p, t: _answered(t) and fits(p, t),
+    )
+
+
 REAL_TASTES: dict[str, Taste] = {
     t.name: t
     for t in (
@@ -147,35 +156,24 @@ REAL_TASTES: dict[str, Taste] = {
             lambda p, t: (_answered(t), -_words(t) if _answered(t) else 0),
             lambda p, t: _answered(t) and _words(t) <= 40,
         ),
-        Taste(
-            "direct",
-            "the answer itself in the first sentence, no preamble",
-            lambda p, t: (_answered(t), _direct(p, t)),
-            lambda p, t: _answered(t) and _direct(p, t),
+        _style("direct", "the answer itself in the first sentence, no preamble", _direct),
+        _style(
+            "bullets-for-how", "a list of steps for a how-to question, prose for anything else", _format_fits
         ),
-        Taste(
-            "bullets-for-how",
-            "a list of steps for a how-to question, prose for anything else",
-            lambda p, t: (_answered(t), _format_fits(p, t)),
-            lambda p, t: _answered(t) and _format_fits(p, t),
-        ),
-        Taste(
+        _style(
             "no-closing-offer",
             "no closing offer of more help ('let me know if...', 'hope this helps')",
-            lambda p, t: (_answered(t), not CLOSING_OFFER.search(t)),
-            lambda p, t: _answered(t) and not CLOSING_OFFER.search(t),
+            lambda p, t: not CLOSING_OFFER.search(t),
         ),
-        Taste(
+        _style(
             "no-repetition",
             "no phrase said over and over (a small model's greedy loops)",
-            lambda p, t: (_answered(t), not _loops(t)),
-            lambda p, t: _answered(t) and not _loops(t),
+            lambda p, t: not _loops(t),
         ),
-        Taste(
+        _style(
             "one-paragraph",
             "the whole answer in one paragraph: no sections, no list",
-            lambda p, t: (_answered(t), _one_paragraph(t)),
-            lambda p, t: _answered(t) and _one_paragraph(t),
+            lambda p, t: _one_paragraph(t),
         ),
     )
 }

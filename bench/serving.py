@@ -138,7 +138,7 @@ class Baselines:
         torch = self.torch
         prompts = [self._ids(prompt_for(c, 0)) for c in range(clients)]
         default, best_rate = torch.get_num_threads(), 0.0
-        counts = {default, pick_threads()} | {2**i for i in range(default.bit_length()) if 2**i <= default}
+        counts = {default, pick_threads()} | {1 << i for i in range(default.bit_length())}
         try:
             for threads in sorted(counts):
                 torch.set_num_threads(threads)

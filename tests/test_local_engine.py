@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -789,13 +792,12 @@ def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, mo
 
 
 LOAD_AND_COUNT_THREADS = """
-import os, sys, threading, torch
+import os, sys, threading, time, torch
 from serving.loader import load_local_engine
 torch.set_num_threads(2)  # a team of 2 whatever this machine's cores: the main thread's would add a thread
 native = lambda: len(os.listdir("/proc/self/task")) - len(threading.enumerate())
 before = native()
 load_local_engine(sys.argv[1], threads=1)
-import time
 deadline = time.monotonic() + 5  # a finished thread's team winds down on its own
 while native() > before and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -807,10 +809,6 @@ print(before, native())
 def test_loading_leaves_no_openmp_team_behind_in_the_loading_thread(demo_model):
     """Issue 12: a model loaded in the main thread left libgomp a team there for good, and with more OpenMP
     threads than cores every op of the engine's own team waited to be woken (serving.openmp)."""
-    import os
-    import subprocess
-    import sys
-
     # counted under libgomp's default wait policy, whose teams' threads visibly end with their thread (the hub
     # runs PASSIVE with a short spin, where loading in a passing thread measured 33-44 ms a SmolLM2 step at
     # --threads 2 against 58-64 with the model loaded in the main thread)

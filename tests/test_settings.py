@@ -8,6 +8,7 @@ Run: python -m pytest tests/test_settings.py -q
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -106,8 +107,6 @@ def test_torch_threads_sleep_between_ops_but_spin_briefly_unless_the_user_says_o
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     quiet_environment()
-    import os
-
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "10000"
     monkeypatch.setenv("GOMP_SPINCOUNT", "0")
     quiet_environment()
