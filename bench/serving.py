@@ -2,6 +2,7 @@
 
     python -m bench.serving [--model DIR|FILE.gguf|smollm2] [--tokens 64] [--requests-per-client 2]
                             [--dtypes float32,auto] [--repeats 2] [--sequential-requests 2] [--load-rounds 20]
+                            [--threads N]
     python -m bench.serving --replicas 2 [--tokens 64] [--requests-per-client 2] [--repeats 2]
 
 With --replicas N it measures tunehub over N `tunehub engine` processes against one instead (bench/replicas.py).
@@ -129,7 +130,7 @@ class Baselines:
             generated += self._generate([self._ids(prompt_for(i, 0))], tokens)
         return generated / (time.perf_counter() - start)
 
-    def batched(self, clients: int, tokens: int) -> float:
+    def batched(self, clients: int, tokens: int, engine_threads: int | None = None) -> float:
         """tok/s of one `model.generate` over the clients' first prompts together, left-padded: the best of
         1 thread, the powers of two up to torch's default count, that count and the engine's, so that the
         ceiling stays the best this machine does (a tiny model decodes fastest on one thread)."""
@@ -138,7 +139,7 @@ class Baselines:
         torch = self.torch
         prompts = [self._ids(prompt_for(c, 0)) for c in range(clients)]
         default, best_rate = torch.get_num_threads(), 0.0
-        counts = {default, pick_threads()} | {1 << i for i in range(default.bit_length())}
+        counts = {default, pick_threads(engine_threads)} | {1 << i for i in range(default.bit_length())}
         try:
             for threads in sorted(counts):
                 torch.set_num_threads(threads)
@@ -314,7 +315,8 @@ def measure_dtype(
     }
     runs: dict[int, list[dict]] = {clients: [] for clients in CLIENTS}
     sequential, ceiling = [], []
-    with HubProcess(model=model_dir, data_dir=work / f"hub-{dtype}", extra_args=["--dtype", dtype]) as hub:
+    extra = ["--dtype", dtype] + (["--threads", str(args.threads)] if args.threads else [])
+    with HubProcess(model=model_dir, data_dir=work / f"hub-{dtype}", extra_args=extra) as hub:
         base = httpx.get(f"{hub.url}/v1/models").json()["data"][0]["id"]
         asyncio.run(run_clients(hub.url, 4, 1, 8, [base]))  # warm-up
         for _ in range(repeats):
@@ -323,7 +325,7 @@ def measure_dtype(
                     asyncio.run(run_clients(hub.url, clients, per_client, args.tokens, [base]))
                 )
             sequential.append(baselines.sequential(args.sequential_requests, args.tokens))
-            ceiling.append(baselines.batched(max(CLIENTS), args.tokens))
+            ceiling.append(baselines.batched(max(CLIENTS), args.tokens, args.threads))
         result["clients"] = {clients: best(r) for clients, r in runs.items()}
         result["sequential"], result["ceiling"] = max(sequential), max(ceiling)
         if adapters:
@@ -460,6 +462,9 @@ def main() -> int:
     parser.add_argument("--load-rounds", type=int, default=20)
     parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
     parser.add_argument(
+        "--threads", type=int, default=None, help="`tunehub serve --threads` (default: serve's own)"
+    )
+    parser.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -488,7 +493,8 @@ def main() -> int:
 
     print(
         f"\ntunehub serving benchmark: {model_dir.name}, {args.tokens} new tokens per request, "
-        f"{args.requests_per_client} requests per client, streaming over HTTP; "
+        f"{args.requests_per_client} requests per client, streaming over HTTP"
+        f"{f', --threads {args.threads}' if args.threads else ''}; "
         f"read bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
     for r in results.values():
