@@ -2,7 +2,7 @@
 
     python -m bench.serving [--model DIR|FILE.gguf|smollm2] [--tokens 64] [--requests-per-client 2]
                             [--dtypes float32,auto] [--repeats 2] [--sequential-requests 2] [--load-rounds 20]
-                            [--threads N]
+                            [--threads N] [--no-adapters] [--no-job]
     python -m bench.serving --replicas 2 [--tokens 64] [--requests-per-client 2] [--repeats 2]
 
 With --replicas N it measures tunehub over N `tunehub engine` processes against one instead (bench/replicas.py).
@@ -20,7 +20,10 @@ default a user gets; every other engine setting left at its default) and measure
     over the read bandwidth measured here (the best of a few sums of a tensor far larger than the caches);
   * under the auto dtype: 8 LoRA adapters chosen at random per request against every request on one
     adapter, adapter load latency (load + unload through the API), and failed requests while adapters are
-    loaded and unloaded under load.
+    loaded and unloaded under load;
+  * one client while the hub trains: an SFT LoRA job submitted through `POST /v1/jobs` with the Train tab's
+    defaults (its step cap raised so that it outlasts the measurement; cancelled after), measured once it
+    has taken a step (`--no-job` skips it). With no `--threads` the engine then leaves the job a core.
 Each row is measured --repeats times, tunehub and the baselines interleaved, and the best run is shown (the
 machine is shared; a slow run is someone else's load). It prints a table per dtype and one of checks.
 """
@@ -134,12 +137,12 @@ class Baselines:
         """tok/s of one `model.generate` over the clients' first prompts together, left-padded: the best of
         1 thread, the powers of two up to torch's default count, that count and the engine's, so that the
         ceiling stays the best this machine does (a tiny model decodes fastest on one thread)."""
-        from serving.loader import pick_threads
+        from serving.cpu_share import usable_cores
 
         torch = self.torch
         prompts = [self._ids(prompt_for(c, 0)) for c in range(clients)]
         default, best_rate = torch.get_num_threads(), 0.0
-        counts = {default, pick_threads(engine_threads)} | {1 << i for i in range(default.bit_length())}
+        counts = {default, engine_threads or usable_cores()} | {1 << i for i in range(default.bit_length())}
         try:
             for threads in sorted(counts):
                 torch.set_num_threads(threads)
@@ -287,6 +290,44 @@ async def swap_under_load(
     return result
 
 
+def while_a_job_trains(url: str, work: Path, tokens: int, per_client: int, base: str) -> dict:
+    """One client while an SFT LoRA job of the hub trains on the served base, measured once it has made
+    progress (its first step); the job is cancelled and gone before this returns."""
+    data = work / "sft-rows.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i, prompt in enumerate(PROMPTS * 8)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    body = {
+        "stage": "sft",
+        "method": "lora",
+        "data": str(data),
+        "name": "bench-beside",
+        "params": {"max_steps": 10_000},
+    }
+    job = httpx.post(f"{url}/v1/jobs", json=body, timeout=60).raise_for_status().json()
+
+    def current() -> dict:
+        return httpx.get(f"{url}/v1/jobs/{job['id']}", timeout=60).raise_for_status().json()
+
+    deadline = time.monotonic() + 600
+    while (state := current())["status"] in ("queued", "running") and not state["progress"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job['id']} took no step in 600 s: {state}")
+        time.sleep(1)
+    if state["status"] != "running":
+        raise RuntimeError(
+            f"job {job['id']} ended before the measurement: {state['status']} {state['error']}"
+        )
+    try:
+        return asyncio.run(run_clients(url, 1, per_client, tokens, [base]))
+    finally:
+        httpx.post(f"{url}/v1/jobs/{job['id']}/cancel", timeout=60).raise_for_status()
+        while current()["status"] in ("queued", "running") and time.monotonic() < deadline + 120:
+            time.sleep(1)
+
+
 def load_adapter(url: str, name: str, path: Path) -> None:
     httpx.post(
         f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=60
@@ -327,6 +368,8 @@ def measure_dtype(
             sequential.append(baselines.sequential(args.sequential_requests, args.tokens))
             ceiling.append(baselines.batched(max(CLIENTS), args.tokens, args.threads))
         result["clients"] = {clients: best(r) for clients, r in runs.items()}
+        if not args.no_job:
+            result["beside_job"] = while_a_job_trains(hub.url, work, args.tokens, per_client, base)
         result["sequential"], result["ceiling"] = max(sequential), max(ceiling)
         if adapters:
             for i, path in enumerate(adapters):
@@ -390,6 +433,13 @@ def print_checks(results: dict[str, dict], bandwidth: float, kind: str) -> None:
             f"{one / limit:.0%}",
             f">= 40% ({one:.1f} of {limit:.1f} tok/s; sequential generate {r['sequential'] / limit:.0%})",
         )
+        if "beside_job" in r:
+            training = r["beside_job"]["tokens_per_s"]
+            check(
+                f"1 client while an SFT job trains [{dtype}]",
+                f"{training:.1f}",
+                f"(info: tok/s, {training / one:.0%} of 1 client alone)",
+            )
     if "auto" in results and "float32" in results:
         auto, f32 = results["auto"], results["float32"]
         top = {d: results[d]["clients"][max(CLIENTS)]["tokens_per_s"] for d in ("auto", "float32")}
@@ -461,6 +511,7 @@ def main() -> int:
     )
     parser.add_argument("--load-rounds", type=int, default=20)
     parser.add_argument("--no-adapters", action="store_true", help="skip the adapter rows")
+    parser.add_argument("--no-job", action="store_true", help="skip one client while a job trains")
     parser.add_argument(
         "--threads", type=int, default=None, help="`tunehub serve --threads` (default: serve's own)"
     )
@@ -503,7 +554,10 @@ def main() -> int:
     failed = [
         x
         for r in results.values()
-        for x in [*r["clients"].values(), *(r[k] for k in ("one", "mixed", "swapped") if k in r)]
+        for x in [
+            *r["clients"].values(),
+            *(r[k] for k in ("one", "mixed", "swapped", "beside_job") if k in r),
+        ]
         if x["failed"]
     ]
     if failed:

@@ -1,4 +1,5 @@
-"""One GPU shared by serving and training: a managed vLLM started with sleep mode frees the GPU while jobs run.
+"""One GPU shared by serving and training: a managed vLLM started with sleep mode frees the GPU while jobs run
+(and the cores of the hub's local engines are shared with them: `job_leases`).
 
 The job runner (training/jobs/runner.py) calls `acquire` in its thread before the first job starts and
 `release` once the last one has ended, before the new adapter is hot-loaded. Both hop onto the server's event
@@ -33,3 +34,12 @@ def engine_lease(engine, loop: asyncio.AbstractEventLoop) -> SleepingEngineLease
     """A lease when the engine is a vLLM that tunehub started with sleep mode (it holds this machine's GPU);
     None otherwise: the local engine, or a remote vLLM on other GPUs, keeps serving while jobs train."""
     return SleepingEngineLease(engine, loop) if engine.can_sleep else None
+
+
+def job_leases(engine, loop: asyncio.AbstractEventLoop) -> list:
+    """What the job runner lends its jobs: this engine's GPU (`engine_lease`), and this process's cores, which
+    its local engines then share with the job (serving.cpu_share)."""
+    from serving.cpu_share import CpuShare
+
+    gpu = engine_lease(engine, loop)
+    return [*([gpu] if gpu is not None else []), CpuShare.of_process()]

@@ -32,7 +32,7 @@ from training.jobs.trigger import SETTINGS_FILE, AutoTrigger, TriggerError, load
 from training.methods import LORA_METHODS
 
 from .chat_service import ChatService
-from .gpu_share import engine_lease
+from .gpu_share import job_leases
 
 # Hyperparameter presets: optimizer steps (-1: whole epochs instead), epochs, peak lr, rows per batch, LoRA
 # rank. "quick" is a smoke run of a few steps; "thorough" takes a few passes at a gentler rate.
@@ -329,7 +329,7 @@ def start_runner(
         data_dir,
         publish=adapter_publisher(service, asyncio.get_running_loop()),
         trigger=auto_trigger(service, store, data_dir, chat_template, auto_train),
-        engine_lease=engine_lease(service.engine, asyncio.get_running_loop()),
+        engine_leases=job_leases(service.engine, asyncio.get_running_loop()),
         replay=replay,
     )
     runner.start()

@@ -1,16 +1,17 @@
-"""Loads a base model and tokenizer for the LocalEngine: device, compute dtype, CPU threads, chat template and
-optional bitsandbytes quantization; on a CPU, bfloat16 linear layers on packed weights (serving.prepack); an
-architecture the engine cannot batch is refused here (serving.architecture)."""
+"""Loads a base model and tokenizer for the LocalEngine: device, compute dtype, CPU threads (a fixed count, or
+the process's serving.cpu_share), chat template and optional bitsandbytes quantization; on a CPU, bfloat16
+linear layers on packed weights (serving.prepack); an architecture the engine cannot batch is refused here
+(serving.architecture)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .architecture import check_batching, check_config
 from .chat_templates import apply_chat_template_option
+from .cpu_share import CpuShare
 from .openmp import in_passing_thread
 from .prepack import prepack_if_memory_allows
 
@@ -57,33 +58,11 @@ def pick_dtype(requested: str, device: str):
     return torch.float32, "auto: the CPU has no bfloat16 instructions"
 
 
-def available_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def pick_threads(requested: int | None = None) -> int:
-    """CPU threads for the engine's matmuls: `requested`, or all cores but one (at most torch's own default,
-    which follows OMP_NUM_THREADS), the one the event loop streaming the tokens keeps.
-
-    torch's OpenMP team waits at the end of every parallel op for all of its threads, so when one is
-    descheduled (the event loop, the UI or the clients took its core) the op stalls for a scheduler slice.
-    Measured on the 2-core machine: one SmolLM2-135M client (bfloat16) got 25 tok/s with 1 thread and 6 with
-    2 while an SFT job trained beside the hub, and a decode step under other load took 0.8-2.6 s with 2
-    threads, 0.11-0.22 s with 1. On a machine doing nothing else all cores do better (2 threads, SmolLM2 at
-    16 clients: 149 against 106 tok/s in float32, 313 against 221 in bfloat16; the demo model 5,900 against
-    5,200): `--threads` is there for a server that has its machine to itself. vLLM's CPU backend gives the
-    same advice (keep a core for the API server)."""
-    import torch
-
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"threads={requested!r}: the engine needs at least 1 thread")
-        return requested
-    return max(1, min(torch.get_num_threads(), available_cores() - 1))
+def check_threads(requested: int | None) -> int | None:
+    """`requested` when it is a usable thread count; None (the engine takes its CpuShare) stays None."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"threads={requested!r}: the engine needs at least 1 thread")
+    return requested
 
 
 def load_local_engine(
@@ -95,9 +74,11 @@ def load_local_engine(
     dtype: str = "auto",
     chat_template: str | None = None,
     threads: int | None = None,
+    cpu_share: CpuShare | None = None,
     **engine_options,
 ) -> LocalEngine:
-    """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started).
+    """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started). With no
+    `threads` it decodes on `cpu_share`, by default the process's (all cores, one fewer while a job trains).
 
     Raises serving.architecture.UnsupportedArchitecture for a model the engine cannot batch or adapt."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -107,7 +88,7 @@ def load_local_engine(
 
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
-    threads = pick_threads(threads)
+    threads = check_threads(threads)
     device = pick_device(device)
     torch_dtype, why = pick_dtype(dtype, device)
     config = AutoConfig.from_pretrained(str(model))
@@ -141,9 +122,17 @@ def load_local_engine(
 
     base = in_passing_thread(build)  # the main thread keeps no OpenMP team (serving.openmp)
     name = model_name or Path(str(model)).name
+    share = None if threads is not None else cpu_share or CpuShare.of_process()
     log.info(
-        "loaded %s on %s in %s (%s), quantize=%s, %d CPU threads",
-        *(model, device, torch_dtype, why, quantize, threads),
+        "loaded %s on %s in %s (%s), quantize=%s, CPU threads: %s",
+        *(
+            model,
+            device,
+            torch_dtype,
+            why,
+            quantize,
+            threads or f"up to {share.cores}, fewer while a job trains",
+        ),
     )
     return LocalEngine(
         base,
@@ -152,5 +141,6 @@ def load_local_engine(
         model_path=str(model),
         turn_end=turn_end,
         threads=threads,
+        cpu_share=share,
         **engine_options,
     )

@@ -32,6 +32,7 @@ from .adapters import (
     check_weight_shapes,
     inspect_adapter,
 )
+from .cpu_share import CpuShare
 from .engine import BASE_ADAPTER, AdapterInfo, Delta, GenerationRequest, ScoreRequest, TokenScores
 from .errors import (
     AdapterConflict,
@@ -105,6 +106,7 @@ class LocalEngine:
         on_step: Callable[[int], None] | None = None,
         turn_end: str | None = None,
         threads: int | None = None,
+        cpu_share: CpuShare | None = None,
         stream_interval_s: float = 0.01,
     ) -> None:
         self.model_name = model_name
@@ -116,7 +118,9 @@ class LocalEngine:
         self.batch_wait_s = batch_wait_s
         self.batch_max_wait_s = batch_max_wait_s
         self._on_step = on_step
-        self.threads = threads  # the worker's CPU threads (serving.loader.pick_threads); None: torch's
+        self.threads = threads  # the worker's CPU threads, fixed; None: cpu_share's count at each step
+        self.cpu_share = cpu_share  # None with no threads either: torch's count
+        self._threads_now = threads
         # a row's tokens within this long of its last hand-over go out together (first and last at once)
         self.stream_interval_s = stream_interval_s
         self._model = MultiLoraModel(model)
@@ -402,9 +406,13 @@ class LocalEngine:
                 idle = not self._rows and not self._waiting
                 if idle:
                     self._hand_over(force=True)  # nothing will step: what is left goes now
+                    if self.cpu_share is not None:
+                        self.cpu_share.idle(self)
                 if not self._take_from_inbox(block=idle):
                     break
                 try:
+                    if self._rows or self._waiting:
+                        self._fit_threads()
                     self._admit()
                     self._hand_over()  # first tokens go out now, not after the next step
                     if self._rows:
@@ -415,6 +423,17 @@ class LocalEngine:
                 finally:
                     self._hand_over()
             self._hand_over(force=True)
+        if self.cpu_share is not None:
+            self.cpu_share.idle(self)
+
+    def _fit_threads(self) -> None:
+        """Decode with the share's thread count from this step on (it changes when a job starts or ends)."""
+        if self.cpu_share is None:
+            return
+        wanted = self.cpu_share.threads_for(self)
+        if wanted != self._threads_now:
+            torch.set_num_threads(wanted)
+            self._threads_now = wanted
 
     def _take_from_inbox(self, block: bool) -> bool:
         """Move new jobs to the waiting line and run commands. Returns False when asked to stop."""

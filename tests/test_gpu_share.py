@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from feedback.store import Store
-from hub.gpu_share import SleepingEngineLease, engine_lease
+from hub.gpu_share import SleepingEngineLease, engine_lease, job_leases
 from serving.vllm import VLLMEngine
 from tests.support.engine import EngineProcess
 from training.jobs.queue import JobQueue
@@ -50,7 +50,9 @@ def test_the_runner_puts_the_engine_to_sleep_for_each_job_and_wakes_it_before_fi
         ]
         # a worker that dies at once: the lease must be returned whatever way a job ends
         exits = "import sys, time; time.sleep(0.2); sys.exit(1)"
-        runner = JobRunner(store, tmp_path, worker_command=[sys.executable, "-c", exits], engine_lease=lease)
+        runner = JobRunner(
+            store, tmp_path, worker_command=[sys.executable, "-c", exits], engine_leases=[lease]
+        )
         finish = runner._finish
 
         def finishing(running, returncode, job):  # where the adapter would be hot-loaded
@@ -70,13 +72,14 @@ def test_the_runner_leaves_an_engine_without_a_lease_alone(tmp_path):
     with Store(tmp_path / "feedback.db") as store:
         runner = JobRunner(store, tmp_path)
         runner.step()  # nothing queued, no lease: nothing to do, nothing raised
-        assert runner.engine_lease is None
+        assert runner.engine_leases == ()
 
 
 def test_only_a_managed_vllm_with_sleep_mode_gets_a_lease(tmp_path, demo_model):
     """Asked of the engines as the hub builds them (none started): the local engine and a vLLM elsewhere
     keep serving; a vLLM tunehub starts gets a lease only with sleep mode; the hub's ModelSet says what its
     primary base says."""
+    from serving.cpu_share import CpuShare
     from serving.loader import load_local_engine
     from serving.model_set import ModelSet
     from serving.vllm import VLLMEngine
@@ -99,6 +102,13 @@ def test_only_a_managed_vllm_with_sleep_mode_gets_a_lease(tmp_path, demo_model):
             engine_lease(ModelSet(managed(sleep=True), open_model=None), loop), SleepingEngineLease
         )
         assert engine_lease(ModelSet(NoEngine(), open_model=None), loop) is None
+        # jobs always get this process's cores: its local engines leave them one while they train
+        cores = CpuShare.of_process()
+        assert job_leases(local, loop) == [cores]
+        assert [type(lease) for lease in job_leases(managed(sleep=True), loop)] == [
+            SleepingEngineLease,
+            CpuShare,
+        ]
     finally:
         loop.close()
 

@@ -768,27 +768,42 @@ def test_a_failed_decode_step_fails_the_running_rows_and_the_engine_keeps_servin
 # ----- CPU threads (issue 12: the HTTP side keeps a core) ------------------------------------------------------
 
 
-def test_worker_runs_its_matmuls_on_all_cores_but_one_unless_told(demo_model, monkeypatch):
+def test_worker_decodes_on_its_cpu_share_all_cores_but_one_while_a_job_trains_unless_told(demo_model):
+    """With no thread count the worker asks its share before each step: all its cores, one fewer while a
+    training job holds the share; a given count stays fixed whatever the share says."""
     import torch
 
-    from serving import loader
+    from serving.cpu_share import CpuShare
 
-    async def worker_threads(**options) -> tuple[int, int]:
-        async with running_engine(demo_model, **options) as engine:
-            return engine.threads, await engine._call_in_worker(torch.get_num_threads)
+    async def threads_after_a_request(engine) -> int:
+        await collect(engine, chat(PROMPTS[0], max_tokens=2))
+        return await engine._call_in_worker(torch.get_num_threads)
 
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.setattr(loader, "available_cores", lambda: 2)
-        assert asyncio.run(worker_threads()) == (1, 1)
-        assert asyncio.run(worker_threads(threads=2)) == (2, 2)
-        monkeypatch.setattr(loader, "available_cores", lambda: 64)
-        torch.set_num_threads(3)  # torch's own default (OMP_NUM_THREADS) is the most auto takes
-        assert asyncio.run(worker_threads()) == (3, 3)
-    finally:
-        torch.set_num_threads(before)
+    async def run() -> tuple[list[int], int]:
+        share = CpuShare(cores=3)
+        counts = []
+        async with running_engine(demo_model, cpu_share=share) as engine:
+            assert engine.threads is None and engine.cpu_share is share
+            counts.append(await threads_after_a_request(engine))
+            share.acquire()  # the job runner starts a job
+            counts.append(await threads_after_a_request(engine))
+            share.release()  # the last job ended
+            counts.append(await threads_after_a_request(engine))
+        share.acquire()
+        async with running_engine(demo_model, threads=2, cpu_share=share) as fixed:
+            assert fixed.cpu_share is None
+            return counts, await threads_after_a_request(fixed)
+
+    assert asyncio.run(run()) == ([3, 2, 3], 2)
     with pytest.raises(ValueError, match="threads=0"):
         load_local_engine(demo_model, threads=0)
+
+
+def test_an_engine_given_no_thread_count_shares_the_process_cores(demo_model):
+    from serving.cpu_share import CpuShare
+
+    engine = load_local_engine(demo_model)
+    assert engine.threads is None and engine.cpu_share is CpuShare.of_process()
 
 
 LOAD_AND_COUNT_THREADS = """

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,8 +81,9 @@ class _Running:
 
 
 class EngineLease(Protocol):
-    """Lends the serving engine's GPU to training: `acquire` before the first job starts (vLLM goes to
-    sleep), `release` once the last one has ended and before its adapter is hot-loaded (vLLM wakes up)."""
+    """Lends the serving engines' GPU or cores to training: `acquire` before the first job starts (vLLM goes
+    to sleep; local engines leave the job a core), `release` once the last one has ended and before its
+    adapter is hot-loaded (vLLM wakes up; local engines take every core again)."""
 
     def acquire(self) -> None: ...
 
@@ -102,7 +103,7 @@ class JobRunner:
         worker_command: list[str] | None = None,
         env: dict[str, str] | None = None,
         trigger: AutoTrigger | None = None,
-        engine_lease: EngineLease | None = None,
+        engine_leases: Sequence[EngineLease] = (),
         replay: Replay | None = None,
     ) -> None:
         self.store = store
@@ -117,7 +118,7 @@ class JobRunner:
         self.worker_command = worker_command
         self.env = env or {}
         self.trigger = trigger  # the automatic trigger (training/jobs/trigger.py); None: off
-        self.engine_lease = engine_lease  # None: the engine keeps its GPU (or has none) while jobs run
+        self.engine_leases = tuple(engine_leases)  # none: the engines keep what they hold while jobs run
         self.replay = replay  # None: no replay when a job ends (the Adapters tab or API can run one)
         self._engine_lent = False
         self._running: dict[str, _Running] = {}
@@ -175,22 +176,26 @@ class JobRunner:
             self._return_engine()  # also when a launch failed before its worker started
 
     def _lend_engine(self) -> None:
-        if self.engine_lease is None or self._engine_lent:
+        if self._engine_lent:
             return
-        try:
-            self.engine_lease.acquire()
-        except Exception:  # the job may still fit beside the engine; if not, it fails and says why
-            log.exception("putting the serving engine to sleep for training failed")
         self._engine_lent = True
+        for lease in self.engine_leases:
+            try:
+                lease.acquire()
+            except Exception:  # the job may still fit beside the engine; if not, it fails and says why
+                log.exception("lending the serving engine's %s to training failed", type(lease).__name__)
 
     def _return_engine(self) -> None:
-        if self.engine_lease is None or not self._engine_lent:
+        if not self._engine_lent:
             return
         self._engine_lent = False
-        try:
-            self.engine_lease.release()
-        except Exception:
-            log.exception("waking the serving engine after training failed")
+        for lease in reversed(self.engine_leases):
+            try:
+                lease.release()
+            except Exception:
+                log.exception(
+                    "taking back the serving engine's %s after training failed", type(lease).__name__
+                )
 
     # ----- after a restart ---------------------------------------------------------------------------
 

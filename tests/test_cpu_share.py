@@ -1,0 +1,128 @@
+"""CpuShare: the threads each local engine decodes with, as training jobs and other engines come and go."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from serving.cpu_share import CpuShare, usable_cores
+
+
+class Engine:
+    """Anything an engine is: the share tells engines apart by identity."""
+
+
+def test_an_engine_alone_takes_every_core_and_leaves_one_to_a_training_job():
+    share, engine = CpuShare(cores=4), Engine()
+    assert share.threads_for(engine) == 4
+    share.acquire()
+    assert share.training
+    assert share.threads_for(engine) == 3
+    share.release()
+    assert not share.training
+    assert share.threads_for(engine) == 4
+
+
+def test_engines_decoding_at_once_split_the_cores_and_an_idle_one_gives_its_threads_back():
+    share, first, second = CpuShare(cores=4), Engine(), Engine()
+    assert share.threads_for(first) == 4
+    assert share.threads_for(second) == 2
+    assert share.threads_for(first) == 2
+    share.acquire()
+    assert share.threads_for(first) == 1  # 3 free cores between two engines
+    share.idle(second)
+    assert share.threads_for(first) == 3
+    share.idle(second)  # idle twice: nothing changes
+    assert share.threads_for(first) == 3
+
+
+def test_one_core_is_never_shared_down_to_none():
+    share = CpuShare(cores=1)
+    share.acquire()
+    assert [share.threads_for(Engine()) for _ in range(3)] == [1, 1, 1]
+
+
+def test_jobs_are_counted_and_a_release_too_many_does_not_go_below_none():
+    share, engine = CpuShare(cores=2), Engine()
+    share.acquire()
+    share.acquire()
+    share.release()
+    assert share.threads_for(engine) == 1  # one job still runs
+    share.release()
+    share.release()
+    assert share.threads_for(engine) == 2
+    share.acquire()
+    assert share.threads_for(engine) == 1
+
+
+def test_a_share_without_cores_is_refused_naming_the_count():
+    with pytest.raises(ValueError, match="cores=0"):
+        CpuShare(cores=0)
+
+
+def test_the_process_share_is_one_object_and_takes_at_most_torchs_count():
+    shares: list[CpuShare] = []
+    threads = [threading.Thread(target=lambda: shares.append(CpuShare.of_process())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(share is shares[0] for share in shares)
+    assert shares[0].cores == usable_cores() <= torch.get_num_threads()
+
+
+def test_the_job_runner_holds_the_share_while_its_job_runs_and_the_engine_follows(tmp_path, demo_model):
+    """A real runner, a real worker process and a real engine: while the job runs the engine decodes on all
+    cores but one, and on all of them again once the job has ended."""
+    import asyncio
+    import json
+    import sys
+    import time
+
+    from feedback.store import Store
+    from serving.engine import GenerationRequest, SamplingParams
+    from serving.loader import load_local_engine
+    from training.jobs.queue import JobQueue
+    from training.jobs.runner import JobRunner
+    from training.jobs.spec import JobSpec
+
+    share = CpuShare(cores=2)
+    data = tmp_path / "sft.jsonl"
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data.write_text(json.dumps(row) + "\n")
+    request = GenerationRequest(
+        messages=[{"role": "user", "content": "Hi"}], sampling=SamplingParams(max_tokens=2, temperature=0)
+    )
+
+    async def decoding_threads(engine) -> int:
+        async for _ in engine.generate(request):
+            pass
+        return await engine._call_in_worker(torch.get_num_threads)
+
+    async def run() -> list[int]:
+        engine = load_local_engine(demo_model, dtype="float32", cpu_share=share)
+        await engine.start()
+        seen = [await decoding_threads(engine)]
+        with Store(tmp_path / "feedback.db") as store:
+            job = JobQueue(store).submit(
+                JobSpec(stage="sft", method="lora", data=str(data), name="j", base=str(demo_model))
+            )
+            trains = "import time; time.sleep(3)"  # the worker: a job that takes its time, then fails
+            runner = JobRunner(
+                store, tmp_path, worker_command=[sys.executable, "-c", trains], engine_leases=[share]
+            )
+            await asyncio.to_thread(runner.step)
+            assert store.get_job(job.id).status == "running" and share.training
+            seen.append(await decoding_threads(engine))
+            deadline = time.monotonic() + 60
+            while store.get_job(job.id).status == "running" and time.monotonic() < deadline:
+                await asyncio.to_thread(runner.step)
+                await asyncio.sleep(0.1)
+            assert store.get_job(job.id).status == "failed" and not share.training
+        seen.append(await decoding_threads(engine))
+        await engine.close()
+        return seen
+
+    assert asyncio.run(run()) == [2, 1, 2]
