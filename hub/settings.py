@@ -128,8 +128,8 @@ class Settings:
     threads: int | None = setting(
         kind=int,
         flag="--threads",
-        help="CPU threads of the local engine's matmuls (default: all cores, one fewer while a training job of "
-        "this hub runs; give a count on a machine busy with other work)",
+        help="CPU threads of the local engine's matmuls (default: all cores, less those other processes keep busy "
+        "and one fewer while a training job of this hub runs; a count fixes it)",
     )
     max_lora_rank: int = setting(
         64, flag="--max-lora-rank", help="largest adapter rank accepted", positive=True

@@ -131,7 +131,7 @@ def load_local_engine(
             torch_dtype,
             why,
             quantize,
-            threads or f"up to {share.cores}, fewer while a job trains",
+            threads or f"up to {share.most}, fewer while other work runs",
         ),
     )
     return LocalEngine(

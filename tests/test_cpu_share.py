@@ -57,6 +57,27 @@ def test_jobs_are_counted_and_a_release_too_many_does_not_go_below_none():
     assert share.threads_for(engine) == 1
 
 
+def test_cores_other_processes_keep_busy_are_left_to_them_with_a_margin_against_flipping():
+    others = [0.0]
+    share, engine = CpuShare(cores=4, other_work=lambda: others[0]), Engine()
+    seen = []
+    for busy in (0.0, 0.5, 0.7, 0.9, 1.3, 0.5, 0.3, 2.6, 9.0, 0.0):
+        others[0] = busy
+        seen.append(share.threads_for(engine))
+    # 0.5 is within the margin of 0; 0.7 takes a core; 1.3 and 0.5 stay within it of 1; 0.3 gives it back;
+    # never below one thread
+    assert seen == [4, 4, 3, 3, 3, 3, 4, 1, 1, 4]
+    others[0] = 1.0
+    share.acquire()  # a job and other work: the larger reserve counts, not both
+    assert share.threads_for(engine) == 3
+
+
+def test_an_engine_takes_at_most_its_own_count_however_many_cores_are_free():
+    share = CpuShare(cores=16, most=4, other_work=lambda: 8.0)
+    assert share.threads_for(Engine()) == 4
+    assert CpuShare(cores=16, most=4, other_work=lambda: 13.0).threads_for(Engine()) == 3
+
+
 def test_a_share_without_cores_is_refused_naming_the_count():
     with pytest.raises(ValueError, match="cores=0"):
         CpuShare(cores=0)
@@ -70,8 +91,9 @@ def test_the_process_share_is_one_object_and_takes_at_most_the_cores_it_may_run_
     for thread in threads:
         thread.join()
     assert all(share is shares[0] for share in shares)
-    # made on first use from that thread's torch count (a test before this one may have lowered it)
-    assert 1 <= shares[0].cores <= available_cores()
+    assert shares[0].cores == available_cores() and shares[0].other_work is not None
+    # its most is made on first use from that thread's torch count (a test before this one may lower it)
+    assert 1 <= shares[0].most <= available_cores()
     assert usable_cores() <= min(torch.get_num_threads(), available_cores())
 
 
