@@ -5,8 +5,9 @@ whatever else runs on the machine. torch's OpenMP team waits at the end of every
 so a thread whose core another process took stalls each op for a scheduler slice. Measured on the 2-core
 machine (SmolLM2-135M): with both cores the engine served 16 clients at 149 tok/s in float32 (1 thread: 106)
 and 313 in bfloat16 (221), one client at 33 tok/s in bfloat16; but while an SFT job trained beside it, one
-client got 6 tok/s with 2 threads and 25 with 1. So an engine that was given no thread count takes all the
-cores (at most torch's own count, which follows OMP_NUM_THREADS), less:
+client got 6 tok/s with 2 threads and 25 with 1, and beside a process spinning on one core 6.9 tok/s with 2
+threads and 25 with this share. So an engine that was given no thread count takes all the cores (at most
+torch's own count, which follows OMP_NUM_THREADS), less:
 
 - one while a training job of the hub runs: the job runner holds the share (`acquire` when its first job
   starts, `release` when the last one has ended);

@@ -78,7 +78,8 @@ def load_local_engine(
     **engine_options,
 ) -> LocalEngine:
     """Load `model` (a local directory or a hub id) and wrap it in a LocalEngine (not yet started). With no
-    `threads` it decodes on `cpu_share`, by default the process's (all cores, one fewer while a job trains).
+    `threads` it decodes on `cpu_share`, by default the process's (all cores, less those other processes keep
+    busy, one fewer while a job trains).
 
     Raises serving.architecture.UnsupportedArchitecture for a model the engine cannot batch or adapt."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -123,16 +124,10 @@ def load_local_engine(
     base = in_passing_thread(build)  # the main thread keeps no OpenMP team (serving.openmp)
     name = model_name or Path(str(model)).name
     share = None if threads is not None else cpu_share or CpuShare.of_process()
+    counts = threads or f"up to {share.most}, less the cores other work takes"
     log.info(
         "loaded %s on %s in %s (%s), quantize=%s, CPU threads: %s",
-        *(
-            model,
-            device,
-            torch_dtype,
-            why,
-            quantize,
-            threads or f"up to {share.most}, fewer while other work runs",
-        ),
+        *(model, device, torch_dtype, why, quantize, counts),
     )
     return LocalEngine(
         base,
