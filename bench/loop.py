@@ -169,7 +169,7 @@ def run_job(http: httpx.Client, body: dict, timeout: float, probe: CheckableProm
             wait_answering(http, job["adapter"], probe, max_tokens)
             live_at = time.monotonic()
         time.sleep(0.2)
-        job = http.get(f"/v1/jobs/{job['id']}").json()
+        job = http.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
     if job["status"] != "succeeded":
         raise RuntimeError(f"job {job['id']} ({body['stage']}) {job['status']}: {job['error']}")
     if probe is not None and live_at is None:

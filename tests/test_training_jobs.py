@@ -10,6 +10,7 @@ Run: .venv/bin/python -m pytest tests/test_training_jobs.py -q   (add -m "not sl
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -239,6 +240,52 @@ def test_feedback_data_is_exported_as_a_snapshot_and_only_new_finds_nothing_new(
     )
     job = wait_for(hub, again["id"], finished, timeout=120)
     assert job["status"] == "failed" and f"after vote {max(snapshot.vote_ids)}" in job["error"]
+
+
+def test_a_job_whose_metrics_hold_an_infinite_loss_is_served_with_null_in_its_place(hub):
+    """An evaluation stopped at the KL bound reports its loss as infinite (training.callbacks.KLWatch), and the
+    runner copies the latest evaluation into the job's metrics while it runs: the API answered 500 for the
+    job, and for the list of jobs, until the next evaluation. JSON has no Infinity: it becomes null."""
+    import sqlite_utils
+
+    from training.jobs.spec import JobSpec
+
+    job_id = "job-infinite0000000"
+    metrics = {
+        "eval_loss": math.inf,
+        "eval_curve": [[3, 1.4], [6, math.inf]],
+        "eval_base_kl": 2.3,
+        "nan": math.nan,
+    }
+    db = sqlite_utils.Database(hub.data_dir / "feedback.db")
+    db["jobs"].insert(
+        {
+            "id": job_id,
+            "stage": "dpo",
+            "method": "lora",
+            "status": "failed",  # the runner starts only queued jobs: this row stays as written
+            "progress": 0.5,
+            "params": json.dumps(
+                JobSpec(stage="dpo", method="lora", data="feedback", name="kl-stopped", base="demo").to_dict()
+            ),
+            "metrics": json.dumps(metrics),
+            "error": "stopped",
+            "created_at": "2026-12-07T00:00:00Z",
+        }
+    )
+    db.conn.commit()
+    db.close()
+    one = httpx.get(f"{hub.url}/v1/jobs/{job_id}", timeout=30)
+    assert one.status_code == 200, one.text
+    assert one.json()["metrics"] == {
+        "eval_loss": None,
+        "eval_curve": [[3, 1.4], [6, None]],
+        "eval_base_kl": 2.3,
+        "nan": None,
+    }
+    listed = httpx.get(f"{hub.url}/v1/jobs", timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert any(job["id"] == job_id and job["metrics"]["eval_loss"] is None for job in listed.json()["data"])
 
 
 # ----- faults -------------------------------------------------------------------------------------------
