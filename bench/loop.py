@@ -22,7 +22,9 @@ HTTP API:
 4. judging: base and candidate answer the held-out prompts greedily and once at the Chat tab's sampling;
    the rater compares each pair without knowing which is which (ties count half).
 
-The demo model is judged on its corpus's checkable prompts (accuracy from them); a real model on
+The demo model is judged on its corpus's checkable prompts, its accuracy guardrail on those in the families
+its replay set holds (`training.replay_sets.DEMO_FAMILIES`: its arithmetic, near 0.3, flips with any change;
+every family's accuracy is printed beside it); a real model on
 bench/loop_prompts.py (how-to, capitals, open questions) with the job's regression replay as its guardrail
 (accuracy on the replay set, and perplexity where the replay reports it). Targets (issue 13): demo model,
 each taste with headroom: win >= 0.70 greedy for every stage, accuracy within 5 points of the base, last vote
@@ -51,6 +53,7 @@ from bench.loop_tastes import DEMO_TASTES, REAL_TASTES, Taste
 from hub.ui.train import default_params
 from tests.support.server import HubProcess
 from training.demo.corpus import CheckablePrompt, checkable_prompts, is_correct
+from training.replay_sets import DEMO_FAMILIES
 
 BASE = "base"  # the base model's served name
 STAGES = ("dpo", "sft", "ppo")
@@ -76,6 +79,9 @@ class Setup:
     judge_prompts: list[CheckablePrompt]
     tastes: dict[str, Taste]
     max_tokens: int
+    # the families whose accuracy is the guardrail (the demo model's replay families: its arithmetic, near
+    # 0.3, flips with any change and cannot show a loss); None: every checkable prompt
+    guarded: tuple[str, ...] | None = None
 
 
 def setup_for(model_dir: Path, args: argparse.Namespace) -> Setup:
@@ -83,7 +89,7 @@ def setup_for(model_dir: Path, args: argparse.Namespace) -> Setup:
     if demo:
         votes = checkable_prompts(args.votes or (24 if args.quick else 150), seed=args.seed, split="train")
         judged = checkable_prompts(args.judge or (12 if args.quick else 100), seed=args.seed + 1)
-        return Setup("demo", votes, judged, DEMO_TASTES, args.max_tokens or 32)
+        return Setup("demo", votes, judged, DEMO_TASTES, args.max_tokens or 32, DEMO_FAMILIES)
     votes, judged = real_prompts(args.seed)
     return Setup(
         "real",
@@ -206,8 +212,9 @@ class StageResult:
     latency_s: float = 0.0
     win_greedy: float = 0.0
     win_sampled: float = 0.0
-    base_accuracy: float = 0.0
+    base_accuracy: float = 0.0  # on the guarded families
     candidate_accuracy: float = 0.0
+    all_accuracy: tuple[float, float] = (0.0, 0.0)  # base, candidate on every checkable prompt (shown)
     replay_accuracy: tuple[float | None, float | None] = (None, None)  # base/promoted, candidate
     perplexity: tuple[float | None, float | None] = (None, None)
     empty: int = 0
@@ -253,8 +260,12 @@ def answers(http, model: str, prompts, sampling: dict, max_tokens: int) -> list[
         return list(pool.map(lambda p: ask(http, model, p, 1, sampling, max_tokens)[1][0], prompts))
 
 
-def accuracy(prompts: list[CheckablePrompt], texts: list[str]) -> float:
-    checkable = [(p, t) for p, t in zip(prompts, texts) if p.answer]
+def accuracy(
+    prompts: list[CheckablePrompt], texts: list[str], families: tuple[str, ...] | None = None
+) -> float:
+    checkable = [
+        (p, t) for p, t in zip(prompts, texts) if p.answer and (families is None or p.family in families)
+    ]
     return sum(is_correct(p, t) for p, t in checkable) / len(checkable) if checkable else float("nan")
 
 
@@ -304,8 +315,12 @@ def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, a
                 result.win_sampled = blind_win(
                     taste, setup.judge_prompts, base_sampled, sampled, args.seed + 1
                 )
-                result.base_accuracy = accuracy(setup.judge_prompts, base_greedy)
-                result.candidate_accuracy = accuracy(setup.judge_prompts, greedy)
+                result.base_accuracy = accuracy(setup.judge_prompts, base_greedy, setup.guarded)
+                result.candidate_accuracy = accuracy(setup.judge_prompts, greedy, setup.guarded)
+                result.all_accuracy = (
+                    accuracy(setup.judge_prompts, base_greedy),
+                    accuracy(setup.judge_prompts, greedy),
+                )
                 result.empty = sum(not g.strip() for g in greedy)
             except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
                 result.error = str(e)[:300]
@@ -397,9 +412,14 @@ def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
             f"  {run.taste}: prefers {setup.tastes[run.taste].description}; votes {votes}; "
             f"{run.sft_liked:.0%} of the answers sft trains on are ones the rater likes on their own; chosen {chosen}"
         )
+        for r in (r for r in run.stages if not r.error):
+            print(
+                f"    {r.stage}: accuracy on every family {_f(r.all_accuracy[0])} -> {_f(r.all_accuracy[1])}"
+            )
     target = TARGETS[setup.kind]
     extra = (
-        f"accuracy within {TARGET_ACCURACY_DROP * 100:.0f} points, last vote -> live <= {TARGET_LATENCY_S:.0f} s"
+        f"accuracy ({', '.join(setup.guarded or ('every family',))}) within {TARGET_ACCURACY_DROP * 100:.0f} "
+        f"points, last vote -> live <= {TARGET_LATENCY_S:.0f} s"
         if setup.kind == "demo"
         else f"replay accuracy within {TARGET_ACCURACY_DROP * 100:.0f} points, perplexity within "
         f"{TARGET_PERPLEXITY_RISE:.0%}, no empty answers"
@@ -454,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"[{name}/{r.stage}] headroom {r.headroom:.0%}, win {r.win_greedy:.2f} greedy "
                 f"{r.win_sampled:.2f} sampled, accuracy {_f(r.base_accuracy)} -> {_f(r.candidate_accuracy)}"
+                f" (every family: {_f(r.all_accuracy[0])} -> {_f(r.all_accuracy[1])})"
                 + (f", failed: {r.error}" if r.error else ""),
                 flush=True,
             )

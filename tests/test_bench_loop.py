@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.loop import job_body, main, vote_kind
+from bench.loop import accuracy, job_body, main, vote_kind
 from bench.loop_prompts import real_prompts
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
 from hub.ui.train import default_params
@@ -81,6 +81,20 @@ def test_votes_are_cast_as_the_ui_allows_and_jobs_are_the_train_tabs_body():
     assert {p.family for p in judged} == {"how", "capital", "open"}
 
 
+def test_the_demo_guardrail_counts_the_families_its_replay_holds_and_every_family_is_shown():
+    from training.replay_sets import DEMO_FAMILIES
+
+    prompts = [
+        CheckablePrompt("arithmetic", [{"role": "user", "content": "What is 12 + 7?"}], "19"),
+        CheckablePrompt("capital", [{"role": "user", "content": "Capital of France?"}], "Paris"),
+        CheckablePrompt("reversal", [{"role": "user", "content": "Reverse cat."}], "tac"),
+    ]
+    replies = ["12 + 7 = 18.", "Paris.", "tac"]
+    assert "arithmetic" not in DEMO_FAMILIES
+    assert accuracy(prompts, replies, DEMO_FAMILIES) == 1.0  # the wrong sum is not a guarded family
+    assert accuracy(prompts, replies) == pytest.approx(2 / 3)
+
+
 @pytest.mark.slow
 def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     code = main(
@@ -93,6 +107,8 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "failed" not in row
     assert "votes" in out and "chosen dpo: lr=" in out  # the settings the job chose are printed
     assert "target: win >= 0.70 greedy" in out
+    assert "accuracy (conversion, capital, reversal) within 5 points" in out
+    assert "dpo: accuracy on every family" in out
 
 
 @pytest.mark.slow
