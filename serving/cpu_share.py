@@ -85,7 +85,7 @@ class CpuShare:
             self._jobs += 1
 
     def release(self) -> None:
-        """The jobs have ended: the engines take every core again."""
+        """A job has ended: once none runs, the engines take back the core they left it."""
         with self._lock:
             self._jobs = max(0, self._jobs - 1)
 

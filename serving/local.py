@@ -427,7 +427,8 @@ class LocalEngine:
             self.cpu_share.idle(self)
 
     def _fit_threads(self) -> None:
-        """Decode with the share's thread count from this step on (it changes when a job starts or ends)."""
+        """Decode with the share's thread count from this step on (it changes as jobs, other processes and
+        other engines of the process come and go)."""
         if self.cpu_share is None:
             return
         wanted = self.cpu_share.threads_for(self)
