@@ -17,7 +17,7 @@ from feedback.store import Store
 from hub.ui.train import build_params, default_params, training_outcome
 from tests.support.cli import tunehub_process
 from tests.test_training_jobs import sft_rows
-from training.auto import LR_WIDTH, MAX_STEPS, MIN_STEPS, auto_settings, describe, model_width
+from training.auto import DPO_BETA, LR_WIDTH, MAX_STEPS, MIN_STEPS, auto_settings, describe, model_width
 
 
 def chosen(stage="dpo", method="lora", n_train=120, width=128, given=(), batch=8):
@@ -41,19 +41,43 @@ def test_the_learning_rate_follows_the_models_width_and_the_stage():
 
 
 def test_steps_follow_the_rows_within_bounds():
-    assert chosen(n_train=200)["max_steps"].value == 100  # 4 passes over 200 rows at batch 8
+    assert chosen("sft", n_train=200)["max_steps"].value == 100  # 4 passes over 200 rows at batch 8
+    assert chosen(n_train=200)["max_steps"].value == 200  # DPO: 8 passes
     assert chosen(n_train=10)["max_steps"].value == MIN_STEPS  # a few votes still get a real update
     assert chosen(n_train=100_000)["max_steps"].value == MAX_STEPS
-    assert "4 passes over 200 rows" in chosen(n_train=200)["max_steps"].reason
+    assert "4 passes over 200 rows" in chosen("sft", n_train=200)["max_steps"].reason
+    assert "8 passes over 200 rows" in chosen(n_train=200)["max_steps"].reason
     assert chosen("ppo", n_train=320)["max_steps"].value == 20  # one pass in rollout batches of 16
     assert chosen("dpo")["sft_weight"].value == 0.5 and "sft_weight" not in chosen("sft")
 
 
+def test_dpo_pulls_towards_its_reference_with_beta_2_unless_the_run_names_its_loss():
+    picked = chosen()
+    assert picked["beta"].value == DPO_BETA == 2.0 and "style" in picked["beta"].reason
+    assert "beta" not in chosen(given={"loss_type"})  # IPO's beta means something else: the config's stays
+    assert "beta" not in chosen(given={"beta"})
+    assert all("beta" not in chosen(stage) for stage in ("kto", "reward", "sft", "ppo"))
+
+
 def test_what_the_user_set_is_never_chosen():
-    picked = chosen(given={"learning_rate", "sft_weight"})
+    picked = chosen(given={"learning_rate", "sft_weight", "beta"})
     assert set(picked) == {"max_steps"}
     assert "max_steps" not in chosen(given={"num_train_epochs"})  # sized in epochs by the user
-    assert describe(picked).startswith("max_steps 60 (4 passes over 120 rows")
+    assert describe(picked).startswith("max_steps 120 (8 passes over 120 rows")
+
+
+def test_the_chosen_settings_reach_the_stages_config(tmp_path):
+    from training.jobs.spec import JobSpec
+    from training.jobs.worker import build_config
+
+    spec = JobSpec.from_dict(
+        {"stage": "dpo", "method": "lora", "data": "feedback", "name": "km", "base": "demo"}
+    )
+    launch = {"params": {"max_length": 512}}
+    config = build_config(spec, launch, str(tmp_path), tmp_path / "out", chosen())
+    assert (config.beta, config.max_steps, config.sft_weight) == (2.0, 120, 0.5)
+    given = {"params": {"beta": 0.3}}  # what the user set wins over what was chosen
+    assert build_config(spec, given, str(tmp_path), tmp_path / "out", chosen()).beta == 0.3
 
 
 def test_the_width_is_read_from_the_base_models_config(demo_model, tmp_path):

@@ -12,10 +12,19 @@ The rules (README, "Training defaults"):
   SFT, and PPO at 0.4 of it; full and freeze tuning move every weight and take a tenth. A wider layer's output
   moves more for the same step on each weight, so a fixed rate is too timid on small models (the old 5e-5
   left SmolLM2 at a KL of 0.0002 from its base) or too bold on large ones.
-- Steps follow the data: ``EPOCHS`` passes over the training rows at the stage's batch size, at least
-  ``MIN_STEPS`` (a few votes still get a real update) and at most ``MAX_STEPS``. A few hundred votes are all
-  a small team casts before the first retrain; more passes over them learn the rater's taste, and early
-  stopping on the held-out votes and the KL bound stop it before it memorises them.
+- Steps follow the data: ``EPOCHS`` passes over the training rows at the stage's batch size (``DPO_EPOCHS``
+  for DPO), at least ``MIN_STEPS`` (a few votes still get a real update) and at most ``MAX_STEPS``. A few
+  hundred votes are all a small team casts before the first retrain; more passes over them learn the rater's
+  taste, and early stopping on the held-out votes and the KL bound stop it before it memorises them.
+- DPO pulls harder towards its reference (``beta`` 2 rather than TRL's 0.1) and passes over the pairs twice
+  as often. Votes on two sampled answers mix two kinds of pair: a right answer against a wrong one, which the
+  base already tells apart by several nats, and two right answers that differ in style, the taste itself.
+  With a small beta the loss keeps pushing every pair at the same strength, so much of each step goes to
+  driving already-rejected wrong answers further down; with beta 2 a pair stops pulling once the policy
+  separates it by about a nat, and the later steps go to the pairs not yet learned. Retrained on the 24 vote
+  sets of the demo model's two style tastes that bench/loop.py runs had left (docs/benchmarks.md), beta 0.1
+  and 4 passes beat the base blind on 9 of them, beta 2 and 8 passes on all 24 (20 within the accuracy
+  bound of 5 points).
 - DPO adds an SFT term on the chosen answers (weight 0.5, as RPO): with two sampled answers per vote the
   chosen one is often the only good example of the taste, and the term keeps the answers fluent while the
   preference loss pushes the pair apart.
@@ -35,6 +44,8 @@ LR_WIDTH = 5.66e-3  # preference-stage adapter rate times sqrt(width): 5e-4 at w
 STAGE_LR_SCALE = {"sft": 2.0, "dpo": 1.0, "kto": 1.0, "reward": 1.0, "ppo": 0.4, "rloo": 0.4, "grpo": 0.4}
 FULL_LR_SCALE = 0.1  # full and freeze tuning change every weight of the layers they train
 EPOCHS = 4.0
+DPO_EPOCHS = 8.0
+DPO_BETA = 2.0  # for the sigmoid loss; a run that names its loss_type keeps the config's beta
 MIN_STEPS, MAX_STEPS = 30, 300
 PPO_PASSES = 1
 PPO_MIN_STEPS, PPO_MAX_STEPS = 10, 50
@@ -85,11 +96,18 @@ def auto_settings(
         )
     elif not {"num_train_epochs", "total_episodes"} & set(given):  # the user sized the run in epochs
         per_epoch = math.ceil(n_train / max(1, batch_size))
-        steps = _clamp(math.ceil(per_epoch * EPOCHS), MIN_STEPS, MAX_STEPS)
+        epochs = DPO_EPOCHS if stage == "dpo" else EPOCHS
+        steps = _clamp(math.ceil(per_epoch * epochs), MIN_STEPS, MAX_STEPS)
         chosen["max_steps"] = Choice(
             steps,
-            f"{EPOCHS:g} passes over {n_train} rows at batch {batch_size}, within {MIN_STEPS}-{MAX_STEPS}"
+            f"{epochs:g} passes over {n_train} rows at batch {batch_size}, within {MIN_STEPS}-{MAX_STEPS}"
             + (f"; early stopping on {n_eval} held-out rows picks the best" if n_eval else ""),
+        )
+    if stage == "dpo" and "loss_type" not in given:
+        chosen["beta"] = Choice(
+            DPO_BETA,
+            "a pair stops pulling once the policy separates it (sigmoid loss), so steps go to the pairs "
+            "that differ in style rather than to pushing wrong answers further down",
         )
     if stage == "dpo":
         chosen["sft_weight"] = Choice(DPO_SFT_WEIGHT, "an SFT term on the chosen answers keeps them fluent")
