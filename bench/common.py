@@ -14,10 +14,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="./tunehub-data", help="where the demo model is cached")
 
 
-def prepare(args: argparse.Namespace) -> Path:
-    """Nothing phones home; returns the model directory: --model, or the demo model cached in --data-dir."""
+def offline() -> None:
+    """Nothing phones home, and the libraries keep quiet: the tests' environment."""
     for key, value in TEST_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+
+
+def prepare(args: argparse.Namespace) -> Path:
+    """Nothing phones home; returns the model directory: --model, or the demo model cached in --data-dir."""
+    offline()
     if args.model:
         return Path(args.model)
     from training.demo.build import ensure_demo_model

@@ -68,6 +68,7 @@ TARGETS = {"demo": 0.70, "real": 0.65}
 TARGET_ACCURACY_DROP = 0.05
 TARGET_PERPLEXITY_RISE = 0.10
 TARGET_LATENCY_S = 120.0
+RUN_FILE = "run.json"  # the flags a run was made with, in its data folder (bench/retrain.py reads them)
 
 
 @dataclass
@@ -465,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown taste or stage for a {setup.kind} model: {', '.join(unknown)}")
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-loop-"))
+    flags = ("votes", "judge", "quick", "seed", "max_tokens", "max_steps")
+    (work / RUN_FILE).write_text(json.dumps({"model": str(model_dir)} | {k: getattr(args, k) for k in flags}))
     runs = []
     for name in tastes:
         started = time.perf_counter()

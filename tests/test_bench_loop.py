@@ -1,17 +1,22 @@
 """The flywheel benchmark (issue 13): raters vote as the UI lets them (pairwise on two samples, thumbs on one,
 rankings of 4), each stage trains with the Train tab's default job body, and the candidate is judged blind;
-runs end to end in quick mode on the demo model.
+runs end to end in quick mode on the demo model, and bench/retrain.py trains the votes it left again.
 
 Run: .venv/bin/python -m pytest tests/test_bench_loop.py -q
 """
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 
-from bench.loop import accuracy, job_body, main, vote_kind
+from bench.loop import RUN_FILE, accuracy, job_body, main, vote_kind
 from bench.loop_prompts import real_prompts
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
+from bench.retrain import main as retrain_main
 from hub.ui.train import default_params
 from training.demo.corpus import CLOSING, REMARK, CheckablePrompt
 
@@ -109,6 +114,17 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "target: win >= 0.70 greedy" in out
     assert "accuracy (conversion, capital, reversal) within 5 points" in out
     assert "dpo: accuracy on every family" in out
+
+    # the votes the run left are retrained with settings changed, and judged on the same held-out prompts
+    work = Path(re.search(r"data in (\S+)", out).group(1))
+    assert json.loads((work / RUN_FILE).read_text())["judge"] == 8
+    code = retrain_main([str(work), "--stages", "dpo", "--set", "beta=0.5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if " concise    dpo " in line)
+    assert "win then" in row and ("met" in row or "not met" in row), out
+    assert "beta=0.5" in out and "max_steps=" in out  # what was given, and what the job chose
+    assert "retrained with beta=0.5:" in out and "1 vote sets" in out
 
 
 @pytest.mark.slow

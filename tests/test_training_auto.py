@@ -17,12 +17,28 @@ from feedback.store import Store
 from hub.ui.train import build_params, default_params, training_outcome
 from tests.support.cli import tunehub_process
 from tests.test_training_jobs import sft_rows
-from training.auto import DPO_BETA, LR_WIDTH, MAX_STEPS, MIN_STEPS, auto_settings, describe, model_width
+from training.auto import (
+    LR_WIDTH,
+    MAX_STEPS,
+    MIN_STEPS,
+    auto_settings,
+    describe,
+    differing_tokens,
+    model_width,
+    pair_differing_tokens,
+)
 
 
-def chosen(stage="dpo", method="lora", n_train=120, width=128, given=(), batch=8):
+def chosen(stage="dpo", method="lora", n_train=120, width=128, given=(), batch=8, differing=6.0):
     return auto_settings(
-        stage, method, n_train=n_train, n_eval=12, hidden_size=width, batch_size=batch, given=given
+        stage,
+        method,
+        n_train=n_train,
+        n_eval=12,
+        hidden_size=width,
+        batch_size=batch,
+        differing_tokens=differing,
+        given=given,
     )
 
 
@@ -51,12 +67,31 @@ def test_steps_follow_the_rows_within_bounds():
     assert chosen("dpo")["sft_weight"].value == 0.5 and "sft_weight" not in chosen("sft")
 
 
-def test_dpo_pulls_towards_its_reference_with_beta_2_unless_the_run_names_its_loss():
-    picked = chosen()
-    assert picked["beta"].value == DPO_BETA == 2.0 and "style" in picked["beta"].reason
+def test_dpos_beta_follows_the_tokens_where_a_pairs_answers_differ():
+    demo, smol = chosen(differing=6.0)["beta"], chosen(differing=80.0)["beta"]
+    assert demo.value == 2.0 and smol.value == 0.15  # one word apart / two whole answers apart
+    assert "80.0 tokens where a pair's answers differ" in smol.reason
+    assert chosen(differing=1.0)["beta"].value == 2.0 and chosen(differing=5000.0)["beta"].value == 0.1
+    assert "beta" not in chosen(differing=None)  # no tokenizer: the config's beta stays
     assert "beta" not in chosen(given={"loss_type"})  # IPO's beta means something else: the config's stays
     assert "beta" not in chosen(given={"beta"})
     assert all("beta" not in chosen(stage) for stage in ("kto", "reward", "sft", "ppo"))
+
+
+def test_differing_tokens_count_after_the_answers_shared_beginning(demo_model):
+    words = str.split
+    rows = [
+        {"chosen": "Paris.", "rejected": "Paris. Happy to help!"},  # 0 and 3 after the shared word
+        {
+            "chosen": [{"role": "assistant", "content": "a b c d"}],
+            "rejected": [{"role": "assistant", "content": "x"}],
+        },
+    ]
+    assert differing_tokens(rows, words) == ((0 + 3) / 2 + (4 + 1) / 2) / 2
+    assert differing_tokens([{"chosen": "same", "rejected": "same"}], words) == 1.0  # never below 1
+    assert differing_tokens([], words) is None
+    assert pair_differing_tokens(rows, str(demo_model)) > 1.0  # the base's own tokenizer
+    assert pair_differing_tokens(rows, "/no/such/model") is None
 
 
 def test_what_the_user_set_is_never_chosen():
@@ -75,7 +110,7 @@ def test_the_chosen_settings_reach_the_stages_config(tmp_path):
     )
     launch = {"params": {"max_length": 512}}
     config = build_config(spec, launch, str(tmp_path), tmp_path / "out", chosen())
-    assert (config.beta, config.max_steps, config.sft_weight) == (2.0, 120, 0.5)
+    assert (config.beta, config.max_steps, config.sft_weight) == (2.0, 120, 0.5)  # pairs ~6 tokens apart
     given = {"params": {"beta": 0.3}}  # what the user set wins over what was chosen
     assert build_config(spec, given, str(tmp_path), tmp_path / "out", chosen()).beta == 0.3
 

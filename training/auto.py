@@ -16,15 +16,17 @@ The rules (README, "Training defaults"):
   for DPO), at least ``MIN_STEPS`` (a few votes still get a real update) and at most ``MAX_STEPS``. A few
   hundred votes are all a small team casts before the first retrain; more passes over them learn the rater's
   taste, and early stopping on the held-out votes and the KL bound stop it before it memorises them.
-- DPO pulls harder towards its reference (``beta`` 2 rather than TRL's 0.1) and passes over the pairs twice
-  as often. Votes on two sampled answers mix two kinds of pair: a right answer against a wrong one, which the
-  base already tells apart by several nats, and two right answers that differ in style, the taste itself.
-  With a small beta the loss keeps pushing every pair at the same strength, so much of each step goes to
-  driving already-rejected wrong answers further down; with beta 2 a pair stops pulling once the policy
-  separates it by about a nat, and the later steps go to the pairs not yet learned. Retrained on the 24 vote
-  sets of the demo model's two style tastes that bench/loop.py runs had left (docs/benchmarks.md), beta 0.1
-  and 4 passes beat the base blind on 9 of them, beta 2 and 8 passes on all 24 (20 within the accuracy
-  bound of 5 points).
+- DPO's beta follows how much of each pair differs: ``DPO_BETA_TOKENS`` over the mean number of tokens after
+  the two answers' shared beginning, within 0.1-2 (TRL's default is 0.1), and DPO passes over the pairs twice
+  as often as the other stages. The DPO margin is a sum of log-ratios over the tokens where the answers
+  differ (the shared beginning cancels), and beta sets how far that sum moves before a pair stops pulling.
+  Two sampled answers of a real chat model differ over most of their length (about 80 tokens for SmolLM2):
+  beta 0.1 there. The demo model's differ in about 6 (one word, a remark): with 0.1 the loss keeps pushing
+  every pair at full strength, much of each step goes to driving already-rejected wrong answers further
+  down, and the style pairs (the taste) are not learned; beta 2 stops a pair once it is separated. Measured
+  with bench/retrain.py on the votes of earlier bench/loop.py runs (docs/benchmarks.md): on 24 demo vote
+  sets beta 0.1 and 4 passes beat the base blind on 9, beta 2 and 8 passes on all 24 (20 within the accuracy
+  bound); on SmolLM2's concise votes beta 2 lost what 0.1 won (0.62 against 0.73).
 - DPO adds an SFT term on the chosen answers (weight 0.5, as RPO): with two sampled answers per vote the
   chosen one is often the only good example of the taste, and the term keeps the answers fluent while the
   preference loss pushes the pair apart.
@@ -34,7 +36,7 @@ The rules (README, "Training defaults"):
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,10 @@ STAGE_LR_SCALE = {"sft": 2.0, "dpo": 1.0, "kto": 1.0, "reward": 1.0, "ppo": 0.4,
 FULL_LR_SCALE = 0.1  # full and freeze tuning change every weight of the layers they train
 EPOCHS = 4.0
 DPO_EPOCHS = 8.0
-DPO_BETA = 2.0  # for the sigmoid loss; a run that names its loss_type keeps the config's beta
+# DPO beta times the tokens where a pair's answers differ (sigmoid loss; a run that names its loss_type keeps
+# the config's beta): 2 at the demo model's ~6 differing tokens, 0.15 at SmolLM2's ~80
+DPO_BETA_TOKENS = 12.0
+DPO_BETA_MIN, DPO_BETA_MAX = 0.1, 2.0
 MIN_STEPS, MAX_STEPS = 30, 300
 PPO_PASSES = 1
 PPO_MIN_STEPS, PPO_MAX_STEPS = 10, 50
@@ -70,10 +75,12 @@ def auto_settings(
     hidden_size: int | None,
     batch_size: int,
     rollout_batch_size: int = 16,
+    differing_tokens: float | None = None,
     given: Collection[str] = (),
 ) -> dict[str, Choice]:
     """The settings to add to a job of `stage` trained with `method` on `n_train` rows (`n_eval` held out):
-    those the rules above cover that are not in `given` (the fields the user set)."""
+    those the rules above cover that are not in `given` (the fields the user set). `differing_tokens` is the
+    pairs' mean `differing_tokens` (DPO's beta; without it the config's beta stays)."""
     chosen: dict[str, Choice] = {}
     width = hidden_size or DEFAULT_WIDTH
     known = f"width {width}" if hidden_size else f"width unknown, taken as {DEFAULT_WIDTH}"
@@ -103,11 +110,12 @@ def auto_settings(
             f"{epochs:g} passes over {n_train} rows at batch {batch_size}, within {MIN_STEPS}-{MAX_STEPS}"
             + (f"; early stopping on {n_eval} held-out rows picks the best" if n_eval else ""),
         )
-    if stage == "dpo" and "loss_type" not in given:
+    if stage == "dpo" and differing_tokens and "loss_type" not in given:
+        beta = min(DPO_BETA_MAX, max(DPO_BETA_MIN, DPO_BETA_TOKENS / differing_tokens))
         chosen["beta"] = Choice(
-            DPO_BETA,
-            "a pair stops pulling once the policy separates it (sigmoid loss), so steps go to the pairs "
-            "that differ in style rather than to pushing wrong answers further down",
+            float(f"{beta:.2g}"),
+            f"{DPO_BETA_TOKENS:g} / {differing_tokens:.1f} tokens where a pair's answers differ, within "
+            f"{DPO_BETA_MIN:g}-{DPO_BETA_MAX:g}: the margin sums over those tokens",
         )
     if stage == "dpo":
         chosen["sft_weight"] = Choice(DPO_SFT_WEIGHT, "an SFT term on the chosen answers keeps them fluent")
@@ -125,6 +133,40 @@ def model_width(model: str) -> int | None:
     config = getattr(config, "text_config", None) or config
     width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     return int(width) if width else None
+
+
+def differing_tokens(rows: list[dict[str, Any]], tokenize: Callable[[str], list[int]]) -> float | None:
+    """Mean over preference pairs of the tokens after the chosen and rejected answers' shared beginning
+    (the two answers' counts averaged); None for no pairs."""
+    counts = []
+    for row in rows:
+        chosen, rejected = tokenize(_answer(row["chosen"])), tokenize(_answer(row["rejected"]))
+        shared = 0
+        for a, b in zip(chosen, rejected):
+            if a != b:
+                break
+            shared += 1
+        counts.append(max(1.0, (len(chosen) + len(rejected)) / 2 - shared))
+    return sum(counts) / len(counts) if counts else None
+
+
+def pair_differing_tokens(rows: list[dict[str, Any]], model: str) -> float | None:
+    """`differing_tokens` with the base model's tokenizer (local directory or cached hub id); None when it
+    cannot be read."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
+    return differing_tokens(rows, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _answer(value: Any) -> str:
+    """An answer's text: a string, or the last message of a conversation."""
+    if isinstance(value, list):
+        return str(value[-1].get("content") or "") if value else ""
+    return str(value)
 
 
 def describe(chosen: dict[str, Choice]) -> str:

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from training.auto import Choice, auto_settings, describe, model_width
+from training.auto import Choice, auto_settings, describe, model_width, pair_differing_tokens
 from training.jobs.faults import EXIT_FAILED, EXIT_INVALID, EXIT_OOM
 from training.jobs.progress import PROGRESS_FILE, progress_callback, write_event
 from training.jobs.spec import DEFAULT_CHECKPOINT_STEPS, EXPORTS, FEEDBACK, STAGES, JobSpec, config_class
@@ -127,6 +127,9 @@ def choose_settings(spec: JobSpec, params: dict[str, Any], data: str) -> dict[st
     rows = load_training_data(
         data, STAGES[spec.stage][2], eval_fraction=defaults.eval_fraction, seed=defaults.seed
     )
+    differing = None
+    if spec.stage == "dpo" and not {"beta", "loss_type"} & set(params):
+        differing = pair_differing_tokens(rows.train, spec.base)
     return auto_settings(
         spec.stage,
         spec.method,
@@ -135,6 +138,7 @@ def choose_settings(spec: JobSpec, params: dict[str, Any], data: str) -> dict[st
         hidden_size=model_width(spec.base),
         batch_size=defaults.per_device_batch_size * defaults.gradient_accumulation_steps,
         rollout_batch_size=getattr(defaults, "rollout_batch_size", 16),
+        differing_tokens=differing,
         given=set(params),
     )
 
