@@ -110,7 +110,8 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert code == 0, out
     row = next(line for line in out.splitlines() if line.startswith("concise            dpo"))
     assert "failed" not in row
-    assert "votes" in out and "chosen dpo: lr=" in out  # the settings the job chose are printed
+    chosen = re.search(r"chosen dpo: ([^;\n]*)", out).group(1)  # the settings the job chose are printed
+    assert "votes" in out and "lr=" in chosen and "beta=" in chosen, out
     assert "target: win >= 0.70 greedy" in out
     assert "accuracy (conversion, capital, reversal) within 5 points" in out
     assert "dpo: accuracy on every family" in out
