@@ -25,8 +25,9 @@ The rules (README, "Training defaults"):
   every pair at full strength, much of each step goes to driving already-rejected wrong answers further
   down, and the style pairs (the taste) are not learned; beta 2 stops a pair once it is separated. Measured
   with bench/retrain.py on the votes of earlier bench/loop.py runs (docs/benchmarks.md): on 24 demo vote
-  sets beta 0.1 and 4 passes beat the base blind on 9, beta 2 and 8 passes on all 24 (20 within the accuracy
-  bound); on SmolLM2's concise votes beta 2 lost what 0.1 won (0.62 against 0.73).
+  sets beta 0.1 and 4 passes beat the base blind on 9, this rule and 8 passes on all of them (and on the 2
+  of a later run; 22 of the 26 within the accuracy bound); on SmolLM2's concise votes beta 2 lost what 0.1
+  won (0.62 against 0.73), and the rule's 0.14-0.15 keeps it (0.71, 0.73).
 - DPO adds an SFT term on the chosen answers (weight 0.5, as RPO): with two sampled answers per vote the
   chosen one is often the only good example of the taste, and the term keeps the answers fluent while the
   preference loss pushes the pair apart.
