@@ -113,8 +113,8 @@ def test_mixed_adapters_in_one_batch_answer_as_each_does_alone(real_hub, smollm2
     names = []
     for i, targets in enumerate([("q_proj", "v_proj"), ("gate_proj", "up_proj", "down_proj")]):
         path = make_lora_adapter(
-            smollm2_dir, tmp_path / f"real{i}", rank=8, targets=targets, seed=i, scale=8.0
-        )
+            smollm2_dir, tmp_path / f"real{i}", rank=8, targets=targets, seed=i, scale=2.0
+        )  # strong enough to change the answer, mild enough that greedy does not pick among near-ties
         response = httpx.post(
             f"{real_hub.url}/v1/load_lora_adapter",
             json={"lora_name": f"real{i}", "lora_path": str(path)},
