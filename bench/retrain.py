@@ -10,8 +10,8 @@ jobs it ran). Each job of the chosen stages trains again as the job runner train
 the settings `training.auto` chooses for what the params leave out, then the stage) on the vote snapshot the
 job exported, in this process; `--set KEY=VALUE` adds a param (a JSON value) as a job body's ``params``
 would, so ``--set beta=0.1 --set max_steps=0 --set num_train_epochs=4`` trains DPO the way the defaults did
-before beta 2 and 8 passes. Candidate and base answer the run's held-out prompts greedily (float32,
-transformers' generate); the taste's rater judges them blind and the guardrail accuracy is taken as
+before beta 2 and 8 passes. Candidate and base answer the run's held-out prompts greedily through the
+serving engine the regression replay uses (`training.replay.run_replay`, float32); the taste's rater judges them blind and the guardrail accuracy is taken as
 bench/loop.py takes it. Each row prints what the run itself measured for that stage beside the retrained
 result. Target per row as in bench/loop.py: win >= 0.70 (demo) / 0.65 (real model), guarded accuracy within
 5 points.
@@ -33,6 +33,7 @@ from typing import Any
 from bench.common import offline
 from bench.loop import RUN_FILE, TARGET_ACCURACY_DROP, TARGETS, Setup, accuracy, blind_win, setup_for
 from training.jobs.spec import JobSpec
+from training.jobs.worker import DATA_DIR, LAUNCH_FILE
 
 
 @dataclass
@@ -52,20 +53,20 @@ class Retrained:
         return self.win >= self.target and self.accuracy >= self.base_accuracy - TARGET_ACCURACY_DROP
 
 
-def jobs_of(run_dir: Path, stages: set[str]) -> list[tuple[str, Path]]:
-    """(taste, job directory) for every job of `stages` the run left, in a stable order."""
+def jobs_of(run_dir: Path, stages: set[str]) -> list[tuple[str, Path, dict[str, Any]]]:
+    """(taste, job directory, job spec) for every job of `stages` the run left, in a stable order."""
     found = []
-    for launch in sorted(run_dir.glob("*/jobs/*/launch.json")):
+    for launch in sorted(run_dir.glob(f"*/jobs/*/{LAUNCH_FILE}")):
         spec = json.loads(launch.read_text())["spec"]
         if spec["stage"] in stages:
-            found.append((launch.parent.parent.parent.name, launch.parent))
+            found.append((launch.parent.parent.parent.name, launch.parent, spec))
     return found
 
 
 def retrain(job_dir: Path, out: Path, extra: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Train the job in `job_dir` again on its exported votes; returns the result folder, its metrics and the
     settings it trained with (chosen, then given)."""
-    from training.jobs.worker import DATA_DIR, LAUNCH_FILE, STAGES, build_config, choose_settings
+    from training.jobs.worker import LAUNCH_FILE, STAGES, build_config, choose_settings
     from training.result import METADATA_FILE
 
     launch = json.loads((job_dir / LAUNCH_FILE).read_text())
@@ -80,20 +81,14 @@ def retrain(job_dir: Path, out: Path, extra: dict[str, Any]) -> tuple[Path, dict
     return result, json.loads((result / METADATA_FILE).read_text())["metrics"], settings
 
 
-def greedy(model_dir: Path, adapter: Path | None, setup: Setup) -> list[str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def judged_answers(model_dir: Path, adapter: Path, setup: Setup) -> tuple[list[str], list[str], float | None]:
+    """(base answers, candidate answers, the candidate's KL from the base) on the run's held-out prompts, greedy,
+    through the serving engine the regression replay uses (`training.replay.run_replay`: float32)."""
+    from training.replay import run_replay
 
-    from training.replay import greedy_answers
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    return greedy_answers(model, tokenizer, setup.judge_prompts, setup.max_tokens)
+    report = run_replay(model_dir, adapter, prompts=setup.judge_prompts, max_new_tokens=setup.max_tokens)
+    rows = report["rows"]
+    return [row["base"] for row in rows], [row["candidate"] for row in rows], report["candidate"]["kl"]
 
 
 def run_settings(run_dir: Path) -> dict[str, Any]:
@@ -138,32 +133,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not a bench/loop.py data folder: {', '.join(missing)}")
     offline()
     rows: list[Retrained] = []
-    base_answers: dict[tuple[str, str], list[str]] = {}
     work = Path(tempfile.mkdtemp(prefix="tunehub-bench-retrain-"))
     for run_dir in args.runs:
         flags = run_settings(run_dir)
         then = then_wins(run_dir)
-        for taste_name, job_dir in jobs_of(run_dir, set(args.stages.split(","))):
-            spec = json.loads((job_dir / "launch.json").read_text())["spec"]
+        for taste_name, job_dir, spec in jobs_of(run_dir, set(args.stages.split(","))):
             model_dir = Path(spec["base"])
             if not model_dir.exists():
                 print(f"skipped {job_dir}: its base {model_dir} is not here", file=sys.stderr)
                 continue
             setup = setup_for(model_dir, _loop_flags(flags))
             taste = setup.tastes[taste_name]
-            key = (str(model_dir), json.dumps(flags, sort_keys=True))
-            if key not in base_answers:
-                base_answers[key] = greedy(model_dir, None, setup)
-            base = base_answers[key]
             result, metrics, settings = retrain(
                 job_dir, work / f"{run_dir.name}-{taste_name}-{spec['stage']}", extra
             )
-            answers = greedy(model_dir, result, setup)
+            base, answers, kl = judged_answers(model_dir, result, setup)
             row = Retrained(
                 run_dir.name,
                 taste_name,
                 spec["stage"],
-                len((job_dir / "data" / "train.jsonl").read_text().splitlines()),
+                len((job_dir / DATA_DIR / "train.jsonl").read_text().splitlines()),
                 f"{metrics.get('steps')}/{metrics.get('max_steps')}",
                 then.get((taste_name, spec["stage"])),
                 blind_win(taste, setup.judge_prompts, base, answers, flags.get("seed", 0)),
@@ -173,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.append(row)
             print(_line(row), flush=True)
-            print(f"    trained with {', '.join(f'{k}={v}' for k, v in settings.items())}", flush=True)
+            trained = ", ".join(f"{k}={v}" for k, v in settings.items())
+            print(f"    trained with {trained}; KL from the base {kl:.3f}", flush=True)
     print_summary(rows, extra)
     print(f"candidates in {work}")
     return 0 if rows else 1

@@ -112,7 +112,7 @@ def auto_settings(
             + (f"; early stopping on {n_eval} held-out rows picks the best" if n_eval else ""),
         )
     if stage == "dpo" and differing_tokens and "loss_type" not in given:
-        beta = min(DPO_BETA_MAX, max(DPO_BETA_MIN, DPO_BETA_TOKENS / differing_tokens))
+        beta = _clamp(DPO_BETA_TOKENS / differing_tokens, DPO_BETA_MIN, DPO_BETA_MAX)
         chosen["beta"] = Choice(
             float(f"{beta:.2g}"),
             f"{DPO_BETA_TOKENS:g} / {differing_tokens:.1f} tokens where a pair's answers differ, within "
@@ -175,5 +175,5 @@ def describe(chosen: dict[str, Choice]) -> str:
     return "; ".join(f"{key} {choice.value} ({choice.reason})" for key, choice in chosen.items())
 
 
-def _clamp(value: int, low: int, high: int) -> int:
+def _clamp(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))

@@ -127,9 +127,7 @@ def choose_settings(spec: JobSpec, params: dict[str, Any], data: str) -> dict[st
     rows = load_training_data(
         data, STAGES[spec.stage][2], eval_fraction=defaults.eval_fraction, seed=defaults.seed
     )
-    differing = None
-    if spec.stage == "dpo" and not {"beta", "loss_type"} & set(params):
-        differing = pair_differing_tokens(rows.train, spec.base)
+    differing = pair_differing_tokens(rows.train, spec.base) if spec.stage == "dpo" else None
     return auto_settings(
         spec.stage,
         spec.method,
