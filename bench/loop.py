@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-without-headroom",
         action="store_true",
-        help=f"vote and train even for a taste whose headroom is under {MIN_HEADROOM:.0%}",
+        help=f"vote and train even for a taste whose headroom is under {MIN_HEADROOM:.0%}%",
     )
     parser.add_argument("--job-timeout", type=float, default=3600.0, help="seconds a job may take")
     args = parser.parse_args(argv)
