@@ -42,13 +42,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
 from bench.common import add_model_arguments, prepare
 from bench.loop_prompts import real_prompts
+from bench.loop_reasons import Agreement, liked_share, missed_reason, reward_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES, Taste
 from hub.ui.train import default_params
 from tests.support.server import HubProcess
@@ -220,6 +221,7 @@ class StageResult:
     perplexity: tuple[float | None, float | None] = (None, None)
     empty: int = 0
     heldout_accuracy: float | None = None
+    reward_agreement: Agreement | None = None  # ppo: its reward model against the rater on the judged answers
     error: str | None = None
 
 
@@ -229,21 +231,33 @@ class TasteRun:
     headroom: float = 0.0
     votes: dict[str, int] = field(default_factory=dict)
     sft_liked: float = 0.0  # share of the answers an SFT job trains on that the rater likes on their own
+    base_liked: float = 0.0  # the same share of the base's own samples (the headroom's, Chat tab sampling)
     stages: list[StageResult] = field(default_factory=list)
 
 
-def headroom(http, taste: Taste, prompts: list[CheckablePrompt], max_tokens: int) -> tuple[float, list[str]]:
-    """(share of prompts where a sampled answer beats the greedy one for the rater, the greedy answers)."""
+def headroom(
+    http, taste: Taste, prompts: list[CheckablePrompt], max_tokens: int
+) -> tuple[float, list[str], float]:
+    """(share of prompts where a sampled answer beats the greedy one for the rater, the greedy answers, share of
+    the samples the rater likes on their own)."""
 
-    def one(prompt: CheckablePrompt) -> tuple[bool, str]:
+    def one(prompt: CheckablePrompt) -> tuple[bool, str, float]:
         _, (greedy,) = ask(http, BASE, prompt, 1, {"temperature": 0.0}, max_tokens)
         _, samples = ask(http, BASE, prompt, HEADROOM_SAMPLES, CHAT, max_tokens)
         best = max(taste.score(prompt, s) for s in samples)
-        return best > taste.score(prompt, greedy), greedy
+        return (
+            best > taste.score(prompt, greedy),
+            greedy,
+            liked_share(taste, [prompt] * len(samples), samples),
+        )
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, prompts))
-    return sum(r for r, _ in results) / len(prompts), [g for _, g in results]
+    return (
+        sum(r for r, _, _ in results) / len(prompts),
+        [g for _, g, _ in results],
+        sum(liked for _, _, liked in results) / len(prompts),
+    )
 
 
 def blind_win(taste: Taste, prompts, base: list[str], candidate: list[str], seed: int) -> float:
@@ -278,7 +292,9 @@ def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, a
         ) as hub,
         httpx.Client(base_url=hub.url, timeout=600) as http,
     ):
-        run.headroom, base_greedy = headroom(http, taste, setup.judge_prompts, setup.max_tokens)
+        run.headroom, base_greedy, run.base_liked = headroom(
+            http, taste, setup.judge_prompts, setup.max_tokens
+        )
         if run.headroom < MIN_HEADROOM and not args.train_without_headroom:
             return run  # the base already answers this way: nothing to vote on or train
         base_sampled = answers(http, BASE, setup.judge_prompts, CHAT, setup.max_tokens)
@@ -323,10 +339,30 @@ def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, a
                     accuracy(setup.judge_prompts, greedy),
                 )
                 result.empty = sum(not g.strip() for g in greedy)
+                if stage == "ppo":
+                    result.reward_agreement = check_reward_model(
+                        job, taste, setup.judge_prompts, (base_greedy, greedy), (base_sampled, sampled)
+                    )
             except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
                 result.error = str(e)[:300]
             last_vote = time.monotonic()
     return run
+
+
+def check_reward_model(
+    job: dict, taste: Taste, prompts: list[CheckablePrompt], *answer_pairs: tuple[list[str], list[str]]
+) -> Agreement | None:
+    """The PPO job's reward model (loaded here, on the CPU) against the rater, on the judged answers: base and
+    candidate, greedy and sampled."""
+    from training.rewards import RewardModelScorer
+
+    path = (job.get("params") or {}).get("reward_model")
+    if not path:
+        return None
+    scorer = RewardModelScorer.load(path)
+    first = [a for base, _ in answer_pairs for a in base]
+    second = [a for _, candidate in answer_pairs for a in candidate]
+    return reward_agreement(scorer, taste, prompts * len(answer_pairs), first, second)
 
 
 def job_body(stage: str, name: str, args: argparse.Namespace) -> dict:
@@ -411,12 +447,18 @@ def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
         chosen = "; ".join(f"{r.stage}: {r.chosen}" for r in run.stages if r.chosen)
         print(
             f"  {run.taste}: prefers {setup.tastes[run.taste].description}; votes {votes}; "
-            f"{run.sft_liked:.0%} of the answers sft trains on are ones the rater likes on their own; chosen {chosen}"
+            f"{run.sft_liked:.0%} of the answers sft trains on are ones the rater likes on their own (of the "
+            f"base's samples {run.base_liked:.0%}); chosen {chosen}"
         )
         for r in (r for r in run.stages if not r.error):
             print(
                 f"    {r.stage}: accuracy on every family {_f(r.all_accuracy[0])} -> {_f(r.all_accuracy[1])}"
             )
+            reason = missed_reason(
+                r.stage, sft_liked=run.sft_liked, base_liked=run.base_liked, agreement=r.reward_agreement
+            )
+            if reason and r.headroom >= MIN_HEADROOM and not meets(setup, r):
+                print(f"    {r.stage} not met, measured: {reason}")
     target = TARGETS[setup.kind]
     extra = (
         f"accuracy ({', '.join(setup.guarded or ('every family',))}) within {TARGET_ACCURACY_DROP * 100:.0f} "
@@ -490,11 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(setup.vote_prompts)} votes per taste, {len(setup.judge_prompts)} held-out prompts, answers up to "
         f"{setup.max_tokens} tokens, the Train tab's default job body{cap}; data in {work}",
     )
-    (work / "results.json").write_text(
-        json.dumps(
-            [r.__dict__ | {"stages": [s.__dict__ for s in r.stages]} for r in runs], indent=1, default=str
-        )
-    )
+    (work / "results.json").write_text(json.dumps([asdict(r) for r in runs], indent=1, default=str))
     return 0 if all(r.error is None for run in runs for r in run.stages) else 1
 
 

@@ -13,8 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from bench.loop import RUN_FILE, accuracy, job_body, main, vote_kind
+from bench.loop import (
+    RUN_FILE,
+    Setup,
+    StageResult,
+    TasteRun,
+    accuracy,
+    job_body,
+    main,
+    print_report,
+    vote_kind,
+)
 from bench.loop_prompts import real_prompts
+from bench.loop_reasons import liked_share, missed_reason, reward_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
 from bench.retrain import main as retrain_main
 from hub.ui.train import default_params
@@ -100,10 +111,82 @@ def test_the_demo_guardrail_counts_the_families_its_replay_holds_and_every_famil
     assert accuracy(prompts, replies) == pytest.approx(2 / 3)
 
 
+def test_a_reward_model_blind_to_correctness_is_told_apart_from_one_that_ranks_the_style():
+    taste = DEMO_TASTES["detailed"]
+    prompts = [user(f"What is {n} + 1?", str(n + 1)) for n in range(4)]
+    right = [f"{n} + 1 = {n + 1}. {REMARK}" for n in range(4)]
+    wrong_chatty = [f"{n} + 1 = {n + 2}. {REMARK} {CLOSING}" for n in range(2)]
+    right_chatty = [f"{n} + 1 = {n + 1}. {REMARK} {CLOSING}" for n in range(2, 4)]
+    calls = []
+
+    def by_length(prompts, completions):  # scores what a style-only reward model scores: the length
+        calls.append(len(completions))
+        return [float(len(c[0]["content"])) for c in completions]
+
+    agreement = reward_agreement(by_length, taste, prompts, right, wrong_chatty + right_chatty)
+    assert calls == [8]  # every pair's two answers in one call
+    assert (agreement.first, agreement.first_pairs) == (0.0, 2)  # it prefers the wrong chatty answers
+    assert (agreement.style, agreement.style_pairs) == (1.0, 2)
+    tied = reward_agreement(
+        lambda prompts, completions: [0.0] * len(completions), taste, prompts[:1], right[:1], right[:1]
+    )
+    assert tied.first_pairs == tied.style_pairs == 0 and tied.first is None  # the rater's ties are left out
+    half = reward_agreement(
+        lambda prompts, completions: [1.0] * len(completions), taste, prompts[2:], right[2:], right_chatty
+    )
+    assert half.style == 0.5  # the reward model's own ties count half
+    reason = missed_reason("ppo", sft_liked=0.0, base_liked=0.0, agreement=agreement)
+    assert "0% of 2 pairs where one answer fails the rater's first requirement" in reason
+    assert "100% of 2 pairs the style decides" in reason
+
+
+def test_liked_shares_and_why_sft_missed():
+    taste = DEMO_TASTES["detailed"]
+    prompts = [user("What is 1 + 1?", "2")] * 4
+    answers = ["1 + 1 = 2.", f"1 + 1 = 2. {REMARK} {CLOSING}", f"1 + 1 = 3. {REMARK} {CLOSING}", "1 + 1 = 2."]
+    assert liked_share(taste, prompts, answers) == 0.25  # a wrong chatty answer is not liked
+    assert liked_share(taste, [], []) == 0.0
+    reason = missed_reason("sft", sft_liked=0.37, base_liked=0.33)
+    assert (
+        "37% of them are ones the rater likes on their own, against 33% of the base's own samples" in reason
+    )
+    assert missed_reason("dpo", sft_liked=0.37, base_liked=0.33) is None
+    assert missed_reason("ppo", sft_liked=0.37, base_liked=0.33) is None  # no reward model checked
+
+
+def test_the_report_says_what_was_measured_for_a_stage_that_missed_and_nothing_for_one_that_met(capsys):
+    setup = Setup("demo", [], [], DEMO_TASTES, 32, ("capital",))
+
+    def stage(name: str, win: float) -> StageResult:
+        return StageResult(
+            "detailed", name, 0.5, win_greedy=win, win_sampled=win, base_accuracy=0.9, candidate_accuracy=0.9
+        )
+
+    run = TasteRun("detailed", 0.5, {"pair": 10}, sft_liked=0.37, base_liked=0.33)
+    run.stages = [stage("dpo", 0.95), stage("sft", 0.49), stage("ppo", 0.47)]
+    run.stages[2].reward_agreement = reward_agreement(
+        lambda prompts, completions: [float(len(c[0]["content"])) for c in completions],
+        DEMO_TASTES["detailed"],
+        [user("What is 1 + 1?", "2")],
+        ["1 + 1 = 2."],
+        [f"1 + 1 = 3. {REMARK} {CLOSING}"],
+    )
+    print_report(setup, [run], "header")
+    out = capsys.readouterr().out
+    assert "of the base's samples 33%" in out
+    assert "sft not met, measured: sft imitates the answers that won: 37%" in out
+    assert (
+        "ppo not met, measured: ppo's reward model orders the judged answers as the rater does on 0% of 1"
+        in out
+    )
+    assert "dpo not met" not in out
+
+
 @pytest.mark.slow
 def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     code = main(
         ["--quick", "--model", str(demo_model), "--votes", "16", "--judge", "8", "--train-without-headroom"]
+        + ["--stages", "dpo,ppo"]
     )
     out = capsys.readouterr().out
     print(out)
@@ -115,9 +198,17 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "target: win >= 0.70 greedy" in out
     assert "accuracy (conversion, capital, reversal) within 5 points" in out
     assert "dpo: accuracy on every family" in out
+    assert "of the base's samples" in out
+
+    # ppo's reward model is checked against the rater on the judged answers (the measured reason when it misses)
+    work = Path(re.search(r"data in (\S+)", out).group(1))
+    (taste,) = json.loads((work / "results.json").read_text())
+    ppo = next(stage for stage in taste["stages"] if stage["stage"] == "ppo")
+    assert ppo["error"] is None, ppo
+    agreement = ppo["reward_agreement"]
+    assert agreement["first_pairs"] + agreement["style_pairs"] > 0, agreement
 
     # the votes the run left are retrained with settings changed, and judged on the same held-out prompts
-    work = Path(re.search(r"data in (\S+)", out).group(1))
     assert json.loads((work / RUN_FILE).read_text())["judge"] == 8
     code = retrain_main([str(work), "--stages", "dpo", "--set", "beta=0.5"])
     out = capsys.readouterr().out

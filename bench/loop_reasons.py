@@ -1,0 +1,94 @@
+"""Why a stage of the loop benchmark missed its target, measured on the run's own answers and votes.
+
+- SFT imitates the answers that won the votes. It can only move the base as far as those answers differ from
+  the base's own: `liked_share` of the imitated answers against the same share of the base's samples.
+- PPO climbs its reward model. Where the model does not see what the rater requires first (the demo model's
+  correctness), the policy drifts there while it learns the style: `reward_agreement` says how often the
+  reward model ranks the judged answer pairs as the rater does, apart for pairs where one answer fails the
+  rater's first requirement and pairs the style decides.
+
+    agreement = reward_agreement(scorer, taste, prompts, base_answers, candidate_answers)
+    print(missed_reason("ppo", sft_liked=0.4, base_liked=0.35, agreement=agreement))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bench.loop_tastes import Taste
+from training.demo.corpus import CheckablePrompt
+
+# scorer(prompts=[messages], completions=[[assistant message]]) -> scores, as training.rewards.RewardModelScorer
+Scorer = Callable[..., list[float]]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How often a reward model orders answer pairs as the rater does (ties of the reward model count half)."""
+
+    first: float | None  # pairs where exactly one answer meets the rater's first requirement
+    first_pairs: int
+    style: float | None  # pairs both answers meet (or fail) it alike, the rater's style deciding
+    style_pairs: int
+
+    def describe(self) -> str:
+        def part(share: float | None, pairs: int, what: str) -> str:
+            return f"{'-' if share is None else f'{share:.0%}'} of {pairs} pairs {what}"
+
+        first = part(self.first, self.first_pairs, "where one answer fails the rater's first requirement")
+        return f"{first}, {part(self.style, self.style_pairs, 'the style decides')}"
+
+
+def liked_share(taste: Taste, prompts: Sequence[CheckablePrompt], answers: Sequence[str]) -> float:
+    """Share of `answers` (one per prompt) the rater likes on their own."""
+    if not answers:
+        return 0.0
+    return sum(taste.likes(p, a) for p, a in zip(prompts, answers, strict=True)) / len(answers)
+
+
+def reward_agreement(
+    scorer: Scorer,
+    taste: Taste,
+    prompts: Sequence[CheckablePrompt],
+    first: Sequence[str],
+    second: Sequence[str],
+) -> Agreement:
+    """Score each prompt's two answers with `scorer` and compare its order with the rater's, over the pairs the
+    rater does not call a tie."""
+    pairs = [
+        (p, a, b, verdict)
+        for p, a, b in zip(prompts, first, second, strict=True)
+        if (verdict := taste.judge(p, a, b)) != "tie"
+    ]
+    if not pairs:
+        return Agreement(None, 0, None, 0)
+    scores = scorer(
+        prompts=[p.messages for p, *_ in pairs for _ in range(2)],
+        completions=[[{"role": "assistant", "content": text}] for _, a, b, _ in pairs for text in (a, b)],
+    )
+    points: dict[bool, list[float]] = {True: [], False: []}
+    for i, (p, a, b, verdict) in enumerate(pairs):
+        sa, sb = scores[2 * i], scores[2 * i + 1]
+        model = "a" if sa > sb else "b" if sb > sa else "tie"
+        decided_first = taste.score(p, a)[0] != taste.score(p, b)[0]
+        points[decided_first].append(1.0 if model == verdict else 0.5 if model == "tie" else 0.0)
+
+    def share(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return Agreement(share(points[True]), len(points[True]), share(points[False]), len(points[False]))
+
+
+def missed_reason(
+    stage: str, *, sft_liked: float, base_liked: float, agreement: Agreement | None = None
+) -> str | None:
+    """What the run measured that explains a missed target of `stage`, or None where nothing is measured."""
+    if stage == "sft":
+        return (
+            f"sft imitates the answers that won: {sft_liked:.0%} of them are ones the rater likes on their own, "
+            f"against {base_liked:.0%} of the base's own samples"
+        )
+    if stage == "ppo" and agreement is not None:
+        return f"ppo's reward model orders the judged answers as the rater does on {agreement.describe()}"
+    return None
