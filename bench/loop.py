@@ -443,6 +443,12 @@ def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
             )
     print()
     for run in runs:
+        if not run.votes:
+            print(
+                f"  {run.taste}: prefers {setup.tastes[run.taste].description}; not voted on; the base's "
+                f"samples it likes on their own: {run.base_liked:.0%}"
+            )
+            continue
         votes = ", ".join(f"{n} {k}" for k, n in sorted(run.votes.items()))
         chosen = "; ".join(f"{r.stage}: {r.chosen}" for r in run.stages if r.chosen)
         print(

@@ -171,8 +171,12 @@ def test_the_report_says_what_was_measured_for_a_stage_that_missed_and_nothing_f
         ["1 + 1 = 2."],
         [f"1 + 1 = 3. {REMARK} {CLOSING}"],
     )
-    print_report(setup, [run], "header")
+    print_report(setup, [run, TasteRun("correct", 0.03, base_liked=0.69)], "header")
     out = capsys.readouterr().out
+    assert (
+        "correct: prefers the correct answer; style does not matter; not voted on; the base's samples it "
+        in out
+    )
     assert "of the base's samples 33%" in out
     assert "sft not met, measured: sft imitates the answers that won: 37%" in out
     assert (
