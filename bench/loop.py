@@ -21,6 +21,9 @@ HTTP API:
    budget needs one). ppo first trains a reward model the same way. Each candidate goes live by itself.
 4. judging: base and candidate answer the held-out prompts greedily and once at the Chat tab's sampling;
    the rater compares each pair without knowing which is which (ties count half).
+5. a stage that misses says what the run measured (bench/loop_reasons.py): for sft, the share of the answers
+   it imitates that the rater likes, against the base's own samples; for ppo, how often its reward model
+   orders the judged answers as the rater does, apart where the rater's first requirement decides.
 
 The demo model is judged on its corpus's checkable prompts, its accuracy guardrail on those in the families
 its replay set holds (`training.replay_sets.DEMO_FAMILIES`: its arithmetic, near 0.3, flips with any change;
@@ -51,6 +54,7 @@ from bench.common import add_model_arguments, prepare
 from bench.loop_prompts import real_prompts
 from bench.loop_reasons import Agreement, liked_share, missed_reason, reward_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES, Taste
+from feedback.errors import Invalid
 from hub.ui.train import default_params
 from tests.support.server import HubProcess
 from training.demo.corpus import CheckablePrompt, checkable_prompts, is_correct
@@ -359,7 +363,11 @@ def check_reward_model(
     path = (job.get("params") or {}).get("reward_model")
     if not path:
         return None
-    scorer = RewardModelScorer.load(path)
+    try:
+        scorer = RewardModelScorer.load(path)
+    except (Invalid, OSError, ValueError, RuntimeError) as exc:  # it explains a miss; the run's figures stand
+        print(f"[{taste.name}/ppo] reward model {path} not checked: {exc}", flush=True)
+        return None
     first = [a for base, _ in answer_pairs for a in base]
     second = [a for _, candidate in answer_pairs for a in candidate]
     return reward_agreement(scorer, taste, prompts * len(answer_pairs), first, second)

@@ -19,6 +19,7 @@ from bench.loop import (
     StageResult,
     TasteRun,
     accuracy,
+    check_reward_model,
     job_body,
     main,
     print_report,
@@ -138,6 +139,14 @@ def test_a_reward_model_blind_to_correctness_is_told_apart_from_one_that_ranks_t
     reason = missed_reason("ppo", sft_liked=0.0, base_liked=0.0, agreement=agreement)
     assert "0% of 2 pairs where one answer fails the rater's first requirement" in reason
     assert "100% of 2 pairs the style decides" in reason
+
+
+def test_a_reward_model_that_cannot_be_loaded_leaves_the_run_standing(capsys):
+    taste = DEMO_TASTES["detailed"]
+    no_reward_model = {"params": {}}  # not a ppo job
+    assert check_reward_model(no_reward_model, taste, [], ([], [])) is None
+    assert check_reward_model({"params": {"reward_model": "/nowhere/rm"}}, taste, [], ([], [])) is None
+    assert "reward model /nowhere/rm not checked" in capsys.readouterr().out
 
 
 def test_liked_shares_and_why_sft_missed():
