@@ -13,7 +13,8 @@ would, so ``--set beta=0.1 --set max_steps=0 --set num_train_epochs=4`` trains D
 before beta 2 and 8 passes. Candidate and base answer the run's held-out prompts greedily through the
 serving engine the regression replay uses (`training.replay.run_replay`, float32); the taste's rater judges them blind and the guardrail accuracy is taken as
 bench/loop.py takes it. Each row prints what the run itself measured for that stage beside the retrained
-result. Target per row as in bench/loop.py: win >= 0.70 (demo) / 0.65 (real model), guarded accuracy within
+result; a ppo row also how often its reward model orders the judged answers as the rater does
+(bench/loop_reasons.py). Target per row as in bench/loop.py: win >= 0.70 (demo) / 0.65 (real model), guarded accuracy within
 5 points.
 """
 
@@ -31,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import offline
-from bench.loop import RUN_FILE, TARGET_ACCURACY_DROP, TARGETS, Setup, accuracy, blind_win, setup_for
+from bench.loop import (
+    RUN_FILE,
+    TARGET_ACCURACY_DROP,
+    TARGETS,
+    Setup,
+    accuracy,
+    blind_win,
+    check_reward_model,
+    setup_for,
+)
 from training.jobs.spec import JobSpec
 from training.jobs.worker import DATA_DIR, LAUNCH_FILE
 
@@ -164,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             print(_line(row), flush=True)
             trained = ", ".join(f"{k}={v}" for k, v in settings.items())
             print(f"    trained with {trained}; KL from the base {kl:.3f}", flush=True)
+            if spec["stage"] == "ppo":
+                agreement = check_reward_model(
+                    {"params": settings}, taste, setup.judge_prompts, (base, answers)
+                )
+                if agreement is not None:
+                    print(f"    its reward model against the rater: {agreement.describe()}", flush=True)
     print_summary(rows, extra)
     print(f"candidates in {work}")
     return 0 if rows else 1

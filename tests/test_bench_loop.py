@@ -231,6 +231,12 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "beta=0.5" in out and "max_steps=" in out  # what was given, and what the job chose
     assert "retrained with beta=0.5:" in out and "1 vote sets" in out
 
+    # a retrained ppo job's reward model is checked against the rater as bench/loop.py checks it
+    code = retrain_main([str(work), "--stages", "ppo", "--set", "max_steps=2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert " concise    ppo " in out and "its reward model against the rater: " in out, out
+
 
 @pytest.mark.slow
 def test_a_taste_the_base_already_satisfies_is_reported_and_not_trained(demo_model, capsys):
