@@ -11,11 +11,11 @@ the settings `training.auto` chooses for what the params leave out, then the sta
 job exported, in this process; `--set KEY=VALUE` adds a param (a JSON value) as a job body's ``params``
 would, so ``--set beta=0.1 --set max_steps=0 --set num_train_epochs=4`` trains DPO the way the defaults did
 before beta 2 and 8 passes. Candidate and base answer the run's held-out prompts greedily through the
-serving engine the regression replay uses (`training.replay.run_replay`, float32); the taste's rater judges them blind and the guardrail accuracy is taken as
-bench/loop.py takes it. Each row prints what the run itself measured for that stage beside the retrained
-result; a ppo row also how often its reward model orders the judged answers as the rater does
-(bench/loop_reasons.py). Target per row as in bench/loop.py: win >= 0.70 (demo) / 0.65 (real model), guarded accuracy within
-5 points.
+serving engine the regression replay uses (`training.replay.run_replay`, float32); the taste's rater judges
+them blind and the guardrail accuracy is taken as bench/loop.py takes it. Each row prints what the run itself
+measured for that stage beside the retrained result; a ppo row also how often its reward model orders the
+judged answers as the rater does (bench/loop_reasons.py). Target per row as in bench/loop.py: win >= 0.70
+(demo) / 0.65 (real model), guarded accuracy within 5 points.
 """
 
 from __future__ import annotations
