@@ -65,6 +65,27 @@ def check_threads(requested: int | None) -> int | None:
     return requested
 
 
+def read_model_config(model: str | Path):
+    """The model's transformers config; a hub id that cannot be fetched (offline, unknown, gated) or a
+    directory without a readable config raises ModelSourceError naming it."""
+    from transformers import AutoConfig
+
+    from .model_source import ModelSourceError
+
+    try:
+        return AutoConfig.from_pretrained(str(model))
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if Path(str(model)).is_dir():
+            message = f"--model {str(model)!r}: the directory's model config could not be read: {reason}"
+        else:
+            message = (
+                f"--model {str(model)!r} is not a local directory or file, and as a Hugging Face Hub id it "
+                f"could not be loaded: {reason}"
+            )
+        raise ModelSourceError(message) from exc
+
+
 def load_local_engine(
     model: str | Path,
     *,
@@ -82,7 +103,7 @@ def load_local_engine(
     busy, one fewer while a job trains).
 
     Raises serving.architecture.UnsupportedArchitecture for a model the engine cannot batch or adapt."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .local import LocalEngine
     from .model_source import strip_gguf_quantization
@@ -92,7 +113,7 @@ def load_local_engine(
     threads = check_threads(threads)
     device = pick_device(device)
     torch_dtype, why = pick_dtype(dtype, device)
-    config = AutoConfig.from_pretrained(str(model))
+    config = read_model_config(model)
     strip_gguf_quantization(config)
     check_config(config)
     kwargs: dict = {"dtype": torch_dtype, "config": config}

@@ -61,13 +61,24 @@ def find_gguf(given: str) -> Path | None:
     return found[0] if found else None
 
 
+def looks_like_path(given: str) -> bool:
+    """True for a --model that can only be a local path: absolute, relative to . or ~, or deeper than the
+    ORG/NAME of a hub id."""
+    return given.startswith(("/", ".", "~")) or given.count("/") > 1 or "\\" in given
+
+
 def resolve_model_source(given: str, cache_dir: Path, *, progress=None) -> ModelSource:
     """A ModelSource for `given`; a GGUF file is converted into `cache_dir` the first time it is seen."""
     gguf = find_gguf(given)
     if gguf is None:
         path = Path(given).expanduser()
-        name = path.name if path.exists() else given
-        return ModelSource(given=given, path=str(path) if path.exists() else given, name=name)
+        if path.exists():
+            return ModelSource(given=given, path=str(path), name=path.name)
+        if looks_like_path(given):
+            raise ModelSourceError(
+                f"--model {given!r}: no such file or directory (a Hugging Face Hub id is NAME or ORG/NAME)"
+            )
+        return ModelSource(given=given, path=given, name=given)
     digest = file_digest(gguf, Path(cache_dir) / DIGESTS_FILE)
     out = Path(cache_dir) / f"{gguf.stem}-{digest[:16]}"
     if not (out / SOURCE_FILE).is_file():

@@ -22,6 +22,7 @@ from serving.model_source import (
     ModelSourceError,
     file_digest,
     find_gguf,
+    looks_like_path,
     resolve_model_source,
     strip_gguf_quantization,
 )
@@ -133,6 +134,39 @@ def test_directories_and_hub_ids_pass_through_unchanged(tmp_path, demo_model):
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     )
+
+
+def test_a_missing_path_is_refused_by_name_and_a_hub_id_is_not_taken_for_one(tmp_path):
+    for given in (str(tmp_path / "absent"), "./absent-model", "~/absent-model", "models/org/absent"):
+        with pytest.raises(ModelSourceError, match="no such file or directory") as caught:
+            resolve_model_source(given, tmp_path)
+        assert repr(given) in str(caught.value)
+    for hub_id in ("gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert not looks_like_path(hub_id)
+        assert resolve_model_source(hub_id, tmp_path).path == hub_id
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_named_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on this machine: the hub is out of reach
+    with pytest.raises(ModelSourceError) as caught:
+        load_local_engine("tunehub-tests/no-such-model")
+    message = str(caught.value)
+    assert "--model 'tunehub-tests/no-such-model' is not a local directory or file" in message
+    assert "as a Hugging Face Hub id it could not be loaded: " in message
+
+
+def test_serve_refuses_a_missing_model_directory_before_loading_anything(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "serve", "--model", str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **TEST_ENVIRONMENT},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"tunehub: --model '{tmp_path / 'absent'}': no such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_directory_saved_from_a_gguf_load_serves_without_its_quantization_config(tmp_path, demo_model):
