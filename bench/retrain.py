@@ -42,6 +42,8 @@ from bench.loop import (
     check_reward_model,
     setup_for,
 )
+from bench.loop_tastes import Taste
+from training.demo.corpus import CheckablePrompt
 from training.jobs.spec import JobSpec
 from training.jobs.worker import DATA_DIR, LAUNCH_FILE
 
@@ -174,15 +176,26 @@ def main(argv: list[str] | None = None) -> int:
             print(_line(row), flush=True)
             trained = ", ".join(f"{k}={v}" for k, v in settings.items())
             print(f"    trained with {trained}; KL from the base {kl:.3f}", flush=True)
-            if spec["stage"] == "ppo":
-                agreement = check_reward_model(
-                    {"params": settings}, taste, setup.judge_prompts, (base, answers)
-                )
-                if agreement is not None:
-                    print(f"    its reward model against the rater: {agreement.describe()}", flush=True)
+            if spec["stage"] == "ppo" and (
+                line := reward_model_line(settings, taste, setup.judge_prompts, base, answers)
+            ):
+                print(line, flush=True)
     print_summary(rows, extra)
     print(f"candidates in {work}")
     return 0 if rows else 1
+
+
+def reward_model_line(
+    settings: dict[str, Any],
+    taste: Taste,
+    prompts: list[CheckablePrompt],
+    base: list[str],
+    answers: list[str],
+) -> str | None:
+    """How often the reward model a ppo job trained against (its params' reward_model) orders the judged
+    answers as the rater does, as bench/loop.py checks it; None without one."""
+    agreement = check_reward_model({"params": settings}, taste, prompts, (base, answers))
+    return None if agreement is None else f"    its reward model against the rater: {agreement.describe()}"
 
 
 def _loop_flags(flags: dict[str, Any]) -> argparse.Namespace:

@@ -29,6 +29,7 @@ from bench.loop_prompts import real_prompts
 from bench.loop_reasons import liked_share, missed_reason, reward_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
 from bench.retrain import main as retrain_main
+from bench.retrain import reward_model_line
 from hub.ui.train import default_params
 from training.demo.corpus import CLOSING, REMARK, CheckablePrompt
 
@@ -149,6 +150,33 @@ def test_a_reward_model_that_cannot_be_loaded_leaves_the_run_standing(capsys):
     assert "reward model /nowhere/rm not checked" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_trained_reward_model_is_checked_against_the_rater_on_judged_answers(demo_model, tmp_path):
+    """check_reward_model loads a real reward model (training.reward, LoRA on the demo model) from a ppo job's
+    params and scores the judged pairs; bench.retrain prints the same check for a ppo row."""
+    from bench.loop_tastes import Taste
+    from tests.support.rl import train_reward_model
+    from training.demo.corpus import checkable_prompts
+
+    reward_model = train_reward_model(demo_model, tmp_path, steps=48)  # prefers "N is the answer."
+    answer_first = Taste(
+        "answer-first",
+        "the right answer, opening with it",
+        lambda p, t: (p.answer in t, t.startswith(p.answer)),
+        lambda p, t: t.startswith(p.answer),
+    )
+    prompts = checkable_prompts(12, seed=5)
+    base = [f"The answer is {p.answer}." for p in prompts]
+    candidate = [f"{p.answer} is the answer." for p in prompts[:8]] + ["I do not know."] * 4
+    job = {"params": {"reward_model": str(reward_model)}}
+    agreement = check_reward_model(job, answer_first, prompts, (base, candidate))
+    assert (agreement.style_pairs, agreement.first_pairs) == (8, 4)
+    assert agreement.style >= 0.75, agreement  # what it was trained on
+    line = reward_model_line({"reward_model": str(reward_model)}, answer_first, prompts, base, candidate)
+    assert line == f"    its reward model against the rater: {agreement.describe()}"
+    assert reward_model_line({}, answer_first, prompts, base, candidate) is None
+
+
 def test_liked_shares_and_why_sft_missed():
     taste = DEMO_TASTES["detailed"]
     prompts = [user("What is 1 + 1?", "2")] * 4
@@ -199,7 +227,6 @@ def test_the_report_says_what_was_measured_for_a_stage_that_missed_and_nothing_f
 def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     code = main(
         ["--quick", "--model", str(demo_model), "--votes", "16", "--judge", "8", "--train-without-headroom"]
-        + ["--stages", "dpo,ppo"]
     )
     out = capsys.readouterr().out
     print(out)
@@ -212,14 +239,9 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "accuracy (conversion, capital, reversal) within 5 points" in out
     assert "dpo: accuracy on every family" in out
     assert "of the base's samples" in out
-
-    # ppo's reward model is checked against the rater on the judged answers (the measured reason when it misses)
     work = Path(re.search(r"data in (\S+)", out).group(1))
     (taste,) = json.loads((work / "results.json").read_text())
-    ppo = next(stage for stage in taste["stages"] if stage["stage"] == "ppo")
-    assert ppo["error"] is None, ppo
-    agreement = ppo["reward_agreement"]
-    assert agreement["first_pairs"] + agreement["style_pairs"] > 0, agreement
+    assert taste["stages"][0]["stage"] == "dpo" and taste["stages"][0]["reward_agreement"] is None
 
     # the votes the run left are retrained with settings changed, and judged on the same held-out prompts
     assert json.loads((work / RUN_FILE).read_text())["judge"] == 8
@@ -230,12 +252,6 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "win then" in row and ("met" in row or "not met" in row), out
     assert "beta=0.5" in out and "max_steps=" in out  # what was given, and what the job chose
     assert "retrained with beta=0.5:" in out and "1 vote sets" in out
-
-    # a retrained ppo job's reward model is checked against the rater as bench/loop.py checks it
-    code = retrain_main([str(work), "--stages", "ppo", "--set", "max_steps=2"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert " concise    ppo " in out and "its reward model against the rater: " in out, out
 
 
 @pytest.mark.slow
