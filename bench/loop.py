@@ -52,9 +52,8 @@ import httpx
 
 from bench.common import add_model_arguments, prepare
 from bench.loop_prompts import real_prompts
-from bench.loop_reasons import Agreement, liked_share, missed_reason, reward_agreement
+from bench.loop_reasons import Agreement, liked_share, missed_reason, reward_model_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES, Taste
-from feedback.errors import Invalid
 from hub.ui.train import default_params
 from tests.support.server import HubProcess
 from training.demo.corpus import CheckablePrompt, checkable_prompts, is_correct
@@ -344,33 +343,17 @@ def run_taste(model_dir: Path, work: Path, setup: Setup, taste: Taste, stages, a
                 )
                 result.empty = sum(not g.strip() for g in greedy)
                 if stage == "ppo":
-                    result.reward_agreement = check_reward_model(
-                        job, taste, setup.judge_prompts, (base_greedy, greedy), (base_sampled, sampled)
+                    result.reward_agreement = reward_model_agreement(
+                        (job.get("params") or {}).get("reward_model"),
+                        taste,
+                        setup.judge_prompts,
+                        (base_greedy, greedy),
+                        (base_sampled, sampled),
                     )
             except (RuntimeError, TimeoutError, httpx.HTTPError) as e:
                 result.error = str(e)[:300]
             last_vote = time.monotonic()
     return run
-
-
-def check_reward_model(
-    job: dict, taste: Taste, prompts: list[CheckablePrompt], *answer_pairs: tuple[list[str], list[str]]
-) -> Agreement | None:
-    """The PPO job's reward model (loaded here, on the CPU) against the rater, on the judged answers: base and
-    candidate, greedy and sampled."""
-    from training.rewards import RewardModelScorer
-
-    path = (job.get("params") or {}).get("reward_model")
-    if not path:
-        return None
-    try:
-        scorer = RewardModelScorer.load(path)
-    except (Invalid, OSError, ValueError, RuntimeError) as exc:  # it explains a miss; the run's figures stand
-        print(f"[{taste.name}/ppo] reward model {path} not checked: {exc}", flush=True)
-        return None
-    first = [a for base, _ in answer_pairs for a in base]
-    second = [a for _, candidate in answer_pairs for a in candidate]
-    return reward_agreement(scorer, taste, prompts * len(answer_pairs), first, second)
 
 
 def job_body(stage: str, name: str, args: argparse.Namespace) -> dict:

@@ -80,6 +80,30 @@ def reward_agreement(
     return Agreement(share(points[True]), len(points[True]), share(points[False]), len(points[False]))
 
 
+def reward_model_agreement(
+    reward_model: str | None,
+    taste: Taste,
+    prompts: Sequence[CheckablePrompt],
+    *answer_pairs: tuple[Sequence[str], Sequence[str]],
+) -> Agreement | None:
+    """`reward_agreement` of the reward model directory a ppo job trained against (loaded here, on the CPU),
+    over each (first answers, second answers) pair of lists for `prompts`; None without one, or when it cannot
+    be loaded (said so: the check explains a miss, the run's own figures stand)."""
+    from feedback.errors import Invalid
+    from training.rewards import RewardModelScorer
+
+    if not reward_model:
+        return None
+    try:
+        scorer = RewardModelScorer.load(reward_model)
+    except (Invalid, OSError, ValueError, RuntimeError) as exc:
+        print(f"[{taste.name}/ppo] reward model {reward_model} not checked: {exc}", flush=True)
+        return None
+    first = [a for answers, _ in answer_pairs for a in answers]
+    second = [b for _, answers in answer_pairs for b in answers]
+    return reward_agreement(scorer, taste, list(prompts) * len(answer_pairs), first, second)
+
+
 def missed_reason(
     stage: str, *, sft_liked: float, base_liked: float, agreement: Agreement | None = None
 ) -> str | None:

@@ -39,13 +39,14 @@ from bench.loop import (
     Setup,
     accuracy,
     blind_win,
-    check_reward_model,
     setup_for,
 )
+from bench.loop_reasons import reward_model_agreement
 from bench.loop_tastes import Taste
 from training.demo.corpus import CheckablePrompt
 from training.jobs.spec import JobSpec
-from training.jobs.worker import DATA_DIR, LAUNCH_FILE
+from training.jobs.worker import DATA_DIR, LAUNCH_FILE, STAGES, build_config, choose_settings
+from training.result import METADATA_FILE
 
 
 @dataclass
@@ -78,9 +79,6 @@ def jobs_of(run_dir: Path, stages: set[str]) -> list[tuple[str, Path, dict[str, 
 def retrain(job_dir: Path, out: Path, extra: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Train the job in `job_dir` again on its exported votes; returns the result folder, its metrics and the
     settings it trained with (chosen, then given)."""
-    from training.jobs.worker import LAUNCH_FILE, STAGES, build_config, choose_settings
-    from training.result import METADATA_FILE
-
     launch = json.loads((job_dir / LAUNCH_FILE).read_text())
     data = str(job_dir / DATA_DIR)
     spec = JobSpec.from_dict({**launch["spec"], "data": data})
@@ -194,7 +192,7 @@ def reward_model_line(
 ) -> str | None:
     """How often the reward model a ppo job trained against (its params' reward_model) orders the judged
     answers as the rater does, as bench/loop.py checks it; None without one."""
-    agreement = check_reward_model({"params": settings}, taste, prompts, (base, answers))
+    agreement = reward_model_agreement(settings.get("reward_model"), taste, prompts, (base, answers))
     return None if agreement is None else f"    its reward model against the rater: {agreement.describe()}"
 
 

@@ -19,14 +19,13 @@ from bench.loop import (
     StageResult,
     TasteRun,
     accuracy,
-    check_reward_model,
     job_body,
     main,
     print_report,
     vote_kind,
 )
 from bench.loop_prompts import real_prompts
-from bench.loop_reasons import liked_share, missed_reason, reward_agreement
+from bench.loop_reasons import liked_share, missed_reason, reward_agreement, reward_model_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
 from bench.retrain import main as retrain_main
 from bench.retrain import reward_model_line
@@ -144,16 +143,15 @@ def test_a_reward_model_blind_to_correctness_is_told_apart_from_one_that_ranks_t
 
 def test_a_reward_model_that_cannot_be_loaded_leaves_the_run_standing(capsys):
     taste = DEMO_TASTES["detailed"]
-    no_reward_model = {"params": {}}  # not a ppo job
-    assert check_reward_model(no_reward_model, taste, [], ([], [])) is None
-    assert check_reward_model({"params": {"reward_model": "/nowhere/rm"}}, taste, [], ([], [])) is None
+    assert reward_model_agreement(None, taste, [], ([], [])) is None  # not a ppo job
+    assert reward_model_agreement("/nowhere/rm", taste, [], ([], [])) is None
     assert "reward model /nowhere/rm not checked" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_a_trained_reward_model_is_checked_against_the_rater_on_judged_answers(demo_model, tmp_path):
-    """check_reward_model loads a real reward model (training.reward, LoRA on the demo model) from a ppo job's
-    params and scores the judged pairs; bench.retrain prints the same check for a ppo row."""
+    """reward_model_agreement loads a real reward model (training.reward, LoRA on the demo model), the one a ppo
+    job's params name, and scores the judged pairs; bench.retrain prints the same check for a ppo row."""
     from bench.loop_tastes import Taste
     from tests.support.rl import train_reward_model
     from training.demo.corpus import checkable_prompts
@@ -168,8 +166,7 @@ def test_a_trained_reward_model_is_checked_against_the_rater_on_judged_answers(d
     prompts = checkable_prompts(12, seed=5)
     base = [f"The answer is {p.answer}." for p in prompts]
     candidate = [f"{p.answer} is the answer." for p in prompts[:8]] + ["I do not know."] * 4
-    job = {"params": {"reward_model": str(reward_model)}}
-    agreement = check_reward_model(job, answer_first, prompts, (base, candidate))
+    agreement = reward_model_agreement(str(reward_model), answer_first, prompts, (base, candidate))
     assert (agreement.style_pairs, agreement.first_pairs) == (8, 4)
     assert agreement.style >= 0.75, agreement  # what it was trained on
     line = reward_model_line({"reward_model": str(reward_model)}, answer_first, prompts, base, candidate)

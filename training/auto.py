@@ -41,6 +41,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from feedback.formats import text_of
 from training.methods import ADAPTER_METHODS
 
 LR_WIDTH = 5.66e-3  # preference-stage adapter rate times sqrt(width): 5e-4 at width 128 (bench/loop.py)
@@ -166,7 +167,7 @@ def pair_differing_tokens(rows: list[dict[str, Any]], model: str) -> float | Non
 def _answer(value: Any) -> str:
     """An answer's text: a string, or the last message of a conversation."""
     if isinstance(value, list):
-        return str(value[-1].get("content") or "") if value else ""
+        return text_of(value[-1].get("content")) if value else ""
     return str(value)
 
 
