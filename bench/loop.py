@@ -52,7 +52,7 @@ import httpx
 
 from bench.common import add_model_arguments, prepare
 from bench.loop_prompts import real_prompts
-from bench.loop_reasons import Agreement, liked_share, missed_reason, reward_model_agreement
+from bench.loop_reasons import Agreement, Movement, liked_share, missed_reason, reward_model_agreement
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES, Taste
 from hub.ui.train import default_params
 from tests.support.server import HubProcess
@@ -225,6 +225,7 @@ class StageResult:
     empty: int = 0
     heldout_accuracy: float | None = None
     reward_agreement: Agreement | None = None  # ppo: its reward model against the rater on the judged answers
+    movement: Movement | None = None  # how far the job's run went (kept step, early stop, KL)
     error: str | None = None
 
 
@@ -376,6 +377,7 @@ def read_job(result: StageResult, job: dict) -> None:
     result.kl = cand.get("kl")
     result.replay_accuracy = (inc.get("accuracy"), cand.get("accuracy"))
     result.perplexity = (inc.get("perplexity"), cand.get("perplexity"))
+    result.movement = Movement.of(metrics)
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -452,7 +454,11 @@ def print_report(setup: Setup, runs: list[TasteRun], header: str) -> None:
                 f"    {r.stage}: accuracy on every family {_f(r.all_accuracy[0])} -> {_f(r.all_accuracy[1])}"
             )
             reason = missed_reason(
-                r.stage, sft_liked=run.sft_liked, base_liked=run.base_liked, agreement=r.reward_agreement
+                r.stage,
+                sft_liked=run.sft_liked,
+                base_liked=run.base_liked,
+                agreement=r.reward_agreement,
+                movement=r.movement,
             )
             if reason and r.headroom >= MIN_HEADROOM and not meets(setup, r):
                 print(f"    {r.stage} not met, measured: {reason}")

@@ -2,6 +2,9 @@
 
 - SFT imitates the answers that won the votes. It can only move the base as far as those answers differ from
   the base's own: `liked_share` of the imitated answers against the same share of the base's samples.
+- DPO moves the policy only as far as its run went: `Movement` says which step's weights it kept, whether early
+  stopping ended it, how far the candidate moved from the base (KL on the replay prompts) and how often it
+  orders the held-out votes as the rater did.
 - PPO climbs its reward model. Where the model does not see what the rater requires first (the demo model's
   correctness), the policy drifts there while it learns the style: `reward_agreement` says how often the
   reward model ranks the judged answer pairs as the rater does, apart for pairs where one answer fails the
@@ -9,6 +12,7 @@
 
     agreement = reward_agreement(scorer, taste, prompts, base_answers, candidate_answers)
     print(missed_reason("ppo", sft_liked=0.4, base_liked=0.35, agreement=agreement))
+    print(missed_reason("dpo", sft_liked=0.4, base_liked=0.35, movement=Movement.of(job["metrics"])))
 """
 
 from __future__ import annotations
@@ -38,6 +42,53 @@ class Agreement:
 
         first = part(self.first, self.first_pairs, "where one answer fails the rater's first requirement")
         return f"{first}, {part(self.style, self.style_pairs, 'the style decides')}"
+
+
+# below this KL (nats a token, on the replay prompts) a candidate has hardly left the base
+BARELY_MOVED_KL = 0.05
+
+
+@dataclass(frozen=True)
+class Movement:
+    """How far a preference job's run went, from its metrics."""
+
+    kept_step: int | None  # the step whose weights it kept (early stopping keeps the best evaluated)
+    steps: int | None  # steps it ran
+    max_steps: int | None
+    stopped_early: bool
+    stopped_on_kl: bool  # early, at the job's KL bound rather than on the held-out loss
+    kl: float | None  # the candidate's KL from the base on the replay prompts
+    heldout_accuracy: float | None  # share of held-out votes it orders as the rater did
+
+    @classmethod
+    def of(cls, metrics: dict) -> Movement:
+        replay = (metrics.get("replay") or {}).get("candidate") or {}
+        return cls(
+            metrics.get("best_step"),
+            metrics.get("steps"),
+            metrics.get("max_steps"),
+            bool(metrics.get("stopped_early")),
+            metrics.get("stopped_on_kl") is not None,
+            replay.get("kl"),
+            metrics.get("eval_rewards/accuracies"),
+        )
+
+    def describe(self) -> str:
+        run = f"ran {self.steps} of {self.max_steps} steps"
+        if self.stopped_on_kl:
+            run += " (stopped at the job's KL bound from the base)"
+        elif self.stopped_early:
+            run += " (early stopping: the held-out loss had stopped improving)"
+        kept = f" and kept step {self.kept_step}'s weights" if self.kept_step else ""
+        parts = [run + kept]
+        if self.kl is not None:
+            parts.append(
+                f"the candidate's KL from the base is {self.kl:.2f} nats a token"
+                + (" (it hardly left the base)" if self.kl < BARELY_MOVED_KL else "")
+            )
+        if self.heldout_accuracy is not None:
+            parts.append(f"it orders {self.heldout_accuracy:.0%} of the held-out votes as the rater did")
+        return "; ".join(parts)
 
 
 def liked_share(taste: Taste, prompts: Sequence[CheckablePrompt], answers: Sequence[str]) -> float:
@@ -105,7 +156,12 @@ def reward_model_agreement(
 
 
 def missed_reason(
-    stage: str, *, sft_liked: float, base_liked: float, agreement: Agreement | None = None
+    stage: str,
+    *,
+    sft_liked: float,
+    base_liked: float,
+    agreement: Agreement | None = None,
+    movement: Movement | None = None,
 ) -> str | None:
     """What the run measured that explains a missed target of `stage`, or None where nothing is measured."""
     if stage == "sft":
@@ -115,4 +171,6 @@ def missed_reason(
         )
     if stage == "ppo" and agreement is not None:
         return f"ppo's reward model orders the judged answers as the rater does on {agreement.describe()}"
+    if stage == "dpo" and movement is not None:
+        return f"dpo {movement.describe()}"
     return None

@@ -10,6 +10,7 @@ real users ask for, on any prompt.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -97,6 +98,11 @@ LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
 # a run of 4 words said 3 times is a loop, not a recipe's "1 cup of ..." lines
 LOOP_WORDS = 4
 LOOP_REPEATS = 3
+# plain-language guides ask for sentences of 15 to 20 words on average; this rater likes the short end, and
+# between two answers prefers the one whose sentences are shorter by a step a reader notices
+PLAIN_SENTENCE_WORDS = 15
+PLAIN_STEP_WORDS = 5
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def _first_sentence(text: str) -> str:
@@ -131,6 +137,21 @@ def _loops(text: str) -> bool:
 
 def _one_paragraph(text: str) -> bool:
     return "\n\n" not in text.strip() and not _listed(text)
+
+
+def _sentence_words(text: str) -> float:
+    """Mean words per sentence (a line of a list is a sentence)."""
+    sentences = [s for s in SENTENCE_END.split(text) if s.strip()]
+    return sum(_words(s) for s in sentences) / len(sentences) if sentences else 0.0
+
+
+def _plainness(text: str) -> tuple:
+    """Higher is plainer: no loop first, then shorter sentences in steps of PLAIN_STEP_WORDS words."""
+    return (not _loops(text), -math.ceil(_sentence_words(text) / PLAIN_STEP_WORDS))
+
+
+def _plain(text: str) -> bool:
+    return _sentence_words(text) <= PLAIN_SENTENCE_WORDS and not _loops(text)
 
 
 def _answered(text: str) -> bool:
@@ -174,6 +195,13 @@ REAL_TASTES: dict[str, Taste] = {
             "one-paragraph",
             "the whole answer in one paragraph: no sections, no list",
             lambda p, t: _one_paragraph(t),
+        ),
+        Taste(
+            "plain-language",
+            f"plain language: the answer with shorter sentences ({PLAIN_STEP_WORDS} words on average is a step"
+            f" a reader notices), liked at {PLAIN_SENTENCE_WORDS} or fewer; never one that loops",
+            lambda p, t: (_answered(t), *_plainness(t)),
+            lambda p, t: _answered(t) and _plain(t),
         ),
     )
 }

@@ -25,7 +25,13 @@ from bench.loop import (
     vote_kind,
 )
 from bench.loop_prompts import real_prompts
-from bench.loop_reasons import liked_share, missed_reason, reward_agreement, reward_model_agreement
+from bench.loop_reasons import (
+    Movement,
+    liked_share,
+    missed_reason,
+    reward_agreement,
+    reward_model_agreement,
+)
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
 from bench.retrain import main as retrain_main
 from bench.retrain import reward_model_line
@@ -74,6 +80,14 @@ def test_real_tastes_judge_styles_people_ask_for():
         == "b"
     )
     assert not REAL_TASTES["one-paragraph"].likes(how, recipe)
+    winding = (
+        "The sky looks blue because sunlight is scattered by the molecules of the air in every direction,"
+        " and blue light, which has a shorter wavelength, is scattered much more strongly than red light is."
+    )
+    plain = "Sunlight hits the air. The air scatters blue light the most. So the sky looks blue."
+    assert REAL_TASTES["plain-language"].judge(fact, winding, plain) == "b"
+    assert REAL_TASTES["plain-language"].likes(how, steps)  # a list's lines are short sentences
+    assert not REAL_TASTES["plain-language"].likes(how, loop)  # short, but said over and over
 
 
 def test_the_arena_rater_calls_two_answers_that_fail_its_first_requirement_both_bad():
@@ -188,6 +202,31 @@ def test_liked_shares_and_why_sft_missed():
     assert missed_reason("ppo", sft_liked=0.37, base_liked=0.33) is None  # no reward model checked
 
 
+def test_why_dpo_missed_is_read_from_its_jobs_metrics():
+    metrics = {  # a DPO job on SmolLM2 that stopped early and hardly moved (bench.loop, plain-language)
+        "best_step": 8,
+        "steps": 14,
+        "max_steps": 20,
+        "stopped_early": True,
+        "eval_rewards/accuracies": 0.5625,
+        "replay": {"candidate": {"kl": -0.0079}, "incumbent": {"kl": 0.0}},
+    }
+    reason = missed_reason("dpo", sft_liked=0.8, base_liked=0.5, movement=Movement.of(metrics))
+    assert reason == (
+        "dpo ran 14 of 20 steps (early stopping: the held-out loss had stopped improving) and kept step 8's "
+        "weights; the candidate's KL from the base is -0.01 nats a token (it hardly left the base); it orders "
+        "56% of the held-out votes as the rater did"
+    )
+    moved = Movement.of({"steps": 20, "max_steps": 20, "replay": {"candidate": {"kl": 0.3}}})
+    assert missed_reason("dpo", sft_liked=0, base_liked=0, movement=moved) == (
+        "dpo ran 20 of 20 steps; the candidate's KL from the base is 0.30 nats a token"
+    )
+    bounded = Movement.of({"steps": 9, "max_steps": 40, "stopped_early": True, "stopped_on_kl": 9})
+    assert missed_reason("dpo", sft_liked=0, base_liked=0, movement=bounded) == (
+        "dpo ran 9 of 40 steps (stopped at the job's KL bound from the base)"
+    )
+
+
 def test_the_report_says_what_was_measured_for_a_stage_that_missed_and_nothing_for_one_that_met(capsys):
     setup = Setup("demo", [], [], DEMO_TASTES, 32, ("capital",))
 
@@ -198,6 +237,7 @@ def test_the_report_says_what_was_measured_for_a_stage_that_missed_and_nothing_f
 
     run = TasteRun("detailed", 0.5, {"pair": 10}, sft_liked=0.37, base_liked=0.33)
     run.stages = [stage("dpo", 0.95), stage("sft", 0.49), stage("ppo", 0.47)]
+    run.stages[0].movement = Movement(4, 10, 10, False, False, 0.01, 0.9)  # met: no reason printed
     run.stages[2].reward_agreement = reward_agreement(
         lambda prompts, completions: [float(len(c[0]["content"])) for c in completions],
         DEMO_TASTES["detailed"],
