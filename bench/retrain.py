@@ -3,14 +3,15 @@ settings changed on the command line), and judge each candidate against the base
 prompts. Every bench/loop.py run samples new answers to vote on and its result swings with them; this checks
 a change of the training defaults on many vote sets at once, the same sets before and after.
 
-    python -m bench.retrain RUN_DIR [RUN_DIR ...] [--stages dpo] [--set beta=0.1 --set max_steps=0 ...]
+    python -m bench.retrain RUN_DIR [RUN_DIR ...] [--stages dpo] [--set beta=0.1 ...] [--unset max_steps]
 
 A RUN_DIR is the folder bench/loop.py printed as "data in ..." (a hub data directory per taste, each with the
 jobs it ran). Each job of the chosen stages trains again as the job runner trains it (`training.jobs.worker`:
 the settings `training.auto` chooses for what the params leave out, then the stage) on the vote snapshot the
 job exported, in this process; `--set KEY=VALUE` adds a param (a JSON value) as a job body's ``params``
-would, so ``--set beta=0.1 --set max_steps=0 --set num_train_epochs=4`` trains DPO the way the defaults did
-before beta 2 and 8 passes. Candidate and base answer the run's held-out prompts greedily through the
+would, so ``--set beta=0.1 --set max_steps=-1 --set num_train_epochs=4`` trains DPO the way the defaults did
+before beta 2 and 8 passes; `--unset KEY` drops a param the run's job was given, so ``--unset max_steps``
+trains as a job without bench/loop.py's `--max-steps` cap would (the defaults choose the steps). Candidate and base answer the run's held-out prompts greedily through the
 serving engine the regression replay uses (`training.replay.run_replay`, float32); the taste's rater judges
 them blind and the guardrail accuracy is taken as bench/loop.py takes it. Each row prints what the run itself
 measured for that stage beside the retrained result; a ppo row also how often its reward model orders the
@@ -27,6 +28,7 @@ import io
 import json
 import sys
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +78,16 @@ def jobs_of(run_dir: Path, stages: set[str]) -> list[tuple[str, Path, dict[str, 
     return found
 
 
-def retrain(job_dir: Path, out: Path, extra: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Train the job in `job_dir` again on its exported votes; returns the result folder, its metrics and the
-    settings it trained with (chosen, then given)."""
+def retrain(
+    job_dir: Path, out: Path, extra: dict[str, Any], unset: Collection[str] = ()
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Train the job in `job_dir` again on its exported votes, its params less `unset` and with `extra`;
+    returns the result folder, its metrics and the settings it trained with (chosen, then given)."""
     launch = json.loads((job_dir / LAUNCH_FILE).read_text())
     data = str(job_dir / DATA_DIR)
     spec = JobSpec.from_dict({**launch["spec"], "data": data})
-    launch = {**launch, "params": {**launch["params"], **extra}}
+    kept = {key: value for key, value in launch["params"].items() if key not in unset}
+    launch = {**launch, "params": {**kept, **extra}}
     chosen = choose_settings(spec, launch["params"], data)
     config = build_config(spec, launch, data, out, chosen)
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer's log lines; the result is what counts
@@ -128,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a job param (JSON value)"
     )
+    parser.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="drop a param the run's job had (max_steps: no bench cap)",
+    )
     args = parser.parse_args(argv)
     extra = {}
     for item in args.set:
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             setup = setup_for(model_dir, _loop_flags(flags))
             taste = setup.tastes[taste_name]
             result, metrics, settings = retrain(
-                job_dir, work / f"{run_dir.name}-{taste_name}-{spec['stage']}", extra
+                job_dir, work / f"{run_dir.name}-{taste_name}-{spec['stage']}", extra, args.unset
             )
             base, answers, kl = judged_answers(model_dir, result, setup)
             row = Retrained(
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 line := reward_model_line(settings, taste, setup.judge_prompts, base, answers)
             ):
                 print(line, flush=True)
-    print_summary(rows, extra)
+    print_summary(rows, extra, args.unset)
     print(f"candidates in {work}")
     return 0 if rows else 1
 
@@ -215,14 +227,15 @@ def _line(r: Retrained) -> str:
     )
 
 
-def print_summary(rows: list[Retrained], extra: dict[str, Any]) -> None:
+def print_summary(rows: list[Retrained], extra: dict[str, Any], unset: Collection[str] = ()) -> None:
     if not rows:
         print("no job of those stages in those folders")
         return
     by_taste: dict[str, list[Retrained]] = {}
     for r in rows:
         by_taste.setdefault(r.taste, []).append(r)
-    settings = ", ".join(f"{k}={v}" for k, v in extra.items()) or "the job defaults"
+    settings = ", ".join([f"{k}={v}" for k, v in extra.items()] + [f"no {k}" for k in unset])
+    settings = settings or "the job defaults"
     print(f"\nretrained with {settings}:")
     for taste, group in sorted(by_taste.items()):
         wins = sorted(r.win for r in group)

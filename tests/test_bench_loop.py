@@ -282,13 +282,16 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
 
     # the votes the run left are retrained with settings changed, and judged on the same held-out prompts
     assert json.loads((work / RUN_FILE).read_text())["judge"] == 8
-    code = retrain_main([str(work), "--stages", "dpo", "--set", "beta=0.5"])
+    assert "max_length" in job_body("dpo", "x", type("Args", (), {"max_steps": None})())["params"]
+    code = retrain_main([str(work), "--stages", "dpo", "--set", "beta=0.5", "--unset", "max_length"])
     out = capsys.readouterr().out
     assert code == 0, out
     row = next(line for line in out.splitlines() if " concise    dpo " in line)
     assert "win then" in row and ("met" in row or "not met" in row), out
-    assert "beta=0.5" in out and "max_steps=" in out  # what was given, and what the job chose
-    assert "retrained with beta=0.5:" in out and "1 vote sets" in out
+    trained = next(line for line in out.splitlines() if "trained with" in line)
+    assert "beta=0.5" in trained and "max_steps=" in trained  # what was given, and what the job chose
+    assert "max_length=" not in trained  # the param the run's job had, dropped
+    assert "retrained with beta=0.5, no max_length:" in out and "1 vote sets" in out
 
 
 @pytest.mark.slow
