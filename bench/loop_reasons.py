@@ -79,7 +79,9 @@ class Movement:
             run += " (stopped at the job's KL bound from the base)"
         elif self.stopped_early:
             run += " (early stopping: the held-out loss had stopped improving)"
-        kept = f" and kept step {self.kept_step}'s weights" if self.kept_step else ""
+        kept = (
+            f" and kept step {self.kept_step}'s weights" if self.kept_step not in (None, self.steps) else ""
+        )
         parts = [run + kept]
         if self.kl is not None:
             parts.append(

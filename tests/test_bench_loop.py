@@ -217,7 +217,7 @@ def test_why_dpo_missed_is_read_from_its_jobs_metrics():
         "weights; the candidate's KL from the base is -0.01 nats a token (it hardly left the base); it orders "
         "56% of the held-out votes as the rater did"
     )
-    moved = Movement.of({"steps": 20, "max_steps": 20, "replay": {"candidate": {"kl": 0.3}}})
+    moved = Movement.of({"steps": 20, "max_steps": 20, "best_step": 20, "replay": {"candidate": {"kl": 0.3}}})
     assert missed_reason("dpo", sft_liked=0, base_liked=0, movement=moved) == (
         "dpo ran 20 of 20 steps; the candidate's KL from the base is 0.30 nats a token"
     )
