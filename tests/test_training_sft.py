@@ -272,9 +272,12 @@ def test_a_flat_loss_stops_with_advice_and_saves_nothing(demo_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_rising_eval_loss_stops_early_and_keeps_the_best_weights(demo_model, tmp_path):
+@pytest.mark.parametrize("checkpoint_steps", [0, 50], ids=["no-checkpoints", "resumable-checkpoints"])
+def test_a_rising_eval_loss_stops_early_and_keeps_the_best_weights(demo_model, tmp_path, checkpoint_steps):
     # Training teaches a long tail after every answer; the eval replies end at the answer, so the better
     # the model learns the tail, the worse it predicts the end of turn there: the eval loss rises.
+    # With resumable checkpoints every 50 steps (a job's default), the best evaluation falls between two
+    # of them and must still be the one kept.
     train = write_jsonl(tmp_path / "train.jsonl", family_rows(FAMILY, 96, seed=3, suffix=FILLER))
     evaluation = write_jsonl(tmp_path / "eval.jsonl", family_rows(FAMILY, 16, seed=4))
     out = main(
@@ -290,6 +293,7 @@ def test_a_rising_eval_loss_stops_early_and_keeps_the_best_weights(demo_model, t
             loss_check_steps=0,
             logging_steps=3,
             per_device_batch_size=8,
+            checkpoint_steps=checkpoint_steps,
         )
     )
     metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]

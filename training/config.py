@@ -144,8 +144,8 @@ class StageConfig(MethodOptions):
         default=0,
         metadata={
             "help": "save a resumable checkpoint (weights, optimizer, schedule, RNG) every this many steps beside "
-            "--output-dir, so --resume can continue an interrupted run (0: none; rounded up to a multiple of "
-            "the eval steps when early stopping keeps the best weights)"
+            "--output-dir, so --resume can continue an interrupted run (0: none; at every evaluation instead "
+            "when early stopping or the KL bound keeps the best weights: they are kept as a checkpoint)"
         },
     )
     resume: bool = field(

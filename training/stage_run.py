@@ -109,11 +109,11 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
         "save_only_model": True,
     }
     if config.checkpoint_steps > 0:
-        # Resumable checkpoints (optimizer, schedule and RNG too) every N steps; with early stopping the
-        # best one is kept as well, and transformers needs the save steps to be a multiple of the eval steps.
-        save_steps = config.checkpoint_steps
-        if keep_best:
-            save_steps = math.ceil(save_steps / eval_steps) * eval_steps
+        # Resumable checkpoints (optimizer, schedule and RNG too) every N steps. Keeping the best weights,
+        # transformers can only go back to an evaluation whose step a checkpoint was written at: so one is
+        # written at every evaluation (the rotation keeps the best and the latest), else a best evaluation
+        # between two checkpoint steps is lost and the run ends on its last weights.
+        save_steps = eval_steps if keep_best else config.checkpoint_steps
         saving = {"save_strategy": "steps", "save_steps": save_steps, "save_total_limit": 1}
         saving["save_only_model"] = False
     return {
