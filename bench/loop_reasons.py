@@ -52,7 +52,7 @@ BARELY_MOVED_KL = 0.05
 class Movement:
     """How far a preference job's run went, from its metrics."""
 
-    kept_step: int | None  # the step whose weights it kept (early stopping keeps the best evaluated)
+    kept_step: int | None  # the step whose weights it ended on
     steps: int | None  # steps it ran
     max_steps: int | None
     stopped_early: bool
@@ -64,7 +64,7 @@ class Movement:
     def of(cls, metrics: dict) -> Movement:
         replay = (metrics.get("replay") or {}).get("candidate") or {}
         return cls(
-            metrics.get("best_step"),
+            metrics.get("kept_step", metrics.get("best_step")),
             metrics.get("steps"),
             metrics.get("max_steps"),
             bool(metrics.get("stopped_early")),

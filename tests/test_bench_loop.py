@@ -205,6 +205,7 @@ def test_liked_shares_and_why_sft_missed():
 def test_why_dpo_missed_is_read_from_its_jobs_metrics():
     metrics = {  # a DPO job on SmolLM2 that stopped early and hardly moved (bench.loop, plain-language)
         "best_step": 8,
+        "kept_step": 8,
         "steps": 14,
         "max_steps": 20,
         "stopped_early": True,

@@ -46,6 +46,9 @@ def test_a_weak_reward_model_is_refused_with_its_figure_unless_allowed(tmp_path)
     assert check_reward_model(weak, allow_weak=True).accuracy == 0.55
 
     assert not check_reward_model(reward_dir(tmp_path / "good", 0.6, 20), allow_weak=False).weak
+    # Just under the bar is not shown as the bar itself (8.95 of 15 pairs, a tie counting half)
+    with pytest.raises(Invalid, match=r"accuracy 0\.597 on 15 held-out pairs \(at least 0\.6"):
+        check_reward_model(reward_dir(tmp_path / "close", 8.95 / 15, 15), allow_weak=False)
     # Never measured (no held-out pairs, or not trained here): no figure to refuse it on.
     assert check_reward_model(reward_dir(tmp_path / "none", None, 0), allow_weak=False).accuracy is None
     (tmp_path / "foreign").mkdir()
@@ -124,6 +127,8 @@ def test_the_adapters_tab_shows_a_reward_models_heldout_accuracy():
     assert "held-out accuracy 0.50 on 12 pairs (below 0.6: too weak for PPO/RLOO/GRPO)" in _metrics(weak)
     good = dict(weak, heldout_accuracy=0.9)
     assert reward_quality_text(good) == "held-out accuracy 0.90 on 12 pairs"
+    close = dict(weak, heldout_accuracy=8.95 / 15, heldout_pairs=15)
+    assert reward_quality_text(close).startswith("held-out accuracy 0.597 on 15 pairs (below 0.6")
     assert reward_quality_text({"stage": "reward", "heldout_accuracy": None, "heldout_pairs": 0}).endswith(
         "not measured (no held-out pairs)"
     )

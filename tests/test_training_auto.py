@@ -42,6 +42,16 @@ def chosen(stage="dpo", method="lora", n_train=120, width=128, given=(), batch=8
     )
 
 
+def test_sft_and_dpo_keep_the_weights_they_stopped_with():
+    for stage in ("sft", "dpo"):
+        assert chosen(stage)["keep_best_weights"].value is False
+        assert "12 held-out rows" in chosen(stage)["keep_best_weights"].reason
+    assert "keep_best_weights" not in chosen("reward")  # a reward model keeps its best held-out accuracy
+    assert "keep_best_weights" not in chosen("sft", given={"keep_best_weights"})
+    no_eval = auto_settings("sft", "lora", n_train=40, n_eval=0, hidden_size=128, batch_size=8)
+    assert "keep_best_weights" not in no_eval  # nothing is evaluated: the run ends on its last step anyway
+
+
 def test_the_learning_rate_follows_the_models_width_and_the_stage():
     demo, smol, wide = (chosen(width=w)["learning_rate"].value for w in (128, 576, 4096))
     assert demo == pytest.approx(5e-4, rel=0.01) and smol == pytest.approx(
@@ -95,7 +105,7 @@ def test_differing_tokens_count_after_the_answers_shared_beginning(demo_model):
 
 
 def test_what_the_user_set_is_never_chosen():
-    picked = chosen(given={"learning_rate", "sft_weight", "beta"})
+    picked = chosen(given={"learning_rate", "sft_weight", "beta", "keep_best_weights"})
     assert set(picked) == {"max_steps"}
     assert "max_steps" not in chosen(given={"num_train_epochs"})  # sized in epochs by the user
     assert describe(picked).startswith("max_steps 120 (8 passes over 120 rows")
@@ -139,6 +149,23 @@ def test_the_summary_says_what_was_chosen_and_the_heldout_accuracy():
     text = training_outcome(metrics)
     assert "learning_rate **0.0005** (0.00566/sqrt(width 128))" in text
     assert "Held-out preference accuracy of the result: **0.81**" in text
+    stopped = {
+        "steps": 15,
+        "max_steps": 30,
+        "best_step": 6,
+        "stopped_early": True,
+        "eval_metric": "eval_loss",
+    }
+    assert (
+        "Stopped early at step 15 of 30: eval_loss stopped improving on the held-out rows; kept the weights it "
+        "stopped with." in training_outcome({**stopped, "kept_step": 15})
+    )
+    assert "kept the weights of step 6, the best on eval_loss" in training_outcome(
+        {**stopped, "kept_step": 6}
+    )
+    assert "kept the weights of step 6" in training_outcome(stopped)  # a job from before kept_step
+    on_kl = {**stopped, "stopped_on_kl": 15, "max_kl": 2.0, "kept_step": 12}
+    assert "went back to step 12, the last evaluation within the bound" in training_outcome(on_kl)
 
 
 @pytest.mark.slow

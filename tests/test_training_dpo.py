@@ -186,8 +186,9 @@ def test_dpo_from_a_parent_adapter_saves_only_the_trained_adapter(demo_model, pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("keep_best_weights", [True, False], ids=["best-within-bound", "last-within-bound"])
 def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weights_within_it(
-    demo_model, pairs_file, tmp_path
+    demo_model, pairs_file, tmp_path, keep_best_weights
 ):
     """Issue 6, item 2: at lr 5e-3 the held-out accuracy is 1.0 from the first evaluation on, so accuracy
     alone never stops the run (patience 0 here), while the KL from the base jumps from ~0.04 to ~2.6 nats
@@ -204,15 +205,21 @@ def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weig
             early_stopping_patience=0,
             max_kl=1.0,
             loss_check_steps=0,
+            keep_best_weights=keep_best_weights,
+            checkpoint_steps=50,  # as a job: resumable checkpoints far apart
         )
     )
     metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]
-    print(f"DPO KL watch: KL per evaluation {metrics['kl_curve']}, kept step {metrics['best_step']}")
+    print(f"DPO KL watch: KL per evaluation {metrics['kl_curve']}, kept step {metrics['kept_step']}")
     (_, first_kl), (stop_step, stop_kl) = metrics["kl_curve"][0], metrics["kl_curve"][-1]
     assert first_kl <= 1.0 < stop_kl and metrics["stopped_on_kl"] == stop_step
     assert metrics["stopped_early"] and metrics["steps"] == stop_step < 30
-    # The weights kept are the best evaluated within the bound; the final evaluation measures them again.
-    assert metrics["best_step"] < stop_step and metrics["eval_base_kl"] <= 1.0
+    # The weights kept are the best evaluated within the bound (transformers' checkpoint of it), or the last
+    # evaluated within it (the KL watch's own copy); the final evaluation measures them again.
+    within = [step for step, kl in metrics["kl_curve"] if kl <= 1.0]
+    expected = metrics["best_step"] if keep_best_weights else max(within)
+    assert metrics["kept_step"] == expected < stop_step and metrics["eval_base_kl"] <= 1.0
+    assert metrics["eval_base_kl"] == pytest.approx(dict(metrics["kl_curve"])[expected], abs=1e-3)
     assert metrics["max_kl"] == 1.0
 
 

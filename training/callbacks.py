@@ -10,8 +10,10 @@ train.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from training.demo.corpus import CheckablePrompt
@@ -97,7 +99,14 @@ class KLWatch(TrainerCallback):
     `reference` is the model to measure against: None for an adapter (the same model with its adapters
     disabled), the frozen starting weights for full and freeze tuning. Evaluations after training (the
     final one in `training.stage_run.run_training`) only record the KL.
+
+    A run that keeps the weights it stops with (`keep_best_weights` false: transformers loads nothing at the
+    end) sets `go_back`: the trainable weights of each evaluation within the bound are written beside the
+    run (`WITHIN_BOUND_FILE`, replaced each time), and a run stopped by the bound ends on them
+    (`went_back_to` is their step).
     """
+
+    WITHIN_BOUND_FILE = "within-kl-bound.safetensors"
 
     def __init__(
         self,
@@ -108,6 +117,7 @@ class KLWatch(TrainerCallback):
         greater_is_better: bool,
         reference=None,
         max_new_tokens: int = 32,
+        go_back: bool = False,
     ) -> None:
         self.prompts = [CheckablePrompt("eval", messages, "") for messages in prompts]
         self.tokenizer = tokenizer
@@ -119,12 +129,24 @@ class KLWatch(TrainerCallback):
         self.kls: list[tuple[int, float]] = []  # (step, KL) at each evaluation
         self.exceeded_at: int | None = None  # the step whose evaluation passed the bound
         self.training = False
+        self.go_back = go_back
+        self.within_bound: tuple[int, str] | None = None  # (step, file) of the last weights within it
+        self.went_back_to: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         self.training = False
+        if self.go_back and self.exceeded_at is not None and self.within_bound and model is not None:
+            from safetensors.torch import load_file
+
+            step, path = self.within_bound
+            saved = load_file(path)
+            with torch.no_grad():
+                for name, param in _trainable(model):
+                    param.copy_(saved[name].to(param.device, param.dtype))
+            self.went_back_to = step
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if model is None or metrics is None or not self.prompts:
@@ -139,6 +161,12 @@ class KLWatch(TrainerCallback):
             if self.metric in metrics:
                 metrics[self.metric] = self.worst
             control.should_training_stop = True
+        elif self.training and self.go_back:
+            from safetensors.torch import save_file
+
+            path = str(Path(args.output_dir) / self.WITHIN_BOUND_FILE)
+            save_file({name: param.detach().cpu().contiguous() for name, param in _trainable(model)}, path)
+            self.within_bound = (state.global_step, path)
 
     def measure(self, model) -> float:
         from training.replay import greedy_answers, mean_kl
@@ -159,3 +187,8 @@ class KLWatch(TrainerCallback):
             "kl_curve": [[step, kl] for step, kl in self.kls],
             "stopped_on_kl": self.exceeded_at,
         }
+
+
+def _trainable(model):
+    """(name, parameter) of the weights a run trains."""
+    return [(name, param) for name, param in model.named_parameters() if param.requires_grad]

@@ -148,6 +148,14 @@ class StageConfig(MethodOptions):
             "when early stopping or the KL bound keeps the best weights: they are kept as a checkpoint)"
         },
     )
+    keep_best_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "end on the evaluated weights with the best held-out metric (false: on the weights the run "
+            "stopped with, once early stopping saw no improvement for --early-stopping-patience evaluations "
+            "or the steps ran out; past the KL bound it still goes back to the last evaluation within it)"
+        },
+    )
     resume: bool = field(
         default=False,
         metadata={

@@ -4,9 +4,11 @@ The reference is the starting point: with a new adapter it is the base with adap
 (`ref_model=None` + `peft_config`); from a parent adapter TRL keeps a frozen copy of the parent as the
 reference; full and freeze tuning get a frozen copy of the starting weights. Small preference sets
 over-optimise fast (DESIGN.md), so the defaults cap the run at 200 steps with lr 5e-5 (a job sizes both to its
-data and model: `training.auto`) and stop early when the held-out DPO loss stops improving, or when the KL from the base
-on held-out prompts passes ``--max-kl`` (2 nats, the promotion guard's bound; `training.callbacks.KLWatch`),
-keeping the best weights evaluated within the bound. A run that passes over the pairs more than once scores
+data and model: `training.auto`) and stop early when the held-out loss (DPO's, plus the SFT term's when there
+is one) stops improving, or when the KL from the base on held-out prompts passes ``--max-kl`` (2 nats, the
+promotion guard's bound; `training.callbacks.KLWatch`), keeping the best weights evaluated within the bound
+(with ``--no-keep-best-weights``, a job's default, the weights it stopped with, or the last evaluated
+within the bound). A run that passes over the pairs more than once scores
 them under the reference once, up front (`precompute_reference`).
 
 An SFT term on the chosen answers (RPO) slows the collapse: TRL 1.16 has no `rpo_alpha`; its equivalent
@@ -38,11 +40,11 @@ from training.stage_run import (
 )
 
 DESCRIPTION = (
-    "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on accuracy."
+    "Direct preference optimisation on preference pairs (TRL DPOTrainer), early-stopped on the held-out loss."
 )
-# Early stopping keeps the weights with the lowest held-out DPO loss: on the few dozen pairs a vote split holds
-# out, preference accuracy moves in steps of 1/n and often sits at its first value (a run on SmolLM2 kept
-# step 5 of 40 that way), while the loss follows every change of the margins. Accuracy is still reported.
+# Early stopping watches the held-out loss, not the accuracy: on the few dozen pairs a vote split holds out,
+# preference accuracy moves in steps of 1/n and often sits at its first value (a run on SmolLM2 kept step 5 of
+# 40 that way), while the loss follows every change of the margins. Accuracy is still reported.
 METRIC = "eval_loss"
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down")
 

@@ -9,6 +9,7 @@ parent adapter checked before any model is loaded), `training.models.load_model`
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,12 @@ def total_steps(config: StageConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * config.num_train_epochs))
 
 
+def keeps_best_weights(config: StageConfig) -> bool:
+    """Whether a run ends on its best evaluated weights: as the config says, and always across processes
+    (the KL watch's own going back reads whole weights, which sharded runs do not hold)."""
+    return config.keep_best_weights or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better: bool) -> dict[str, Any]:
     """Keyword arguments shared by every TRL config class: schedule, precision, logging, eval, early stop."""
     from training.methods import precision_kwargs
@@ -100,8 +107,13 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     has_eval = bool(run.data.eval)
     steps = total_steps(config, len(run.data.train))
     eval_steps = config.eval_steps or max(1, steps // 8)
-    # Early stopping and a KL bound (preference stages) keep the best weights evaluated (within the bound).
-    keep_best = has_eval and (config.early_stopping_patience > 0 or getattr(config, "max_kl", 0) > 0)
+    # Early stopping and a KL bound (preference stages) keep the best weights evaluated (within the bound),
+    # unless the config keeps the weights a run stops with (the KL watch then goes back on its own).
+    keep_best = (
+        has_eval
+        and keeps_best_weights(config)
+        and (config.early_stopping_patience > 0 or getattr(config, "max_kl", 0) > 0)
+    )
     saving: dict[str, Any] = {
         # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
         "save_strategy": "best" if keep_best else "no",
@@ -180,7 +192,15 @@ def kl_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
     tokenizer.padding_side = "left"  # greedy answers continue each row from its last real token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return KLWatch(prompts, tokenizer, max_kl, metric, greater_is_better, reference=reference)
+    return KLWatch(
+        prompts,
+        tokenizer,
+        max_kl,
+        metric,
+        greater_is_better,
+        reference=reference,
+        go_back=not keeps_best_weights(run.config),
+    )
 
 
 def run_training(trainer, run: Run) -> dict[str, Any]:
@@ -218,6 +238,7 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         "resumed_from_step": watch.start_step if checkpoint else None,
         "stopped_early": stopped_early,
         "best_step": state.best_global_step,
+        "kept_step": kept_step(trainer, kl),
         "train_seconds": round(train_seconds, 2),
         "loss_curve": [[step, round(loss, 5)] for step, loss in watch.losses],
         "tokens_per_second": _throughput(state.log_history, train_seconds),
@@ -233,6 +254,22 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         # with a KL watch this adds eval_base_kl: the KL of the weights kept (the best ones within the bound)
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     return metrics
+
+
+def kept_step(trainer, kl) -> int:
+    """The step whose weights the run ends on: the best evaluated one where transformers loaded it, the last
+    one within the KL bound where the KL watch went back, else the last step."""
+    state = trainer.state
+    best = state.best_model_checkpoint
+    if (
+        trainer.args.load_best_model_at_end
+        and best
+        and Path(best).name == f"checkpoint-{state.best_global_step}"
+    ):
+        return state.best_global_step
+    if kl is not None and kl.went_back_to is not None:
+        return kl.went_back_to
+    return state.global_step
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

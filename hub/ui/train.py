@@ -128,22 +128,27 @@ def cuda_devices() -> int:
 def training_outcome(metrics: dict) -> str:
     """The job's summary in words: the settings it chose, what early stopping did (the step it stopped at, why,
     the step whose weights were kept) and the held-out preference accuracy of the result."""
-    steps, best = metrics.get("steps"), metrics.get("best_step")
-    metric = metrics.get("eval_metric")
-    if metrics.get("stopped_on_kl") is not None:
+    steps, metric = metrics.get("steps"), metrics.get("eval_metric")
+    lowest = metrics.get("best_step")
+    kept_step = metrics.get("kept_step", lowest)  # jobs from before kept_step ended on their best
+    on_kl = metrics.get("stopped_on_kl") is not None
+    if on_kl:
         why = f"the KL from the base passed {metrics.get('max_kl')} at step {metrics['stopped_on_kl']}"
     elif metrics.get("stopped_early"):
         why = f"{metric} stopped improving on the held-out rows"
     else:
         why = None
-    kept = f"kept the weights of step {best}" if best else ""
+    if not kept_step or kept_step == steps:
+        kept = "kept the weights it stopped with"
+    elif on_kl and kept_step != lowest:
+        kept = f"went back to step {kept_step}, the last evaluation within the bound"
+    else:
+        kept = f"kept the weights of step {kept_step}, the best on {metric}"
     lines = [chosen_text(metrics)]
     if why:
-        lines.append(
-            f"Stopped early at step {steps} of {metrics.get('max_steps')}: {why}; {kept or 'kept the last step'}."
-        )
-    elif best and best != steps:
-        lines.append(f"Ran all {steps} steps; {kept}, the best on {metric}.")
+        lines.append(f"Stopped early at step {steps} of {metrics.get('max_steps')}: {why}; {kept}.")
+    elif kept_step and kept_step != steps:
+        lines.append(f"Ran all {steps} steps; {kept}.")
     accuracy = heldout_accuracy(metrics)
     if accuracy is not None:
         lines.append(f"Held-out preference accuracy of the result: **{accuracy:.2f}**.")
