@@ -271,36 +271,40 @@ def test_a_flat_loss_stops_with_advice_and_saves_nothing(demo_model, tmp_path):
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
+def early_stopped_run(demo_model, tmp_path, **settings) -> dict:
+    """Metrics of an SFT run whose eval loss rises: training teaches a long tail after every answer; the eval
+    replies end at the answer, so the better the model learns the tail, the worse it predicts the end of turn
+    there. Early stopping ends it (patience 2, an evaluation every 3 steps)."""
+    train = write_jsonl(tmp_path / "train.jsonl", family_rows(FAMILY, 96, seed=3, suffix=FILLER))
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", family_rows(FAMILY, 16, seed=4))
+    config = sft_config(
+        demo_model,
+        train,
+        tmp_path / "out",
+        eval_data=str(evaluation),
+        learning_rate=3e-3,
+        max_steps=60,
+        eval_steps=3,
+        early_stopping_patience=2,
+        loss_check_steps=0,
+        logging_steps=3,
+        per_device_batch_size=8,
+        **settings,
+    )
+    metrics = json.loads((main(config) / METADATA_FILE).read_text())["metrics"]
+    print(f"eval loss by step: {metrics['eval_curve']}, stopped at step {metrics['steps']}")
+    assert metrics["stopped_early"] and metrics["steps"] < 60
+    return metrics
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_steps", [0, 50], ids=["no-checkpoints", "resumable-checkpoints"])
 def test_a_rising_eval_loss_stops_early_and_keeps_the_best_weights(demo_model, tmp_path, checkpoint_steps):
-    # Training teaches a long tail after every answer; the eval replies end at the answer, so the better
-    # the model learns the tail, the worse it predicts the end of turn there: the eval loss rises.
-    # With resumable checkpoints every 50 steps (a job's default), the best evaluation falls between two
-    # of them and must still be the one kept.
-    train = write_jsonl(tmp_path / "train.jsonl", family_rows(FAMILY, 96, seed=3, suffix=FILLER))
-    evaluation = write_jsonl(tmp_path / "eval.jsonl", family_rows(FAMILY, 16, seed=4))
-    out = main(
-        sft_config(
-            demo_model,
-            train,
-            tmp_path / "out",
-            eval_data=str(evaluation),
-            learning_rate=3e-3,
-            max_steps=60,
-            eval_steps=3,
-            early_stopping_patience=2,
-            loss_check_steps=0,
-            logging_steps=3,
-            per_device_batch_size=8,
-            checkpoint_steps=checkpoint_steps,
-        )
-    )
-    metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]
+    # With resumable checkpoints every 50 steps (a job's default), the best evaluation falls between two of
+    # them and must still be the one kept.
+    metrics = early_stopped_run(demo_model, tmp_path, checkpoint_steps=checkpoint_steps)
     curve = metrics["eval_curve"]
-    print(f"eval loss by step: {curve}, stopped at step {metrics['steps']}")
     best_step, best_loss = min(curve, key=lambda point: point[1])
-    assert metrics["stopped_early"] and metrics["steps"] < 60
     assert curve[-1][1] > best_loss and metrics["best_step"] == best_step
     assert metrics["eval_loss"] == pytest.approx(best_loss, rel=1e-3)  # the saved weights are the best ones
     assert metrics["kept_step"] == best_step
@@ -310,29 +314,10 @@ def test_a_rising_eval_loss_stops_early_and_keeps_the_best_weights(demo_model, t
 def test_a_run_that_keeps_the_weights_it_stopped_with_ends_on_them(demo_model, tmp_path):
     """keep_best_weights false (a job's default for SFT and DPO, training/auto.py): early stopping still ends
     the run, and the weights saved are those of its last step, not of the lowest held-out loss."""
-    train = write_jsonl(tmp_path / "train.jsonl", family_rows(FAMILY, 96, seed=3, suffix=FILLER))
-    evaluation = write_jsonl(tmp_path / "eval.jsonl", family_rows(FAMILY, 16, seed=4))
-    out = main(
-        sft_config(
-            demo_model,
-            train,
-            tmp_path / "out",
-            eval_data=str(evaluation),
-            learning_rate=3e-3,
-            max_steps=60,
-            eval_steps=3,
-            early_stopping_patience=2,
-            loss_check_steps=0,
-            logging_steps=3,
-            per_device_batch_size=8,
-            checkpoint_steps=50,
-            keep_best_weights=False,
-        )
-    )
-    metrics = json.loads((out / METADATA_FILE).read_text())["metrics"]
+    metrics = early_stopped_run(demo_model, tmp_path, checkpoint_steps=50, keep_best_weights=False)
     curve = metrics["eval_curve"]
     best_step, best_loss = min(curve, key=lambda point: point[1])
-    assert metrics["stopped_early"] and metrics["steps"] < 60 and metrics["best_step"] == best_step
+    assert metrics["best_step"] == best_step
     assert metrics["kept_step"] == metrics["steps"] == curve[-1][0] != best_step
     assert metrics["eval_loss"] == pytest.approx(curve[-1][1], rel=1e-3) and curve[-1][1] > best_loss
 
