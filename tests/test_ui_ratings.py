@@ -125,7 +125,8 @@ def test_the_reasons_panel_names_its_answer_and_goes_with_it(page):
     page.locator("#chatbot button[aria-label='Dislike']").first.click()
     status(page, "Thumbs down on answer 1 recorded")
     label = page.locator("#reasons").inner_text()
-    assert "Thumbs down on answer 1" in label and first[:20] in label
+    # the tiny model's answers can hold control characters: the chat keeps them, the label shows a space
+    assert "Thumbs down on answer 1" in label and " ".join(first.split())[:20] in " ".join(label.split())
     page.locator("#chatbot button[aria-label='Dislike']").last.click()
     status(page, "Thumbs down on answer 2 recorded")
     assert "Thumbs down on answer 2" in page.locator("#reasons").inner_text()
