@@ -106,7 +106,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def _first_sentence(text: str) -> str:
-    return re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
+    return SENTENCE_END.split(text.strip(), maxsplit=1)[0]
 
 
 def _direct(prompt: CheckablePrompt, text: str) -> bool:

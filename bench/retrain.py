@@ -11,8 +11,9 @@ the settings `training.auto` chooses for what the params leave out, then the sta
 job exported, in this process; `--set KEY=VALUE` adds a param (a JSON value) as a job body's ``params``
 would, so ``--set beta=0.1 --set max_steps=-1 --set num_train_epochs=4`` trains DPO the way the defaults did
 before beta 2 and 8 passes; `--unset KEY` drops a param the run's job was given, so ``--unset max_steps``
-trains as a job without bench/loop.py's `--max-steps` cap would (the defaults choose the steps). Candidate and base answer the run's held-out prompts greedily through the
-serving engine the regression replay uses (`training.replay.run_replay`, float32); the taste's rater judges
+trains as a job without bench/loop.py's `--max-steps` cap would (the defaults choose the steps). Candidate
+and base answer the run's held-out prompts greedily through the serving engine the regression replay uses
+(`training.replay.run_replay`, float32); the taste's rater judges
 them blind and the guardrail accuracy is taken as bench/loop.py takes it. Each row prints what the run itself
 measured for that stage beside the retrained result; a ppo row also how often its reward model orders the
 judged answers as the rater does (bench/loop_reasons.py). Target per row as in bench/loop.py: win >= 0.70

@@ -41,12 +41,12 @@ class RewardModelQuality:
         if self.accuracy is None:
             return f"reward model {self.path!r}: held-out accuracy not measured (no held-out pairs)"
         return (
-            f"reward model {self.path!r}: held-out pairwise accuracy {shown(self.accuracy)} on {self.pairs} "
-            f"held-out pairs (at least {MIN_HELDOUT_ACCURACY:g} is required)"
+            f"reward model {self.path!r}: held-out pairwise accuracy {accuracy_text(self.accuracy)} on "
+            f"{self.pairs} held-out pairs (at least {MIN_HELDOUT_ACCURACY:g} is required)"
         )
 
 
-def shown(accuracy: float) -> str:
+def accuracy_text(accuracy: float) -> str:
     """The accuracy to 2 decimals, or 3 where 2 would round a refused figure up to the bar (0.597: not 0.60)."""
     text = f"{accuracy:.2f}"
     if accuracy < MIN_HELDOUT_ACCURACY <= float(text):

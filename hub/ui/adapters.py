@@ -21,7 +21,7 @@ from feedback.errors import StoreError
 from training.gguf_export import GGUF_QUANTIZE
 from training.merge import QUANTIZE
 from training.replay_flips import flip_lines, flip_report
-from training.reward_check import MIN_HELDOUT_ACCURACY, shown
+from training.reward_check import MIN_HELDOUT_ACCURACY, accuracy_text
 
 from .charts import promotion_history
 from .login import require_admin, shown_to_user
@@ -53,7 +53,7 @@ def reward_quality_text(metrics: dict) -> str:
     accuracy, pairs = metrics.get("heldout_accuracy"), metrics.get("heldout_pairs")
     if accuracy is None:
         return "held-out accuracy not measured (no held-out pairs)"
-    text = f"held-out accuracy {shown(accuracy)} on {pairs} pairs"
+    text = f"held-out accuracy {accuracy_text(accuracy)} on {pairs} pairs"
     if accuracy < MIN_HELDOUT_ACCURACY:
         text += f" (below {MIN_HELDOUT_ACCURACY:g}: too weak for PPO/RLOO/GRPO)"
     return text
