@@ -14,10 +14,11 @@ before beta 2 and 8 passes; `--unset KEY` drops a param the run's job was given,
 trains as a job without bench/loop.py's `--max-steps` cap would (the defaults choose the steps). Candidate
 and base answer the run's held-out prompts greedily through the serving engine the regression replay uses
 (`training.replay.run_replay`, float32); the taste's rater judges
-them blind and the guardrail accuracy is taken as bench/loop.py takes it. Each row prints what the run itself
-measured for that stage beside the retrained result; a ppo row also how often its reward model orders the
-judged answers as the rater does (bench/loop_reasons.py). Target per row as in bench/loop.py: win >= 0.70
-(demo) / 0.65 (real model), guarded accuracy within 5 points.
+them blind and the guardrail accuracy is taken as bench/loop.py takes it, with the perplexity of the replay
+set's held-out text (a real model's set has one). Each row prints what the run itself measured for that stage
+beside the retrained result; a ppo row also how often its reward model orders the judged answers as the rater
+does (bench/loop_reasons.py). Target per row as in bench/loop.py: win >= 0.70 (demo) / 0.65 (real model),
+guarded accuracy within 5 points, perplexity within 10% where it is measured.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.common import offline
 from bench.loop import (
     RUN_FILE,
     TARGET_ACCURACY_DROP,
+    TARGET_PERPLEXITY_RISE,
     TARGETS,
     Setup,
     accuracy,
@@ -64,9 +66,15 @@ class Retrained:
     base_accuracy: float
     accuracy: float
     target: float  # the win the model kind's target asks for (bench/loop.py TARGETS)
+    perplexity: tuple[float | None, float | None] = (None, None)  # base, candidate (a replay set with a text)
 
     def met(self) -> bool:
-        return self.win >= self.target and self.accuracy >= self.base_accuracy - TARGET_ACCURACY_DROP
+        base_ppl, ppl = self.perplexity
+        return (
+            self.win >= self.target
+            and self.accuracy >= self.base_accuracy - TARGET_ACCURACY_DROP
+            and (not base_ppl or not ppl or ppl <= base_ppl * (1 + TARGET_PERPLEXITY_RISE))
+        )
 
 
 def jobs_of(run_dir: Path, stages: set[str]) -> list[tuple[str, Path, dict[str, Any]]]:
@@ -97,14 +105,31 @@ def retrain(
     return result, json.loads((result / METADATA_FILE).read_text())["metrics"], settings
 
 
-def judged_answers(model_dir: Path, adapter: Path, setup: Setup) -> tuple[list[str], list[str], float | None]:
-    """(base answers, candidate answers, the candidate's KL from the base) on the run's held-out prompts, greedy,
-    through the serving engine the regression replay uses (`training.replay.run_replay`: float32)."""
+@dataclass
+class Judged:
+    """What the regression replay measured of a retrained candidate on the run's held-out prompts."""
+
+    base: list[str]  # greedy answers
+    candidate: list[str]
+    kl: float | None  # the candidate's mean per-token KL from the base
+    perplexity: tuple[float | None, float | None]  # base, candidate, on the replay set's held-out text
+
+
+def judged_answers(model_dir: Path, adapter: Path, setup: Setup) -> Judged:
+    """Base and candidate on the run's held-out prompts, greedy, through the serving engine the regression replay
+    uses (`training.replay.run_replay`: float32), with the perplexity the replay set's text gives (a real model's
+    set has one; None otherwise)."""
     from training.replay import run_replay
 
     report = run_replay(model_dir, adapter, prompts=setup.judge_prompts, max_new_tokens=setup.max_tokens)
     rows = report["rows"]
-    return [row["base"] for row in rows], [row["candidate"] for row in rows], report["candidate"]["kl"]
+    perplexity = report.get("perplexity") or {}
+    return Judged(
+        [row["base"] for row in rows],
+        [row["candidate"] for row in rows],
+        report["candidate"]["kl"],
+        (perplexity.get("base"), perplexity.get("candidate")),
+    )
 
 
 def run_settings(run_dir: Path) -> dict[str, Any]:
@@ -170,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             result, metrics, settings = retrain(
                 job_dir, work / f"{run_dir.name}-{taste_name}-{spec['stage']}", extra, args.unset
             )
-            base, answers, kl = judged_answers(model_dir, result, setup)
+            judged = judged_answers(model_dir, result, setup)
+            base, answers = judged.base, judged.candidate
             row = Retrained(
                 run_dir.name,
                 taste_name,
@@ -182,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                 accuracy(setup.judge_prompts, base, setup.guarded),
                 accuracy(setup.judge_prompts, answers, setup.guarded),
                 TARGETS[setup.kind],
+                judged.perplexity,
             )
             rows.append(row)
             print(_line(row), flush=True)
             trained = ", ".join(f"{k}={v}" for k, v in settings.items())
-            print(f"    trained with {trained}; KL from the base {kl:.3f}", flush=True)
+            print(f"    trained with {trained}; KL from the base {judged.kl:.3f}", flush=True)
             if spec["stage"] == "ppo" and (
                 line := reward_model_line(settings, taste, setup.judge_prompts, base, answers)
             ):
@@ -221,9 +248,11 @@ def _loop_flags(flags: dict[str, Any]) -> argparse.Namespace:
 
 def _line(r: Retrained) -> str:
     then = "-" if r.then_win is None else f"{r.then_win:.2f}"
+    base_ppl, ppl = r.perplexity
+    perplexity = f" | ppl {base_ppl:.1f} -> {ppl:.1f}" if base_ppl and ppl else ""
     return (
         f"{r.run:<28} {r.taste:<10} {r.stage:<5} | {r.rows:>4} rows {r.steps:>7} | win then {then:>4} "
-        f"now {r.win:.2f} | accuracy {r.base_accuracy:.2f} -> {r.accuracy:.2f} | "
+        f"now {r.win:.2f} | accuracy {r.base_accuracy:.2f} -> {r.accuracy:.2f}{perplexity} | "
         f"{'met' if r.met() else 'not met'}"
     )
 
