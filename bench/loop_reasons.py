@@ -1,10 +1,11 @@
 """Why a stage of the loop benchmark missed its target, measured on the run's own answers and votes.
 
 - SFT imitates the answers that won the votes. It can only move the base as far as those answers differ from
-  the base's own: `liked_share` of the imitated answers against the same share of the base's samples.
+  the base's own: `liked_share` of the imitated answers against the same share of the base's samples; and
+  only as far as its run went (`Movement`, as for DPO: a real model's run stops at the perplexity bound).
 - DPO moves the policy only as far as its run went: `Movement` says which step's weights it kept, whether early
-  stopping ended it, how far the candidate moved from the base (KL on the replay prompts) and how often it
-  orders the held-out votes as the rater did.
+  stopping or a drift bound (KL, the held-out text's perplexity) ended it, how far the candidate moved from
+  the base (KL on the replay prompts) and how often it orders the held-out votes as the rater did.
 - PPO climbs its reward model. Where the model does not see what the rater requires first (the demo model's
   correctness), the policy drifts there while it learns the style: `reward_agreement` says how often the
   reward model ranks the judged answer pairs as the rater does, apart for pairs where one answer fails the
@@ -57,6 +58,7 @@ class Movement:
     max_steps: int | None
     stopped_early: bool
     stopped_on_kl: bool  # early, at the job's KL bound rather than on the held-out loss
+    stopped_on_perplexity: bool  # early, at the job's bound on the held-out text's perplexity
     kl: float | None  # the candidate's KL from the base on the replay prompts
     heldout_accuracy: float | None  # share of held-out votes it orders as the rater did
 
@@ -69,6 +71,7 @@ class Movement:
             metrics.get("max_steps"),
             bool(metrics.get("stopped_early")),
             metrics.get("stopped_on_kl") is not None,
+            metrics.get("stopped_on_perplexity") is not None,
             replay.get("kl"),
             metrics.get("eval_rewards/accuracies"),
         )
@@ -77,6 +80,8 @@ class Movement:
         run = f"ran {self.steps} of {self.max_steps} steps"
         if self.stopped_on_kl:
             run += " (stopped at the job's KL bound from the base)"
+        elif self.stopped_on_perplexity:
+            run += " (stopped at the job's bound on the held-out text's perplexity)"
         elif self.stopped_early:
             run += " (early stopping: the held-out loss had stopped improving)"
         kept = (
@@ -167,10 +172,11 @@ def missed_reason(
 ) -> str | None:
     """What the run measured that explains a missed target of `stage`, or None where nothing is measured."""
     if stage == "sft":
-        return (
+        reason = (
             f"sft imitates the answers that won: {sft_liked:.0%} of them are ones the rater likes on their own, "
             f"against {base_liked:.0%} of the base's own samples"
         )
+        return reason if movement is None else f"{reason}; it {movement.describe()}"
     if stage == "ppo" and agreement is not None:
         return f"ppo's reward model orders the judged answers as the rater does on {agreement.describe()}"
     if stage == "dpo" and movement is not None:

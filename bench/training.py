@@ -193,7 +193,7 @@ def preference_pairs(n: int, seed: int, split: str) -> list[dict]:
 
 
 def write_pairs(work: Path) -> Path:
-    """24 training pairs and 8 held out (a small eval keeps the KL watch's generation short). Few pairs, so
+    """24 training pairs and 8 held out (a small eval keeps the drift watch's generation short). Few pairs, so
     that a run capped at a few steps passes over them more than once, as the default 200 steps do over a
     vote export of a few hundred: DPO then scores them under the reference up front, as it would there."""
     for name, rows in (

@@ -33,8 +33,8 @@ from bench.loop_reasons import (
     reward_model_agreement,
 )
 from bench.loop_tastes import DEMO_TASTES, REAL_TASTES
+from bench.retrain import Retrained, reward_model_line
 from bench.retrain import main as retrain_main
-from bench.retrain import reward_model_line
 from hub.ui.train import default_params
 from training.demo.corpus import CLOSING, REMARK, CheckablePrompt
 
@@ -200,6 +200,14 @@ def test_liked_shares_and_why_sft_missed():
     )
     assert missed_reason("dpo", sft_liked=0.37, base_liked=0.33) is None
     assert missed_reason("ppo", sft_liked=0.37, base_liked=0.33) is None  # no reward model checked
+    # a real model's SFT run that stopped at its perplexity bound went back to the last evaluation within it
+    bounded = Movement.of(
+        {"steps": 12, "max_steps": 30, "stopped_early": True, "stopped_on_perplexity": 12, "kept_step": 9}
+    )
+    assert missed_reason("sft", sft_liked=0.87, base_liked=0.52, movement=bounded).endswith(
+        "samples; it ran 12 of 30 steps (stopped at the job's bound on the held-out text's perplexity) and "
+        "kept step 9's weights"
+    )
 
 
 def test_why_dpo_missed_is_read_from_its_jobs_metrics():
@@ -238,7 +246,7 @@ def test_the_report_says_what_was_measured_for_a_stage_that_missed_and_nothing_f
 
     run = TasteRun("detailed", 0.5, {"pair": 10}, sft_liked=0.37, base_liked=0.33)
     run.stages = [stage("dpo", 0.95), stage("sft", 0.49), stage("ppo", 0.47)]
-    run.stages[0].movement = Movement(4, 10, 10, False, False, 0.01, 0.9)  # met: no reason printed
+    run.stages[0].movement = Movement(4, 10, 10, False, False, False, 0.01, 0.9)  # met: no reason printed
     run.stages[2].reward_agreement = reward_agreement(
         lambda prompts, completions: [float(len(c[0]["content"])) for c in completions],
         DEMO_TASTES["detailed"],
@@ -293,6 +301,15 @@ def test_quick_loop_votes_trains_and_judges_through_the_api(demo_model, capsys):
     assert "beta=0.5" in trained and "max_steps=" in trained  # what was given, and what the job chose
     assert "max_length=" not in trained  # the param the run's job had, dropped
     assert "retrained with beta=0.5, no max_length:" in out and "1 vote sets" in out
+
+
+def test_a_retrained_real_model_candidate_must_keep_its_perplexity_within_the_bound():
+    def row(perplexity):
+        return Retrained("run", "concise", "sft", 48, "21/30", 0.62, 0.70, 1.0, 1.0, 0.65, perplexity)
+
+    assert row((40.0, 43.9)).met()  # +9.75%
+    assert not row((40.0, 44.1)).met()  # +10.25%: the win alone does not make it
+    assert row((None, None)).met()  # the demo model's replay set has no text: win and accuracy decide
 
 
 @pytest.mark.slow

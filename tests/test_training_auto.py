@@ -166,6 +166,17 @@ def test_the_summary_says_what_was_chosen_and_the_heldout_accuracy():
     assert "kept the weights of step 6" in training_outcome(stopped)  # a job from before kept_step
     on_kl = {**stopped, "stopped_on_kl": 15, "max_kl": 2.0, "kept_step": 12}
     assert "went back to step 12, the last evaluation within the bound" in training_outcome(on_kl)
+    on_perplexity = {
+        **stopped,
+        "stopped_on_perplexity": 15,
+        "max_perplexity_rise": 0.1,
+        "start_perplexity": 39.61,
+        "kept_step": 12,
+    }
+    assert (
+        "Stopped early at step 15 of 30: the held-out text's perplexity rose more than 10% over the start "
+        "(39.6) at step 15; went back to step 12, the last evaluation within the bound."
+    ) in training_outcome(on_perplexity)
 
 
 @pytest.mark.slow

@@ -192,7 +192,7 @@ def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weig
 ):
     """Issue 6, item 2: at lr 5e-3 the held-out accuracy is 1.0 from the first evaluation on, so accuracy
     alone never stops the run (patience 0 here), while the KL from the base jumps from ~0.04 to ~2.6 nats
-    between steps 3 and 6. The KL watch stops at the first evaluation past the bound and keeps step 3."""
+    between steps 3 and 6. The drift watch stops at the first evaluation past the bound and keeps step 3."""
     data, _ = pairs_file
     out = main(
         dpo_config(
@@ -215,7 +215,7 @@ def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weig
     assert first_kl <= 1.0 < stop_kl and metrics["stopped_on_kl"] == stop_step
     assert metrics["stopped_early"] and metrics["steps"] == stop_step < 30
     # The weights kept are the best evaluated within the bound (transformers' checkpoint of it), or the last
-    # evaluated within it (the KL watch's own copy); the final evaluation measures them again.
+    # evaluated within it (the drift watch's own copy); the final evaluation measures them again.
     within = [step for step, kl in metrics["kl_curve"] if kl <= 1.0]
     expected = metrics["best_step"] if keep_best_weights else max(within)
     assert metrics["kept_step"] == expected < stop_step and metrics["eval_base_kl"] <= 1.0

@@ -243,7 +243,7 @@ def test_feedback_data_is_exported_as_a_snapshot_and_only_new_finds_nothing_new(
 
 
 def test_a_job_whose_metrics_hold_an_infinite_loss_is_served_with_null_in_its_place(hub):
-    """An evaluation stopped at the KL bound reports its loss as infinite (training.callbacks.KLWatch), and the
+    """An evaluation stopped at the KL bound reports its loss as infinite (training.callbacks.DriftWatch), and the
     runner copies the latest evaluation into the job's metrics while it runs: the API answered 500 for the
     job, and for the list of jobs, until the next evaluation. JSON has no Infinity: it becomes null."""
     import sqlite_utils

@@ -1,15 +1,17 @@
-"""Trainer callbacks that watch a run: a NaN or flat training loss stops it with advice; a preference run
-stops when its KL divergence from the base passes a bound.
+"""Trainer callbacks that watch a run: a NaN or flat training loss stops it with advice; a run stops when it
+drifts past the promotion guard's bounds (a preference run's KL divergence from the base, the perplexity of a
+real model's held-out text).
 
 Early stopping on a rising eval loss (or a held-out preference accuracy that stops improving) is
-transformers' `EarlyStoppingCallback`, set up in `training.stage_run.stage_callbacks`; `KLWatch` adds the KL
-bound beside it. This module imports transformers at the top, so import it only inside the functions that
+transformers' `EarlyStoppingCallback`, set up in `training.stage_run.stage_callbacks`; `DriftWatch` adds the
+bounds beside it. This module imports transformers at the top, so import it only inside the functions that
 train.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,27 +88,35 @@ class LossWatch(TrainerCallback):
                 control.should_training_stop = True
 
 
-class KLWatch(TrainerCallback):
-    """At each evaluation, the mean per-token KL(policy || base) on the policy's own greedy answers to
-    held-out prompts, the measure of the regression replay and the promotion guard (`training.replay`).
+class DriftWatch(TrainerCallback):
+    """At each evaluation, how far the run has moved from where it started, by the promotion guard's measures
+    (feedback/promotion_rule.py, `training.replay`): the mean per-token KL(policy || base) on the policy's own
+    greedy answers to held-out prompts, and the perplexity of the regression replay's held-out text (a real
+    model's; `training.replay_sets`) against its perplexity at the start of the run.
 
-    Above `max_kl` training stops, and that evaluation is made the worst one for `metric` (its value in the
-    metrics is replaced before transformers picks the best checkpoint), so the weights kept at the end are
-    the best ones evaluated within the bound. A preference run that over-optimises drifts from the base
-    before its held-out accuracy falls (DESIGN.md: 0.85 -> 0.12 checkable accuracy while the rater's
-    accuracy held), so the accuracy alone cannot catch it.
+    Past either bound (`max_kl` nats; a rise of more than `max_perplexity_rise` over the start) training stops,
+    and that evaluation is made the worst one for `metric` (its value in the metrics is replaced before
+    transformers picks the best checkpoint), so the weights kept at the end are the best ones evaluated within
+    the bounds. A bound of 0 (or no text) is not watched. A preference run that over-optimises drifts from the
+    base before its held-out accuracy falls (DESIGN.md: 0.85 -> 0.12 checkable accuracy while the rater's
+    accuracy held), and an SFT run on a few dozen answers raises the text's perplexity past the guard's bound
+    while its held-out loss barely moves (SmolLM2: +10-14% at the step it stopped on), so the held-out rows
+    alone catch neither: a job would hand the hub a candidate its guard refuses.
 
-    `reference` is the model to measure against: None for an adapter (the same model with its adapters
-    disabled), the frozen starting weights for full and freeze tuning. Evaluations after training (the
-    final one in `training.stage_run.run_training`) only record the KL.
+    `reference` is the model to measure the KL against: None for an adapter (the same model with its adapters
+    disabled), the frozen starting weights for full and freeze tuning. The starting perplexity is measured
+    once, before the first step, and kept beside the run's checkpoints (`START_FILE`), so a resumed run
+    compares with the same figure. Evaluations after training (the final one in
+    `training.stage_run.run_training`) only record.
 
     A run that keeps the weights it stops with (`keep_best_weights` false: transformers loads nothing at the
-    end) sets `go_back`: the trainable weights of each evaluation within the bound are written beside the
-    run (`WITHIN_BOUND_FILE`, replaced each time), and a run stopped by the bound ends on them
-    (`went_back_to` is their step).
+    end) sets `go_back`: the trainable weights of each evaluation within the bounds are written beside the
+    run (`WITHIN_BOUND_FILE`, replaced each time, its step in the file's metadata), and a run stopped by a bound
+    ends on them (`went_back_to` is their step), a resumed run too.
     """
 
-    WITHIN_BOUND_FILE = "within-kl-bound.safetensors"
+    WITHIN_BOUND_FILE = "within-bounds.safetensors"
+    START_FILE = "drift-start.json"
 
     def __init__(
         self,
@@ -118,23 +128,50 @@ class KLWatch(TrainerCallback):
         reference=None,
         max_new_tokens: int = 32,
         go_back: bool = False,
+        text: str | None = None,
+        max_perplexity_rise: float = 0.0,
     ) -> None:
-        self.prompts = [CheckablePrompt("eval", messages, "") for messages in prompts]
+        from training.replay import text_passages
+
+        self.prompts = [CheckablePrompt("eval", messages, "") for messages in prompts] if max_kl > 0 else []
         self.tokenizer = tokenizer
         self.max_kl = max_kl
+        self.passages = text_passages(text) if text and max_perplexity_rise > 0 else []
+        self.max_perplexity_rise = max_perplexity_rise
         self.metric = None if metric is None else (metric if metric.startswith("eval_") else f"eval_{metric}")
         self.worst = -math.inf if greater_is_better else math.inf
         self.reference = reference
         self.max_new_tokens = max_new_tokens
         self.kls: list[tuple[int, float]] = []  # (step, KL) at each evaluation
-        self.exceeded_at: int | None = None  # the step whose evaluation passed the bound
+        self.start_perplexity: float | None = None
+        self.perplexities: list[tuple[int, float]] = []  # (step, perplexity of the text) at each evaluation
+        self.exceeded_at: int | None = None  # the step whose evaluation passed a bound
+        self.exceeded: str | None = None  # which: "kl" or "perplexity"
         self.training = False
         self.go_back = go_back
-        self.within_bound: tuple[int, str] | None = None  # (step, file) of the last weights within it
+        self.within_bound: tuple[int, str] | None = None  # (step, file) of the last weights within them
         self.went_back_to: int | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        import json
+
         self.training = True
+        if model is None:
+            return
+        start = Path(args.output_dir) / self.START_FILE
+        if self.passages:
+            if state.global_step == 0:
+                self.start_perplexity = self._perplexity(model)
+                start.parent.mkdir(parents=True, exist_ok=True)
+                start.write_text(json.dumps({"perplexity": self.start_perplexity}))
+            elif start.exists():  # a resumed run: the figure its first part measured before step 1
+                self.start_perplexity = json.loads(start.read_text())["perplexity"]
+        within = Path(args.output_dir) / self.WITHIN_BOUND_FILE
+        if self.go_back and state.global_step > 0 and within.exists():  # what the first part kept
+            from safetensors import safe_open
+
+            with safe_open(str(within), "pt") as saved:
+                self.within_bound = (int((saved.metadata() or {}).get("step", 0)), str(within))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.training = False
@@ -149,15 +186,26 @@ class KLWatch(TrainerCallback):
             self.went_back_to = step
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        if model is None or metrics is None or not self.prompts:
+        if model is None or metrics is None:
             return
-        kl = self.measure(model)
-        metrics["eval_base_kl"] = kl  # not "eval_kl": KTO logs its own batch KL estimate under that name
+        measured: dict[str, float] = {}
+        exceeded = None
+        if self.prompts:
+            kl = measured["eval_base_kl"] = self.measure(model)  # not "eval_kl": KTO logs its own batch KL
+            self.kls.append((state.global_step, kl))
+            exceeded = "kl" if kl > self.max_kl else None
+        if self.passages and self.start_perplexity:
+            perplexity = measured["eval_heldout_perplexity"] = self._perplexity(model)
+            self.perplexities.append((state.global_step, perplexity))
+            if perplexity > self.start_perplexity * (1 + self.max_perplexity_rise):
+                exceeded = exceeded or "perplexity"
+        if not measured:
+            return
+        metrics.update(measured)
         if state.log_history and any(key.startswith("eval_") for key in state.log_history[-1]):
-            state.log_history[-1]["eval_base_kl"] = kl  # the evaluation was logged before this callback ran
-        self.kls.append((state.global_step, kl))
-        if self.training and kl > self.max_kl:
-            self.exceeded_at = state.global_step
+            state.log_history[-1].update(measured)  # the evaluation was logged before this callback ran
+        if self.training and exceeded:
+            self.exceeded_at, self.exceeded = state.global_step, exceeded
             if self.metric in metrics:
                 metrics[self.metric] = self.worst
             control.should_training_stop = True
@@ -165,28 +213,54 @@ class KLWatch(TrainerCallback):
             from safetensors.torch import save_file
 
             path = str(Path(args.output_dir) / self.WITHIN_BOUND_FILE)
-            save_file({name: param.detach().cpu().contiguous() for name, param in _trainable(model)}, path)
+            weights = {name: param.detach().cpu().contiguous() for name, param in _trainable(model)}
+            save_file(weights, path, metadata={"step": str(state.global_step)})
             self.within_bound = (state.global_step, path)
 
     def measure(self, model) -> float:
+        """The KL from the reference on the policy's greedy answers to the held-out prompts."""
         from training.replay import greedy_answers, mean_kl
 
-        was_training = model.training
-        model.eval()
-        try:
+        with _evaluating(model):
             replies = greedy_answers(model, self.tokenizer, self.prompts, self.max_new_tokens)
             return round(mean_kl(model, self.tokenizer, self.prompts, replies, self.reference), 5)
-        finally:
-            if was_training:
-                model.train()
+
+    def _perplexity(self, model) -> float:
+        from training.replay import text_perplexity
+
+        with _evaluating(model):
+            return round(text_perplexity(model, self.tokenizer, self.passages), 4)
 
     def summary(self) -> dict[str, Any]:
-        """What `run_training` adds to the run's metrics."""
-        return {
-            "max_kl": self.max_kl,
-            "kl_curve": [[step, kl] for step, kl in self.kls],
-            "stopped_on_kl": self.exceeded_at,
-        }
+        """What `run_training` adds to the run's metrics: each watched bound, its curve and where it stopped
+        the run (None: it did not)."""
+        out: dict[str, Any] = {}
+        if self.prompts:
+            out |= {
+                "max_kl": self.max_kl,
+                "kl_curve": [[step, kl] for step, kl in self.kls],
+                "stopped_on_kl": self.exceeded_at if self.exceeded == "kl" else None,
+            }
+        if self.passages:
+            out |= {
+                "max_perplexity_rise": self.max_perplexity_rise,
+                "start_perplexity": self.start_perplexity,
+                "perplexity_curve": [[step, value] for step, value in self.perplexities],
+                "stopped_on_perplexity": self.exceeded_at if self.exceeded == "perplexity" else None,
+            }
+        return out
+
+
+@contextmanager
+def _evaluating(model):
+    """The model in eval mode for a measurement, back in training mode after if it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
 
 
 def _trainable(model):

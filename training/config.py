@@ -35,6 +35,21 @@ LR_SCHEDULERS: tuple[str, ...] = (
 # The preference stages' default KL bound (DPO, KTO: `max_kl`), the promotion guard's default too
 # (feedback/promotion_rule.py), so early stopping keeps candidates that the guard lets through.
 MAX_KL = 2.0
+# The generative stages' default perplexity bound (SFT, DPO, KTO: `max_perplexity_rise`, a share of the
+# perplexity of the replay's held-out text at the start of the run), the promotion guard's default too.
+MAX_PERPLEXITY_RISE = 0.10
+
+
+def perplexity_bound() -> Any:
+    """The `max_perplexity_rise` field of a stage that generates text (`training.callbacks.DriftWatch`)."""
+    return field(
+        default=MAX_PERPLEXITY_RISE,
+        metadata={
+            "help": "stop when the perplexity of the regression replay's held-out text (a real model's; the "
+            "promotion guard's measure) rises more than this share over its value at the start, keeping "
+            "weights evaluated within it (0.10 = 10%; 0: no bound)"
+        },
+    )
 
 
 @dataclass
@@ -153,7 +168,8 @@ class StageConfig(MethodOptions):
         metadata={
             "help": "end on the evaluated weights with the best held-out metric (false: on the weights the run "
             "stopped with, once early stopping saw no improvement for --early-stopping-patience evaluations "
-            "or the steps ran out; past the KL bound it still goes back to the last evaluation within it)"
+            "or the steps ran out; past the KL or perplexity bound it still goes back to the last evaluation "
+            "within them)"
         },
     )
     resume: bool = field(
@@ -199,6 +215,10 @@ class StageConfig(MethodOptions):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not getattr(self, "max_perplexity_rise", 0) >= 0:
+            raise ValueError(
+                f"max_perplexity_rise must be 0 or more (0.10 = 10%), got {self.max_perplexity_rise!r}"
+            )
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must not be negative, got {self.weight_decay!r}")
         self.precision = normalise_precision(self.precision)

@@ -5,10 +5,11 @@ The reference is the starting point: with a new adapter it is the base with adap
 reference; full and freeze tuning get a frozen copy of the starting weights. Small preference sets
 over-optimise fast (DESIGN.md), so the defaults cap the run at 200 steps with lr 5e-5 (a job sizes both to its
 data and model: `training.auto`) and stop early when the held-out loss (DPO's, plus the SFT term's when there
-is one) stops improving, or when the KL from the base on held-out prompts passes ``--max-kl`` (2 nats, the
-promotion guard's bound; `training.callbacks.KLWatch`), keeping the best weights evaluated within the bound
-(with ``--no-keep-best-weights``, a job's default, the weights it stopped with, or the last evaluated
-within the bound). A run that passes over the pairs more than once scores
+is one) stops improving, or when the run drifts past the promotion guard's bounds
+(`training.callbacks.DriftWatch`): the KL from the base on held-out prompts past ``--max-kl`` (2 nats), the
+perplexity of a real model's held-out text up by more than ``--max-perplexity-rise`` (10%). It keeps the best
+weights evaluated within the bounds (with ``--no-keep-best-weights``, a job's default, the weights it stopped
+with, or the last evaluated within the bounds). A run that passes over the pairs more than once scores
 them under the reference once, up front (`precompute_reference`).
 
 An SFT term on the chosen answers (RPO) slows the collapse: TRL 1.16 has no `rpo_alpha`; its equivalent
@@ -23,14 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import MAX_KL, StageConfig, parse_config
+from training.config import MAX_KL, StageConfig, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
 from training.reference_model import frozen_copy
 from training.result import cleanup, run_dir_for, save_result
 from training.stage_run import (
-    kl_watch,
+    drift_watch,
     prepare_run,
     run_cli,
     run_training,
@@ -77,6 +78,7 @@ class DPOConfig(StageConfig):
             "measure) passes this many nats, keeping the best weights within it (0: no bound)"
         },
     )
+    max_perplexity_rise: float = perplexity_bound()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,7 +134,7 @@ def main(config: DPOConfig, callbacks: list | None = None) -> Path:
             callbacks=stage_callbacks(
                 run,
                 callbacks,
-                kl_watch(run, METRIC, greater_is_better=False, reference=ref_model),
+                drift_watch(run, METRIC, greater_is_better=False, reference=ref_model),
             ),
         )
         metrics = run_training(trainer, run)

@@ -4,8 +4,8 @@ Rows are ``{"prompt", "completion", "label"}`` (an export of thumbs votes; prefe
 chosen answer good and each rejected one bad). The reference is the starting point, as in DPO. KTO
 estimates its KL term from mismatched prompt/answer pairs inside each batch, so a batch needs at least
 two rows and TRL reads them in order: the rows are shuffled here, once, with the seed. Early stopping watches
-the held-out loss, and the KL from the base on held-out prompts (``--max-kl``, as in DPO) stops the run
-past its bound, keeping the best weights within it.
+the held-out loss, and the drift bounds (``--max-kl``, ``--max-perplexity-rise``, as in DPO) stop the run past
+them, keeping the best weights within them.
 
     python -m training.kto --model ./demo --data exports/kto --output-dir adapters/kto-1
 """
@@ -16,14 +16,14 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import MAX_KL, StageConfig, parse_config
+from training.config import MAX_KL, StageConfig, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
 from training.reference_model import frozen_copy
 from training.result import cleanup, run_dir_for, save_result
 from training.stage_run import (
-    kl_watch,
+    drift_watch,
     prepare_run,
     run_cli,
     run_training,
@@ -59,6 +59,7 @@ class KTOConfig(StageConfig):
             "measure) passes this many nats, keeping the best weights within it (0: no bound)"
         },
     )
+    max_perplexity_rise: float = perplexity_bound()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,7 +121,7 @@ def main(config: KTOConfig, callbacks: list | None = None) -> Path:
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=stage_callbacks(
-                run, callbacks, kl_watch(run, "eval_loss", greater_is_better=False, reference=ref_model)
+                run, callbacks, drift_watch(run, "eval_loss", greater_is_better=False, reference=ref_model)
             ),
         )
         metrics = run_training(trainer, run)

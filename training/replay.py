@@ -21,7 +21,7 @@ log p_model(token) - log p_base(token)`` (the tokens as generated, end-of-turn i
 estimates KL(p_model || p_base) from one sample per position (the greedy one, so it leans towards the
 model's most confident tokens) and needs only the log-probability of the tokens, which any engine gives
 (vLLM: ``prompt_logprobs``). `mean_kl` computes the full-vocabulary figure the replay used before (and the
-KL watch in training uses); on the demo model the two agree closely (tests/test_replay_engine.py prints
+drift watch in training uses); on the demo model the two agree closely (tests/test_replay_engine.py prints
 both). A zero adapter gives 0 either way.
 
 Perplexity: ``exp(-mean log p(token))`` over the held-out text's tokens (each paragraph scored on its own,
@@ -97,6 +97,25 @@ def mean_kl(model, tokenizer, prompts: list[CheckablePrompt], replies: list[str]
         total += float((adapted.exp() * (adapted - base)).sum())
         tokens += answer_ids.shape[1]
     return total / tokens if tokens else 0.0
+
+
+def text_perplexity(model, tokenizer, passages: list[str]) -> float | None:
+    """Perplexity of the held-out text's `passages` under `model`, as `engine_perplexity` takes it through an
+    engine: every token of every passage but its first, each passage on its own (the drift watch in
+    training measures it at each evaluation)."""
+    import torch
+    import torch.nn.functional as F
+
+    total, tokens = 0.0, 0
+    for passage in passages:
+        ids = tokenizer(passage, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+        if ids.shape[1] < 2:
+            continue
+        with torch.no_grad():
+            logprobs = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        total += float(logprobs.gather(1, ids[0, 1:, None]).sum())
+        tokens += ids.shape[1] - 1
+    return math.exp(-total / tokens) if tokens else None
 
 
 # ----- through the engine ---------------------------------------------------------------------------------

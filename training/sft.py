@@ -3,7 +3,11 @@
 Rows are conversations (``{"messages"}``: system prompts and several turns welcome) in any format the hub
 imports, or plain ``{"prompt", "completion"}`` strings (the loss on the completion; no chat template needed,
 so a base model without one trains on them). The assistant-only loss relies on the chat template's ``{% generation %}`` markers; packing puts
-several short conversations in one row (padding-free, so they do not attend to each other).
+several short conversations in one row (padding-free, so they do not attend to each other). With held-out
+rows, early stopping watches their loss, and on a real model the run stops once the perplexity of the
+regression replay's held-out text has risen more than ``--max-perplexity-rise`` (10%, the promotion guard's
+bound; `training.callbacks.DriftWatch`) over its value at the start: a few dozen answers learned too well
+make a candidate the guard refuses, while the held-out loss barely moves.
 
     python -m training.sft --model ./demo --data exports/sft --output-dir adapters/sft-1 --method lora
     python -m training.sft --help
@@ -14,12 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import StageConfig, parse_config
+from training.config import StageConfig, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
 from training.methods import resolve_method
 from training.models import load_model, load_tokenizer
 from training.result import cleanup, run_dir_for, save_result
-from training.stage_run import prepare_run, run_cli, run_training, stage_callbacks, trainer_arguments
+from training.stage_run import (
+    drift_watch,
+    prepare_run,
+    run_cli,
+    run_training,
+    stage_callbacks,
+    trainer_arguments,
+)
 
 DESCRIPTION = "Supervised fine-tuning on chat conversations (TRL SFTTrainer), loss on assistant replies."
 
@@ -42,6 +53,7 @@ class SFTConfig(StageConfig):
             "help": "pack several conversations into each row of --max-length tokens (faster on short rows)"
         },
     )
+    max_perplexity_rise: float = perplexity_bound()
 
 
 def main(config: SFTConfig, callbacks: list | None = None) -> Path:
@@ -91,7 +103,7 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
             eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=stage_callbacks(run, callbacks),
+            callbacks=stage_callbacks(run, callbacks, drift_watch(run, "eval_loss", greater_is_better=False)),
         )
         metrics = run_training(trainer, run)
         return save_result(trainer, run, plan, metrics, task="causal_lm")

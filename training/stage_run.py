@@ -20,7 +20,7 @@ from training.data import TrainingData, load_training_data
 from training.methods import Hardware, detect_hardware, resolve_precision
 from training.result import ADAPTER_CONFIG, check_output_dir
 
-KL_PROMPTS = 32  # held-out prompts the KL watch answers at each evaluation
+KL_PROMPTS = 32  # held-out prompts the drift watch answers at each evaluation (the KL bound)
 
 
 class TrainingFailed(RuntimeError):
@@ -95,7 +95,7 @@ def total_steps(config: StageConfig, n_train: int) -> int:
 
 def keeps_best_weights(config: StageConfig) -> bool:
     """Whether a run ends on its best evaluated weights: as the config says, and always across processes
-    (the KL watch's own going back reads whole weights, which sharded runs do not hold)."""
+    (the drift watch's own going back reads whole weights, which sharded runs do not hold)."""
     return config.keep_best_weights or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -107,12 +107,10 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     has_eval = bool(run.data.eval)
     steps = total_steps(config, len(run.data.train))
     eval_steps = config.eval_steps or max(1, steps // 8)
-    # Early stopping and a KL bound (preference stages) keep the best weights evaluated (within the bound),
-    # unless the config keeps the weights a run stops with (the KL watch then goes back on its own).
+    # Early stopping and the drift bounds keep the best weights evaluated (within the bounds), unless the
+    # config keeps the weights a run stops with (the drift watch then goes back on its own).
     keep_best = (
-        has_eval
-        and keeps_best_weights(config)
-        and (config.early_stopping_patience > 0 or getattr(config, "max_kl", 0) > 0)
+        has_eval and keeps_best_weights(config) and (config.early_stopping_patience > 0 or drifts(config))
     )
     saving: dict[str, Any] = {
         # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
@@ -156,32 +154,50 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     }
 
 
-def stage_callbacks(run: Run, extra: list | None = None, kl_watch=None) -> list:
-    """The loss watch, the KL watch (`kl_watch`, preference stages), early stopping when there are eval
-    rows, then the caller's callbacks."""
+def stage_callbacks(run: Run, extra: list | None = None, drift_watch=None) -> list:
+    """The loss watch, the drift watch (`drift_watch`: the KL and perplexity bounds), early stopping when there
+    are eval rows, then any `extra` callbacks."""
     from transformers import EarlyStoppingCallback
 
     from training.callbacks import LossWatch
 
     callbacks: list = [LossWatch(run.config.loss_check_steps, run.config.learning_rate)]
-    if kl_watch is not None:
-        callbacks.append(kl_watch)  # before early stopping, so an evaluation past the bound counts as worst
+    if drift_watch is not None:
+        callbacks.append(drift_watch)  # before early stopping, so an evaluation past a bound counts as worst
     if run.data.eval and run.config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run.config.early_stopping_patience))
     return callbacks + list(extra or [])
 
 
-def kl_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
-    """A `training.callbacks.KLWatch` over up to KL_PROMPTS held-out prompts when the config sets a
-    `max_kl` above 0 and there are eval rows; else None."""
-    max_kl = getattr(run.config, "max_kl", 0)
-    if not run.data.eval or not max_kl:
+def drifts(config: StageConfig) -> bool:
+    """Whether the config bounds the run's drift from where it started: a KL bound (preference stages) or a
+    perplexity bound with a held-out text to measure it on (a real model; the demo model has none)."""
+    return getattr(config, "max_kl", 0) > 0 or bool(perplexity_text(config))
+
+
+def perplexity_text(config: StageConfig) -> str | None:
+    """The held-out text the perplexity bound is measured on: the regression replay's for the base (its
+    guard's measure), when the config sets a `max_perplexity_rise` above 0."""
+    if not getattr(config, "max_perplexity_rise", 0) or not config.model:
         return None
-    from training.callbacks import KLWatch
+    from training.replay_sets import replay_set
+
+    return replay_set(config.model).text
+
+
+def drift_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
+    """A `training.callbacks.DriftWatch` when there are eval rows and the config bounds the drift: the KL over
+    up to KL_PROMPTS held-out prompts (`max_kl` above 0), the perplexity of the replay's held-out text
+    (`max_perplexity_rise` above 0, a model with a text); else None."""
+    max_kl = getattr(run.config, "max_kl", 0)
+    text = perplexity_text(run.config)
+    if not run.data.eval or not (max_kl > 0 or text):
+        return None
+    from training.callbacks import DriftWatch
     from training.models import load_tokenizer
 
     prompts: list[list[dict]] = []
-    for row in run.data.eval:
+    for row in run.data.eval if max_kl > 0 else ():
         prompt = row["prompt"]
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if messages not in prompts:
@@ -192,7 +208,7 @@ def kl_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
     tokenizer.padding_side = "left"  # greedy answers continue each row from its last real token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return KLWatch(
+    return DriftWatch(
         prompts,
         tokenizer,
         max_kl,
@@ -200,6 +216,8 @@ def kl_watch(run: Run, metric: str, *, greater_is_better: bool, reference=None):
         greater_is_better,
         reference=reference,
         go_back=not keeps_best_weights(run.config),
+        text=text,
+        max_perplexity_rise=getattr(run.config, "max_perplexity_rise", 0),
     )
 
 
@@ -207,10 +225,10 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
     """Train, raise `TrainingFailed` on a watched problem, and return the final metrics."""
     from transformers import EarlyStoppingCallback
 
-    from training.callbacks import KLWatch, LossWatch
+    from training.callbacks import DriftWatch, LossWatch
 
     watch = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, LossWatch))
-    kl = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, KLWatch)), None)
+    drift = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, DriftWatch)), None)
     checkpoint = latest_checkpoint(Path(trainer.args.output_dir)) if run.config.resume else None
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -225,7 +243,7 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         (
             stopper
             and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
-            or (kl and kl.exceeded_at is not None)
+            or (drift and drift.exceeded_at is not None)
         )
         and state.global_step < state.max_steps
     )
@@ -238,7 +256,7 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         "resumed_from_step": watch.start_step if checkpoint else None,
         "stopped_early": stopped_early,
         "best_step": state.best_global_step,
-        "kept_step": kept_step(trainer, kl),
+        "kept_step": kept_step(trainer, drift),
         "train_seconds": round(train_seconds, 2),
         "loss_curve": [[step, round(loss, 5)] for step, loss in watch.losses],
         "tokens_per_second": _throughput(state.log_history, train_seconds),
@@ -248,17 +266,17 @@ def run_training(trainer, run: Run) -> dict[str, Any]:
         "eval_metric": trainer.args.metric_for_best_model,
         "eval_curve": [[step, round(value, 5)] for step, value in watch.evals],
     }
-    if kl is not None:
-        metrics.update(kl.summary())
+    if drift is not None:
+        metrics.update(drift.summary())
     if trainer.eval_dataset is not None:
-        # with a KL watch this adds eval_base_kl: the KL of the weights kept (the best ones within the bound)
+        # with a drift watch this adds eval_base_kl and eval_heldout_perplexity: those of the weights kept
         metrics.update({k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))})
     return metrics
 
 
-def kept_step(trainer, kl) -> int:
+def kept_step(trainer, drift) -> int:
     """The step whose weights the run ends on: the best evaluated one where transformers loaded it, the last
-    one within the KL bound where the KL watch went back, else the last step."""
+    one within the drift bounds where the drift watch went back, else the last step."""
     state = trainer.state
     best = state.best_model_checkpoint
     if (
@@ -267,8 +285,8 @@ def kept_step(trainer, kl) -> int:
         and Path(best).name == f"checkpoint-{state.best_global_step}"
     ):
         return state.best_global_step
-    if kl is not None and kl.went_back_to is not None:
-        return kl.went_back_to
+    if drift is not None and drift.went_back_to is not None:
+        return drift.went_back_to
     return state.global_step
 
 

@@ -132,15 +132,21 @@ def training_outcome(metrics: dict) -> str:
     lowest = metrics.get("best_step")
     kept_step = metrics.get("kept_step", lowest)  # jobs from before kept_step ended on their best
     on_kl = metrics.get("stopped_on_kl") is not None
+    on_perplexity = metrics.get("stopped_on_perplexity") is not None
     if on_kl:
         why = f"the KL from the base passed {metrics.get('max_kl')} at step {metrics['stopped_on_kl']}"
+    elif on_perplexity:
+        why = (
+            f"the held-out text's perplexity rose more than {metrics.get('max_perplexity_rise', 0):.0%} over "
+            f"the start ({metrics.get('start_perplexity', 0):.1f}) at step {metrics['stopped_on_perplexity']}"
+        )
     elif metrics.get("stopped_early"):
         why = f"{metric} stopped improving on the held-out rows"
     else:
         why = None
     if not kept_step or kept_step == steps:
         kept = "kept the weights it stopped with"
-    elif on_kl and kept_step != lowest:
+    elif (on_kl or on_perplexity) and kept_step != lowest:
         kept = f"went back to step {kept_step}, the last evaluation within the bound"
     else:
         kept = f"kept the weights of step {kept_step}, the best on {metric}"
