@@ -87,3 +87,8 @@ def test_a_resumed_run_keeps_the_start_it_measured_and_the_weights_it_kept(tmp_p
     args, resumed = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=20)
     watch.on_train_begin(args, resumed, None, model=object())  # a resumed run measures nothing again
     assert watch.start_perplexity == 39.6 and watch.within_bound == (12, str(saved))
+
+
+def test_a_negative_perplexity_bound_is_refused_naming_the_value():
+    with pytest.raises(ValueError, match=r"max_perplexity_rise must be 0 or more \(0.10 = 10%\), got -0.1"):
+        SFTConfig(model="m", data="d", output_dir="o", max_perplexity_rise=-0.1)
