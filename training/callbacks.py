@@ -10,6 +10,7 @@ train.
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,8 +154,6 @@ class DriftWatch(TrainerCallback):
         self.went_back_to: int | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        import json
-
         self.training = True
         if model is None:
             return
