@@ -136,6 +136,7 @@ def build_app(
         settings.data_dir,
         chat_template,
         other_bases={e.model_name: e.model_path for e in engine.bases()[1:]},
+        guard_bounds=settings.guard_bounds(),
     )
 
     def replay_live(adapter: Adapter) -> dict:
@@ -151,7 +152,13 @@ def build_app(
         await adapters.reload_registered()
         runner = (
             start_runner(
-                service, store, settings.data_dir, replay_live, chat_template, auto_train=settings.auto_train
+                service,
+                store,
+                settings.data_dir,
+                replay_live,
+                chat_template,
+                auto_train=settings.auto_train,
+                guard_bounds=jobs.guard_bounds,
             )
             if run_jobs
             else None

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from training.jobs.progress import PROGRESS_FILE, read_progress
 from training.jobs.publish import served_name
 from training.jobs.queue import JobQueue, job_spec
 from training.jobs.runner import JobRunner, Replay
-from training.jobs.spec import STAGES, JobError, JobSpec, check_devices, config_class
+from training.jobs.spec import STAGES, JobError, JobSpec, check_devices, config_class, with_guard_bounds
 from training.jobs.trigger import SETTINGS_FILE, AutoTrigger, TriggerError, load_rules
 from training.methods import LORA_METHODS
 
@@ -155,6 +155,7 @@ class JobsService:
         chat_template: str | None = None,
         *,
         other_bases: dict[str, str] | None = None,
+        guard_bounds: Mapping[str, float] | None = None,
     ) -> None:
         self.queue = JobQueue(store)
         self.base_model = base_model  # the primary base's path: what a job trains unless it names another
@@ -163,6 +164,9 @@ class JobsService:
         # the template the hub serves with when started with --chat-template: jobs train with the same one
         self.chat_template = chat_template
         self.jobs_dir = Path(data_dir) / "jobs"
+        # the promotion guard's bounds the hub was given (--promotion-max-kl, --promotion-max-perplexity-rise):
+        # each job watches them unless its params name its own
+        self.guard_bounds = dict(guard_bounds or {})
 
     def submit(
         self,
@@ -197,7 +201,7 @@ class JobsService:
             name=name,
             base=path,
             parent=parent or None,
-            params=params if params is not None else {},
+            params=with_guard_bounds(stage, params if params is not None else {}, self.guard_bounds),
             only_new=only_new,
             gpus=gpus,
             strategy=strategy,
@@ -296,10 +300,11 @@ def auto_trigger(
     data_dir: Path,
     chat_template: str | None = None,
     settings_file: Path | None = None,
+    guard_bounds: Mapping[str, float] | None = None,
 ) -> AutoTrigger | None:
     """The automatic trigger from `settings_file` (--auto-train, TUNEHUB_AUTO_TRAIN), else
     ``DATA_DIR/auto-train.json``; None (off) when there is none. A bad file raises `TriggerError`: the hub
-    refuses to start with it."""
+    refuses to start with it. Its jobs watch `guard_bounds` as `JobsService`'s do."""
     path = Path(settings_file) if settings_file else Path(data_dir) / SETTINGS_FILE
     if not settings_file and not path.exists():
         return None
@@ -310,7 +315,7 @@ def auto_trigger(
     if not base:
         raise TriggerError(f"auto-train settings {str(path)!r}: this engine has no local base model to train")
     log.info("auto-train on: %s", ", ".join(f"{r.stage} every {r.min_new} new rows" for r in rules))
-    return AutoTrigger(store, rules, str(base), chat_template=chat_template)
+    return AutoTrigger(store, rules, str(base), chat_template=chat_template, guard_bounds=guard_bounds)
 
 
 def start_runner(
@@ -321,6 +326,7 @@ def start_runner(
     chat_template: str | None = None,
     *,
     auto_train: Path | None = None,
+    guard_bounds: Mapping[str, float] | None = None,
 ) -> JobRunner:
     """The hub's job runner, started, with the automatic trigger when one is set up and `replay` as each
     chat adapter's last step once it is live; call from the lifespan (it needs the running event loop)."""
@@ -328,7 +334,7 @@ def start_runner(
         store,
         data_dir,
         publish=adapter_publisher(service, asyncio.get_running_loop()),
-        trigger=auto_trigger(service, store, data_dir, chat_template, auto_train),
+        trigger=auto_trigger(service, store, data_dir, chat_template, auto_train, guard_bounds),
         engine_leases=job_leases(service.engine, asyncio.get_running_loop()),
         replay=replay,
     )

@@ -214,13 +214,14 @@ class Settings:
         kind=float,
         flag="--promotion-max-kl",
         env="TUNEHUB_PROMOTION_MAX_KL",
-        help="the replay guard: largest KL from the base",
+        help="the replay guard: largest KL from the base (the hub's DPO and KTO jobs stop at it too)",
     )
     promotion_max_perplexity_rise: float | None = setting(
         kind=float,
         flag="--promotion-max-perplexity-rise",
         env="TUNEHUB_PROMOTION_MAX_PERPLEXITY_RISE",
-        help="the replay guard: largest rise in held-out perplexity (0.10 = 10%%)",
+        help="the replay guard: largest rise in held-out perplexity (0.10 = 10%%; the hub's SFT, DPO and KTO jobs "
+        "stop at it too)",
     )
     auto_promote: bool = setting(
         False,
@@ -313,6 +314,12 @@ class Settings:
             "max_perplexity_rise": self.promotion_max_perplexity_rise,
         }
         return {k: v for k, v in given.items() if v is not None} | {"auto": self.auto_promote}
+
+    def guard_bounds(self) -> dict[str, float]:
+        """The promotion guard's bounds that were given, by the job params that watch them as a job trains
+        (training/jobs/spec.py, GUARD_BOUNDS): a job the hub queues stops where its guard would refuse."""
+        given = {"max_kl": self.promotion_max_kl, "max_perplexity_rise": self.promotion_max_perplexity_rise}
+        return {k: v for k, v in given.items() if v is not None}
 
     def check(self) -> None:
         if not is_loopback(self.host) and not (self.admin_password and self.api_key):

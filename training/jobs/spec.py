@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ RESERVED: dict[str, str] = {
     "method": "the job's `method`",
     "resume": "the runner, after a restart",
 }
+# The promotion guard's bounds that a job's own watch applies as it trains (training.callbacks.DriftWatch):
+# the hub gives its guard's values to the jobs it queues, so a job stops where the guard would refuse it
+GUARD_BOUNDS: tuple[str, ...] = ("max_kl", "max_perplexity_rise")
 DEFAULT_CHECKPOINT_STEPS = 50  # resumable checkpoints of a job, unless its params say otherwise
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 
@@ -107,6 +111,15 @@ class JobSpec:
 def config_class(stage: str) -> type:
     module, name, _ = STAGES[stage]
     return getattr(importlib.import_module(module), name)
+
+
+def with_guard_bounds(stage: str, params: dict[str, Any], bounds: Mapping[str, float]) -> dict[str, Any]:
+    """`params` with each of the hub's promotion-guard `bounds` (`GUARD_BOUNDS`) that the stage watches and
+    `params` does not name: a value the job names wins. An unknown stage is left to `check_spec`."""
+    if stage not in STAGES:
+        return params
+    watched = {f.name for f in dataclasses.fields(config_class(stage))} & set(GUARD_BOUNDS)
+    return {**{k: v for k, v in bounds.items() if k in watched}, **params}
 
 
 def check_spec(spec: JobSpec) -> JobSpec:

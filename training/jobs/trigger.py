@@ -32,13 +32,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from training.jobs.publish import newest_reward_model
 from training.jobs.queue import JobQueue, job_spec
-from training.jobs.spec import EXPORTS, FEEDBACK, NAME, STAGES, JobError, JobSpec, check_params
+from training.jobs.spec import (
+    EXPORTS,
+    FEEDBACK,
+    NAME,
+    STAGES,
+    JobError,
+    JobSpec,
+    check_params,
+    with_guard_bounds,
+)
 from training.methods import METHODS
 from training.reward_check import reward_model_quality
 
@@ -156,12 +166,14 @@ class AutoTrigger:
         *,
         check_s: float = 30.0,
         chat_template: str | None = None,
+        guard_bounds: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
         self.queue = JobQueue(store)
         self.rules = rules
         self.base_model = base_model
         self.chat_template = chat_template  # the served one, when the hub was given --chat-template
+        self.guard_bounds = dict(guard_bounds or {})  # the hub's promotion guard's: its jobs watch them
         self.check_s = check_s
         self._checked_at = float("-inf")
         self._waiting: set[str] = set()  # prompt-stage rules told once that they wait for a reward model
@@ -267,7 +279,7 @@ class AutoTrigger:
             data=FEEDBACK,
             name=rule.adapter_name,
             base=self.base_model,
-            params=params,
+            params=with_guard_bounds(rule.stage, params, self.guard_bounds),
             only_new=only_new,
             trigger=trigger,
             chat_template=self.chat_template,
