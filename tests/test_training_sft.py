@@ -215,14 +215,14 @@ def test_packing_without_flash_attention_packs_one_row_per_forward_pass(demo_mod
 
 
 def test_a_corrupt_dataset_names_the_row_and_nothing_is_trained(demo_model, tmp_path, monkeypatch):
-    import training.sft
+    import training.models
 
     rows = family_rows(FAMILY, 6, seed=1)
     rows[2] = {"messages": [{"role": "user", "content": "Convert 3 km to m."}]}  # row 3: no reply
     rows[4] = {"messages": [{"content": "no role"}, {"role": "assistant", "content": "hi"}]}  # row 5
     data = tmp_path / "corrupt.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    monkeypatch.setattr(training.sft, "load_model", _must_not_load)
+    monkeypatch.setattr(training.models, "load_model", _must_not_load)
 
     with pytest.raises(Invalid) as excinfo:
         main(sft_config(demo_model, data, tmp_path / "out", max_steps=5))
@@ -234,13 +234,13 @@ def test_a_corrupt_dataset_names_the_row_and_nothing_is_trained(demo_model, tmp_
 
 
 def test_an_output_dir_that_is_not_a_training_result_is_refused(demo_model, tmp_path, monkeypatch):
-    import training.sft
+    import training.models
 
     data = write_jsonl(tmp_path / "ok.jsonl", family_rows(FAMILY, 4, seed=1))
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    monkeypatch.setattr(training.sft, "load_model", _must_not_load)
+    monkeypatch.setattr(training.models, "load_model", _must_not_load)
     with pytest.raises(FileExistsError, match="not a tunehub training result"):
         main(sft_config(demo_model, data, precious, max_steps=5))
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]

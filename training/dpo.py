@@ -26,12 +26,12 @@ from pathlib import Path
 
 from training.config import MAX_KL, StageConfig, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
-from training.methods import resolve_method
-from training.models import load_model, load_tokenizer
+from training.models import load_tokenizer
 from training.reference_model import frozen_copy
 from training.result import cleanup, run_dir_for, save_result
 from training.stage_run import (
     drift_watch,
+    load_run_model,
     prepare_run,
     run_cli,
     run_training,
@@ -100,16 +100,7 @@ def main(config: DPOConfig, callbacks: list | None = None) -> Path:
     from trl import DPOTrainer
 
     tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
-    plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
-    model, peft_config = load_model(
-        config.model,
-        plan,
-        task="causal_lm",
-        tokenizer=tokenizer,
-        parent=run.parent,
-        seed=config.seed,
-        precision=run.precision,
-    )
+    plan, model, peft_config = load_run_model(run, tokenizer)
     ref_model = None if plan.trains_adapter else frozen_copy(model)
     loss_types, loss_weights = [config.loss_type], [1.0]
     if config.sft_weight > 0:

@@ -21,11 +21,10 @@ from typing import Any
 
 from feedback.errors import Invalid
 from training.config import StageConfig
-from training.methods import resolve_method
-from training.models import load_model, load_tokenizer
+from training.models import load_tokenizer
 from training.result import cleanup, run_dir_for, save_result
 from training.reward_check import check_reward_model, quality_metrics
-from training.stage_run import prepare_run, run_training, stage_callbacks, trainer_arguments
+from training.stage_run import load_run_model, prepare_run, run_training, stage_callbacks, trainer_arguments
 
 RewardFn = Callable[..., list[float]]
 
@@ -124,16 +123,7 @@ def run_online(
         reward_funcs, reward_tokenizer = reward_fn, None
     else:
         reward_funcs, reward_tokenizer = load_reward_model(config.reward_model, config.reward_base)
-    plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
-    model, peft_config = load_model(
-        config.model,
-        plan,
-        task="causal_lm",
-        tokenizer=tokenizer,
-        parent=run.parent,
-        seed=config.seed,
-        precision=run.precision,
-    )
+    plan, model, peft_config = load_run_model(run, tokenizer)
     run_dir = run_dir_for(run)
     try:
         known = {f.name for f in dataclasses.fields(trl_config_class)}

@@ -40,10 +40,10 @@ from pathlib import Path
 from feedback.errors import Invalid
 from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
-from training.methods import precision_kwargs, resolve_method
+from training.methods import precision_kwargs
 from training.result import cleanup, run_dir_for, write_result
 from training.reward_check import check_reward_model, quality_metrics
-from training.stage_run import TrainingFailed, prepare_run, run_cli
+from training.stage_run import TrainingFailed, load_run_model, prepare_run, run_cli
 
 DESCRIPTION = (
     "PPO on prompts with a reward model: LoRA policy, value head, KL to the base, GAE, clipped losses."
@@ -160,7 +160,7 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
         )
     from peft import PeftModel, get_peft_model
 
-    from training.models import load_model, load_tokenizer
+    from training.models import load_tokenizer
     from training.ppo_loop import REFERENCE_ADAPTER, PPOLoop, drop_long_prompts
     from training.reference_model import frozen_copy
     from training.rewards import RewardModelScorer
@@ -178,17 +178,8 @@ def main(config: PPOConfig, callbacks: list | None = None, reward_fn: RewardFn |
             param="max_length",
         )
     eval_prompts = [row["prompt"] for row in run.data.eval]
-    plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
+    plan, model, peft_config = load_run_model(run, tokenizer)
     precision = precision_kwargs(config.precision, False, run.hardware)
-    model, peft_config = load_model(
-        config.model,
-        plan,
-        task="causal_lm",
-        tokenizer=tokenizer,
-        parent=run.parent,
-        seed=config.seed,
-        precision=run.precision,
-    )
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
     reference = None if isinstance(model, PeftModel) else frozen_copy(model)

@@ -28,11 +28,17 @@ from typing import Any
 from feedback.errors import Invalid
 from training.config import StageConfig, parse_config
 from training.config import build_parser as build_config_parser
-from training.methods import resolve_method
-from training.models import load_model, load_tokenizer
+from training.models import load_tokenizer
 from training.result import cleanup, run_dir_for, save_result
 from training.reward_check import heldout_metrics
-from training.stage_run import prepare_run, run_cli, run_training, stage_callbacks, trainer_arguments
+from training.stage_run import (
+    load_run_model,
+    prepare_run,
+    run_cli,
+    run_training,
+    stage_callbacks,
+    trainer_arguments,
+)
 
 DESCRIPTION = "Train a reward model on preference pairs (TRL RewardTrainer); reports held-out pair accuracy."
 
@@ -84,16 +90,7 @@ def main(config: RewardConfig, callbacks: list | None = None) -> Path:
             "raise --max-length",
             param="max_length",
         )
-    plan = resolve_method(config, task="seq_cls", hardware=run.hardware)
-    model, peft_config = load_model(
-        config.model,
-        plan,
-        task="seq_cls",
-        tokenizer=tokenizer,
-        parent=run.parent,
-        seed=config.seed,
-        precision=run.precision,
-    )
+    plan, model, peft_config = load_run_model(run, tokenizer, task="seq_cls")
     run_dir = run_dir_for(run)
     try:
         args = TRLRewardConfig(

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from training.config import StageConfig, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
-from training.methods import resolve_method
-from training.models import load_model, load_tokenizer
+from training.models import load_tokenizer
 from training.result import cleanup, run_dir_for, save_result
 from training.stage_run import (
     drift_watch,
+    load_run_model,
     prepare_run,
     run_cli,
     run_training,
@@ -68,16 +68,7 @@ def main(config: SFTConfig, callbacks: list | None = None) -> Path:
     from trl import SFTTrainer
 
     tokenizer = load_tokenizer(config.model, config.chat_template, conversational=run.data.conversational)
-    plan = resolve_method(config, task="causal_lm", hardware=run.hardware)
-    model, peft_config = load_model(
-        config.model,
-        plan,
-        task="causal_lm",
-        tokenizer=tokenizer,
-        parent=run.parent,
-        seed=config.seed,
-        precision=run.precision,
-    )
+    plan, model, peft_config = load_run_model(run, tokenizer)
     run_dir = run_dir_for(run)
     try:
         arguments = trainer_arguments(run, run_dir, metric="eval_loss", greater_is_better=False)

@@ -1,7 +1,7 @@
 """A training stage's run around its TRL trainer, from checked inputs to the final metrics.
 
 A stage module (sft, reward, dpo, kto) calls, in order: `prepare_run` (data rows, output directory and
-parent adapter checked before any model is loaded), `training.models.load_model`, `trainer_arguments`
+parent adapter checked before any model is loaded), `load_run_model`, `trainer_arguments`
 (schedule, precision, eval and early stopping), `stage_callbacks`, `run_training` (a NaN or flat loss raises
 `TrainingFailed` with advice), then `training.result.save_result` (the result renamed into place).
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from training.config import StageConfig, logging_interval, parse_config
 from training.data import TrainingData, load_training_data
-from training.methods import Hardware, detect_hardware, resolve_precision
+from training.methods import Hardware, MethodPlan, detect_hardware, resolve_method, resolve_precision
 from training.result import ADAPTER_CONFIG, check_output_dir
 
 KL_PROMPTS = 32  # held-out prompts the drift watch answers at each evaluation (the KL bound)
@@ -167,6 +167,25 @@ def stage_callbacks(run: Run, extra: list | None = None, drift_watch=None) -> li
     if run.data.eval and run.config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run.config.early_stopping_patience))
     return callbacks + list(extra or [])
+
+
+def load_run_model(run: Run, tokenizer, task: str = "causal_lm") -> tuple[MethodPlan, Any, Any]:
+    """The run's method plan and its model: the config's base, loaded for the method on the run's hardware
+    and in its precision, from the parent adapter when there is one; with the PEFT config to wrap it in when
+    the method trains an adapter (else None)."""
+    from training.models import load_model
+
+    plan = resolve_method(run.config, task=task, hardware=run.hardware)
+    model, peft_config = load_model(
+        run.config.model,
+        plan,
+        task=task,
+        tokenizer=tokenizer,
+        parent=run.parent,
+        seed=run.config.seed,
+        precision=run.precision,
+    )
+    return plan, model, peft_config
 
 
 def drifts(config: StageConfig) -> bool:
