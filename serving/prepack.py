@@ -85,10 +85,8 @@ def prepack_linears(model) -> int:
                 continue
             try:
                 packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
-            except (
-                RuntimeError,
-                AttributeError,
-            ) as exc:  # a torch without these internal oneDNN ops  # a oneDNN build without this dtype: keep the plain layer
+            except (RuntimeError, AttributeError) as exc:
+                # a oneDNN build without this dtype, or a torch without these internal ops: keep plain layers
                 log.info("not packing %s weights for oneDNN: %s", weight.dtype, exc)
                 return packed
             module.forward = _packed_forward(module, packed_weight)
