@@ -62,7 +62,7 @@ def fused_calls(model) -> list[Callable[[], object]] | None:
     as serving.prepack packs them); None when the model has no such group."""
     import torch
 
-    from serving.prepack import _packed_forward
+    from serving.prepack import packed_forward
 
     calls, fused = [], False
     for parent in model.modules():
@@ -75,7 +75,7 @@ def fused_calls(model) -> list[Callable[[], object]] | None:
                 one = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
                 one.weight = torch.nn.Parameter(weight, requires_grad=False)
                 if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
-                    one.forward = _packed_forward(one, torch.ops.mkldnn._reorder_linear_weight(weight, 1))
+                    one.forward = packed_forward(one, torch.ops.mkldnn._reorder_linear_weight(weight, 1))
                 x = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
                 calls.append(lambda m=one, x=x: m(x))
                 grouped.update(group)

@@ -318,8 +318,10 @@ class Settings:
     def guard_bounds(self) -> dict[str, float]:
         """The promotion guard's bounds that were given, by the job params that watch them as a job trains
         (training/jobs/spec.py, GUARD_BOUNDS): a job the hub queues stops where its guard would refuse."""
-        given = {"max_kl": self.promotion_max_kl, "max_perplexity_rise": self.promotion_max_perplexity_rise}
-        return {k: v for k, v in given.items() if v is not None}
+        from training.jobs.spec import GUARD_BOUNDS
+
+        given = self.promotion_rule_values()
+        return {name: given[name] for name in GUARD_BOUNDS if name in given}
 
     def check(self) -> None:
         if not is_loopback(self.host) and not (self.admin_password and self.api_key):
