@@ -174,34 +174,14 @@ def bare_trl_sft(model: str, data: str, out: str, steps: int, batch: int) -> dic
     return {"tokens_per_second": tokens / seconds, "train_seconds": seconds}
 
 
-def preference_pairs(n: int, seed: int, split: str) -> list[dict]:
-    """Pairs whose chosen answer is short and whose rejected one rambles on (tests/test_training_dpo.py)."""
-    from training.demo.corpus import checkable_prompts
-
-    tail = " I hope this helps, and let me know if you have any other questions about anything at all!"
-    rows = []
-    for prompt in checkable_prompts(n, seed=seed, split=split):
-        short = f"The answer is {prompt.answer}."
-        rows.append(
-            {
-                "prompt": prompt.messages,
-                "chosen": [{"role": "assistant", "content": short}],
-                "rejected": [{"role": "assistant", "content": short + tail}],
-            }
-        )
-    return rows
-
-
 def write_pairs(work: Path) -> Path:
     """24 training pairs and 8 held out (a small eval keeps the drift watch's generation short). Few pairs, so
     that a run capped at a few steps passes over them more than once, as the default 200 steps do over a
     vote export of a few hundred: DPO then scores them under the reference up front, as it would there."""
-    for name, rows in (
-        ("pairs.jsonl", preference_pairs(24, seed=1, split="train")),
-        ("pairs.eval.jsonl", preference_pairs(8, seed=3, split="heldout")),
-    ):
-        (work / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return work / "pairs.jsonl"
+    from tests.support.rows import preference_pairs, write_jsonl
+
+    write_jsonl(work / "pairs.eval.jsonl", preference_pairs(8, seed=3, split="heldout"))
+    return write_jsonl(work / "pairs.jsonl", preference_pairs(24, seed=1, split="train"))
 
 
 def job_case(model: str, data: str, out: str, stage: str, precision: str, steps: int) -> dict:

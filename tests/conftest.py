@@ -40,6 +40,19 @@ def _cached_build(name: str, steps: int | None) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`):
+    a 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and make
+    every step several times slower. Restored afterwards for the other test modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     """The demo model built with a short pre-training: same tokenizer, template and architecture."""

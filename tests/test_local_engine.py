@@ -115,16 +115,7 @@ async def wait_until(condition, timeout: float = 2.0) -> bool:
     return condition()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and
-    make every decode step several times slower. Restored afterwards for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

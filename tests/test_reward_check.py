@@ -17,7 +17,8 @@ from feedback.errors import Invalid
 from feedback.store import Store
 from hub.jobs_service import JobsService
 from hub.ui.adapters import _metrics, reward_quality_text
-from tests.support.rl import digit_first_pairs, prompts_file, write_jsonl
+from tests.support.rl import digit_first_pairs, prompts_file
+from tests.support.rows import write_jsonl
 from training.jobs.spec import JobError
 from training.jobs.trigger import AutoTrigger, TriggerRule
 from training.result import METADATA_FILE

@@ -17,6 +17,7 @@ import pytest
 from feedback.store import Store
 from serving.chat_templates import read_chat_template
 from tests.support.cli import tunehub_process
+from tests.support.rows import write_jsonl
 from tests.support.server import TEST_ENVIRONMENT
 from training.demo.corpus import conversations
 from training.jobs.queue import JobQueue, job_spec
@@ -27,16 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI_ENV = {**TEST_ENVIRONMENT, "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}  # all `tunehub` sees here
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The demo model gains nothing from intra-op threads on a busy 2-core machine (as in the other
-    training tests); restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +53,6 @@ def base_without_template(demo_model, tmp_path_factory) -> Path:
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     (out / "chat_template.jinja").unlink(missing_ok=True)
     return out
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def conversation_rows(n: int) -> list[dict]:

@@ -7,17 +7,12 @@ Run: .venv/bin/python -m pytest tests/test_training_data.py -q
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from feedback.errors import Invalid
+from tests.support.rows import write_jsonl
 from training.data import load_training_data, split_by_prompt
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def sft_row(i: int) -> dict:

@@ -13,38 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from training.demo.corpus import checkable_prompts
+from tests.support.rows import preference_pairs, write_jsonl
 from training.dpo import DPOConfig, main
 from training.result import METADATA_FILE
 
-TAIL = " I hope this helps, and let me know if you have any other questions about anything at all!"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and
-    make every training step several times slower. Restored afterwards for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def preference_pairs(n: int, seed: int, split: str) -> list[dict]:
-    """Pairs whose chosen answer is short and whose rejected one is the same answer plus a rambling tail."""
-    rows = []
-    for prompt in checkable_prompts(n, seed=seed, split=split):
-        short = f"The answer is {prompt.answer}."
-        rows.append(
-            {
-                "prompt": prompt.messages,
-                "chosen": [{"role": "assistant", "content": short}],
-                "rejected": [{"role": "assistant", "content": short + TAIL}],
-            }
-        )
-    return rows
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +25,8 @@ def pairs_file(tmp_path_factory) -> tuple[Path, list[dict]]:
     """An export-style `pairs.jsonl` with its held-out `pairs.eval.jsonl` beside it."""
     root = tmp_path_factory.mktemp("dpo-data")
     heldout = preference_pairs(32, seed=3, split="heldout")
-    for name, rows in (
-        ("pairs.jsonl", preference_pairs(96, seed=1, split="train")),
-        ("pairs.eval.jsonl", heldout),
-    ):
-        (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return root / "pairs.jsonl", heldout
+    write_jsonl(root / "pairs.eval.jsonl", heldout)
+    return write_jsonl(root / "pairs.jsonl", preference_pairs(96, seed=1, split="train")), heldout
 
 
 def dpo_config(model: Path, data: Path, out: Path, **changes) -> DPOConfig:

@@ -11,20 +11,15 @@ Run: .venv/bin/python -m pytest tests/test_training_drift.py -q
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from tests.support.rows import write_jsonl
 from training.result import METADATA_FILE
 from training.sft import SFTConfig, main
 
 RISE = 0.05
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
 
 
 @pytest.mark.slow
@@ -40,8 +35,8 @@ def test_sft_on_a_real_model_stops_at_the_perplexity_bound_and_keeps_weights_wit
     ]
     config = SFTConfig(
         model=str(smollm2_dir),
-        data=write_jsonl(tmp_path / "train.jsonl", rows[:32]),
-        eval_data=write_jsonl(tmp_path / "eval.jsonl", rows[32:]),
+        data=str(write_jsonl(tmp_path / "train.jsonl", rows[:32])),
+        eval_data=str(write_jsonl(tmp_path / "eval.jsonl", rows[32:])),
         output_dir=str(tmp_path / "out"),
         method="lora",
         learning_rate=3e-3,

@@ -39,7 +39,7 @@ LONG = {**TINY, "max_steps": 100_000}  # runs until it is stopped
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
+def one_thread_for_jobs():
     """Workers and servers with one intra-op thread: a 1M-parameter model gains nothing from more, and on
     a busy 2-core machine they contend (see tests/test_training_sft.py)."""
     before = os.environ.get("OMP_NUM_THREADS")
@@ -75,7 +75,7 @@ def sft_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jobs_hub(tmp_path_factory, demo_model, one_torch_thread):
+def jobs_hub(tmp_path_factory, demo_model, one_thread_for_jobs):
     """A hub of its own (loopback, no keys: the local user is admin), so its job queue is this module's."""
     with InProcessHub(model=demo_model, data_dir=tmp_path_factory.mktemp("jobs-hub")) as process:
         yield process
@@ -333,7 +333,7 @@ def test_kill_9_of_the_worker_fails_the_job_and_the_server_keeps_serving(hub, sf
 
 @pytest.mark.slow
 def test_a_hub_restart_mid_job_resumes_it_from_its_checkpoint(
-    demo_model, sft_file, tmp_path, one_torch_thread
+    demo_model, sft_file, tmp_path, one_thread_for_jobs
 ):
     params = {**TINY, "max_steps": 60, "checkpoint_steps": 5}
     hub = HubProcess(model=demo_model, data_dir=tmp_path / "restart-hub").start()
@@ -375,7 +375,7 @@ def test_out_of_memory_is_told_apart_and_retried_once_with_half_the_batch():
 
 @pytest.mark.slow
 def test_an_oom_job_retries_with_half_the_batch_and_succeeds(
-    demo_model, sft_file, tmp_path, one_torch_thread
+    demo_model, sft_file, tmp_path, one_thread_for_jobs
 ):
     from training.jobs.queue import JobQueue
     from training.jobs.runner import JobRunner

@@ -13,23 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.rows import TAIL, write_jsonl
 from training.demo.corpus import checkable_prompts
 from training.kto import KTOConfig, main
 from training.result import METADATA_FILE
 
-TAIL = " I hope this helps, and let me know if you have any other questions about anything at all!"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and
-    make every training step several times slower. Restored afterwards for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def thumbs(n: int, seed: int, split: str) -> list[dict]:
@@ -46,11 +35,6 @@ def thumbs(n: int, seed: int, split: str) -> list[dict]:
                 }
             )
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def kto_config(model: Path, data: Path, out: Path, **changes) -> KTOConfig:

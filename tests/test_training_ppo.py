@@ -22,14 +22,7 @@ from training.ppo import VALUE_HEAD_FILE, PPOConfig, main, parse_args
 from training.ppo_core import gae, policy_loss, token_rewards, value_loss, whiten
 from training.result import METADATA_FILE
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ppo_config(model: Path, data: Path, out: Path, **changes) -> PPOConfig:
@@ -121,7 +114,8 @@ def test_ppo_validation_names_the_bad_value():
 
 
 def test_prompts_come_from_prompt_rows_or_once_each_from_chat_rows(tmp_path):
-    from tests.support.rl import digit_first_pairs, write_jsonl
+    from tests.support.rl import digit_first_pairs
+    from tests.support.rows import write_jsonl
     from training.data import load_training_data
 
     pairs = digit_first_pairs(6, seed=1, split="train")

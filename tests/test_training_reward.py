@@ -13,43 +13,11 @@ from pathlib import Path
 import pytest
 
 from feedback.errors import Invalid
-from training.demo.corpus import checkable_prompts
+from tests.support.rows import preference_pairs, write_jsonl
 from training.result import METADATA_FILE
 from training.reward import RewardConfig, main
 
-TAIL = " I hope this helps, and let me know if you have any other questions about anything at all!"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and
-    make every training step several times slower. Restored afterwards for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def preference_pairs(n: int, seed: int, split: str) -> list[dict]:
-    """Pairs whose chosen answer is short and whose rejected one is the same answer plus a rambling tail."""
-    rows = []
-    for prompt in checkable_prompts(n, seed=seed, split=split):
-        short = f"The answer is {prompt.answer}."
-        rows.append(
-            {
-                "prompt": prompt.messages,
-                "chosen": [{"role": "assistant", "content": short}],
-                "rejected": [{"role": "assistant", "content": short + TAIL}],
-            }
-        )
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reward_config(model: Path, data: Path, out: Path, **changes) -> RewardConfig:

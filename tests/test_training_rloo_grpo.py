@@ -22,15 +22,7 @@ from training.rloo import main as rloo_main
 STAGES = {"rloo": (RLOOConfig, rloo_main), "grpo": (GRPOConfig, grpo_main)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 from transformers import TrainerCallback
 
 from feedback.errors import Invalid
+from tests.support.rows import write_jsonl
 from training.demo.corpus import SMALL_TALK, SYSTEM_PROMPTS, checkable_prompts, is_correct
 from training.result import METADATA_FILE
 from training.sft import SFTConfig, main
@@ -24,16 +25,7 @@ FAMILY = "conversion"  # the quick model answers none of these right; LoRA SFT t
 FILLER = " I hope this helps, and let me know if you have any other questions about anything at all!"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 1M-parameter model gains nothing from intra-op threads; on a busy 2-core machine they contend and
-    make every training step several times slower. Restored afterwards for the other test modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def family_rows(family: str, n: int, seed: int, *, suffix: str = "") -> list[dict]:
@@ -61,11 +53,6 @@ def family_rows(family: str, n: int, seed: int, *, suffix: str = "") -> list[dic
         ]
         rows.append({"messages": messages})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def accuracy(model, tokenizer, family: str, n: int = 60) -> float:

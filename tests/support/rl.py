@@ -8,9 +8,9 @@ it in a few dozen steps on 2 cores.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from tests.support.rows import write_jsonl
 from training.demo.corpus import checkable_prompts
 
 
@@ -21,11 +21,6 @@ def opens_with_a_digit(prompts, completions, **_) -> list[float]:
 
 def _text(completion) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def prompts_file(path: Path, n: int = 64, seed: int = 1) -> Path:
