@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.rows import preference_pairs, write_jsonl
 from training.dpo import DPOConfig, main
+from training.kto import KTOConfig
 from training.result import METADATA_FILE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -192,9 +193,10 @@ def test_dpo_stops_when_the_kl_from_the_base_passes_the_bound_and_keeps_the_weig
     assert metrics["max_kl"] == 1.0
 
 
-def test_max_kl_must_not_be_negative():
+@pytest.mark.parametrize("config_class", [DPOConfig, KTOConfig])
+def test_max_kl_must_not_be_negative(config_class):
     with pytest.raises(ValueError, match="max_kl must be 0 or more, got -1"):
-        DPOConfig(model="m", data="d", output_dir="o", max_kl=-1)
+        config_class(model="m", data="d", output_dir="o", max_kl=-1)
 
 
 def test_reference_scores_are_precomputed_when_the_run_passes_over_the_pairs_more_than_once(tmp_path):

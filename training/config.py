@@ -40,6 +40,17 @@ MAX_KL = 2.0
 MAX_PERPLEXITY_RISE = 0.10
 
 
+def kl_bound() -> Any:
+    """The `max_kl` field of a preference stage (DPO, KTO: `training.callbacks.DriftWatch`)."""
+    return field(
+        default=MAX_KL,
+        metadata={
+            "help": "stop when the mean per-token KL from the base on held-out prompts (the promotion guard's "
+            "measure) passes this many nats, keeping the best weights within it (0: no bound)"
+        },
+    )
+
+
 def perplexity_bound() -> Any:
     """The `max_perplexity_rise` field of a stage that generates text (`training.callbacks.DriftWatch`)."""
     return field(
@@ -215,6 +226,8 @@ class StageConfig(MethodOptions):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not getattr(self, "max_kl", 0) >= 0:
+            raise ValueError(f"max_kl must be 0 or more, got {self.max_kl!r}")
         if not getattr(self, "max_perplexity_rise", 0) >= 0:
             raise ValueError(
                 f"max_perplexity_rise must be 0 or more (0.10 = 10%), got {self.max_perplexity_rise!r}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import MAX_KL, StageConfig, parse_config, perplexity_bound
+from training.config import StageConfig, kl_bound, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
 from training.models import load_tokenizer
 from training.reference_model import frozen_copy
@@ -71,13 +71,7 @@ class DPOConfig(StageConfig):
             "(0: none; 0.2-1.0 slows collapse)"
         },
     )
-    max_kl: float = field(
-        default=MAX_KL,
-        metadata={
-            "help": "stop when the mean per-token KL from the base on held-out prompts (the promotion guard's "
-            "measure) passes this many nats, keeping the best weights within it (0: no bound)"
-        },
-    )
+    max_kl: float = kl_bound()
     max_perplexity_rise: float = perplexity_bound()
 
     def __post_init__(self) -> None:
@@ -88,8 +82,6 @@ class DPOConfig(StageConfig):
             raise ValueError(f"loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must not be negative, got {self.sft_weight!r}")
-        if self.max_kl < 0:
-            raise ValueError(f"max_kl must be 0 or more, got {self.max_kl!r}")
 
 
 def main(config: DPOConfig, callbacks: list | None = None) -> Path:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import MAX_KL, StageConfig, parse_config, perplexity_bound
+from training.config import StageConfig, kl_bound, parse_config, perplexity_bound
 from training.config import build_parser as build_config_parser
 from training.models import load_tokenizer
 from training.reference_model import frozen_copy
@@ -52,13 +52,7 @@ class KTOConfig(StageConfig):
     undesirable_weight: float = field(
         default=1.0, metadata={"help": "loss weight of thumbs-down answers (raise it when they are fewer)"}
     )
-    max_kl: float = field(
-        default=MAX_KL,
-        metadata={
-            "help": "stop when the mean per-token KL from the base on held-out prompts (the promotion guard's "
-            "measure) passes this many nats, keeping the best weights within it (0: no bound)"
-        },
-    )
+    max_kl: float = kl_bound()
     max_perplexity_rise: float = perplexity_bound()
 
     def __post_init__(self) -> None:
@@ -68,8 +62,6 @@ class KTOConfig(StageConfig):
         for name in ("desirable_weight", "undesirable_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.max_kl < 0:
-            raise ValueError(f"max_kl must be 0 or more, got {self.max_kl!r}")
         if self.per_device_batch_size < 2:
             raise ValueError(
                 f"per_device_batch_size must be at least 2 for KTO (its KL estimate pairs rows within a "
