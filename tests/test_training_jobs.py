@@ -22,7 +22,7 @@ import pytest
 
 from feedback.store import Store
 from tests.support.cli import tunehub_process
-from tests.support.server import HubProcess, InProcessHub
+from tests.support.server import HubProcess, InProcessHub, gone
 from training.jobs.faults import EXIT_OOM, Fault, diagnose, oom_retry
 from training.jobs.progress import ProgressReader, write_event
 
@@ -127,17 +127,6 @@ def worker_log(hub, job_id: str) -> str:
 
 def worker_pid(hub, job_id: str) -> int:
     return json.loads((hub.data_dir / "jobs" / job_id / "state.json").read_text())["pid"]
-
-
-def gone(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def chat(hub, model: str) -> str:

@@ -23,7 +23,7 @@ from feedback.store import Store
 from hub.cli.engine import choose_engine
 from hub.settings import Settings
 from tests.support.engine import EngineProcess
-from tests.support.server import HubProcess
+from tests.support.server import HubProcess, gone
 
 KEY = "engine-key"
 REPO = Path(__file__).resolve().parents[1]
@@ -128,17 +128,6 @@ def _vllm_starts(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _gone(pid: int, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _wait_health(url: str, status: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -192,7 +181,7 @@ def test_managed_vllm_starts_restarts_reloads_and_stops(
         assert after.choices[0].message.content == before.choices[0].message.content  # "a" was re-loaded
         log = hub.log_tail(200)
         assert "vLLM exited with code -9" in log and "re-loaded adapter a" in log
-    assert _gone(second["pid"]), "vLLM still runs after the hub stopped"
+    assert gone(second["pid"]), "vLLM still runs after the hub stopped"
 
 
 @pytest.mark.slow
@@ -218,7 +207,7 @@ def test_managed_vllm_that_does_not_come_up(
         hub.start(timeout=120)
     hub.stop()
     (start,) = _vllm_starts(starts)
-    assert _gone(start["pid"])  # a hung vLLM is stopped, not left behind
+    assert gone(start["pid"])  # a hung vLLM is stopped, not left behind
 
 
 @pytest.mark.slow
@@ -270,4 +259,4 @@ def test_managed_restart_backs_off_while_vllm_keeps_failing(tmp_path, demo_model
     assert len(times) == 4  # up, two failed starts, up again
     assert times[3] - times[2] > times[2] - times[1] + 2  # backoff: 1 s, 2 s, then 5 s
     assert "CUDA out of memory" in (tmp_path / "vllm.log").read_text()
-    assert _gone(last_pid)
+    assert gone(last_pid)

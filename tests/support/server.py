@@ -31,6 +31,18 @@ TEST_ENVIRONMENT = {
 REPO = Path(__file__).resolve().parents[2]
 
 
+def gone(pid: int, timeout: float = 30) -> bool:
+    """Whether the process `pid` has ended within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
