@@ -146,7 +146,8 @@ def test_several_bases_on_vllm_take_one_url_each(tmp_path, demo_model, full_demo
 def test_a_vllm_hub_starts_one_server_per_base(tmp_path, demo_model, full_demo_model, lora_dirs, monkeypatch):
     """Managed vLLM (a fake `vllm` that becomes `tunehub engine`): one server per --model, each with its own
     port and log, its adapters loaded on it, both stopped with the hub."""
-    from tests.test_vllm_hub import REPO, _gone, _vllm_starts
+    from tests.support.server import gone
+    from tests.test_vllm_hub import REPO, _vllm_starts
 
     fake = tmp_path / "bin" / "vllm"
     fake.parent.mkdir()
@@ -188,7 +189,7 @@ def test_a_vllm_hub_starts_one_server_per_base(tmp_path, demo_model, full_demo_m
                 timeout=60,
             )
             assert reply.status_code == 200, (model, reply.text)
-    assert all(_gone(s["pid"]) for s in servers), "a vLLM server still runs after the hub stopped"
+    assert all(gone(s["pid"]) for s in servers), "a vLLM server still runs after the hub stopped"
 
 
 @pytest.mark.slow

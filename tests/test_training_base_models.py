@@ -227,7 +227,7 @@ def run_job(data_dir: Path, spec: JobSpec):
 
 @pytest.mark.slow
 def test_a_dpo_job_trains_a_base_saved_from_a_gguf_model(gguf_saved_model, tmp_path):
-    from tests.test_training_dpo import preference_pairs
+    from tests.support.rows import preference_pairs
 
     data = write_jsonl(tmp_path / "pairs.jsonl", preference_pairs(48, seed=1, split="train"))
     spec = JobSpec(
