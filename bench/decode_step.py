@@ -45,46 +45,37 @@ def best_ms(run: Callable[[], object], repeats: int = 10, warmup: int = 2) -> fl
     return best * 1e3
 
 
-def linear_calls(model) -> list[Callable[[], object]]:
-    """One call per linear layer for one row of input, as the layer runs in a step (packed, hooks and all)."""
+def linear_calls(model, fuse: bool = False) -> list[Callable[[], object]]:
+    """One call per linear layer for one row of input, as the layer runs in a step (packed, hooks and all);
+    with `fuse`, each group of FUSABLE siblings is one layer over their stacked weights instead, packed as
+    serving.prepack packs the model's."""
     import torch
+
+    from serving.prepack import prepack_linears
+
+    def one_row(layer) -> Callable[[], object]:
+        x = torch.randn(1, 1, layer.in_features, dtype=layer.weight.dtype)
+        return lambda: layer(x)
 
     calls = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            x = torch.randn(1, 1, module.in_features, dtype=module.weight.dtype)
-            calls.append(lambda m=module, x=x: m(x))
-    return calls
-
-
-def fused_calls(model) -> list[Callable[[], object]] | None:
-    """The linear calls with each group of FUSABLE siblings as one matmul over their stacked weights (packed
-    as serving.prepack packs them); None when the model has no such group."""
-    import torch
-
-    from serving.prepack import packed_forward
-
-    calls, fused = [], False
     for parent in model.modules():
         children = dict(parent.named_children())
-        grouped = set()
-        for group in FUSABLE:
+        grouped: set[str] = set()
+        for group in FUSABLE if fuse else ():
             layers = [children.get(name) for name in group]
             if all(isinstance(layer, torch.nn.Linear) for layer in layers):
                 weight = torch.cat([layer.weight.detach() for layer in layers])
-                one = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
-                one.weight = torch.nn.Parameter(weight, requires_grad=False)
-                if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
-                    one.forward = packed_forward(one, torch.ops.mkldnn._reorder_linear_weight(weight, 1))
-                x = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
-                calls.append(lambda m=one, x=x: m(x))
+                merged = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+                merged.weight = torch.nn.Parameter(weight, requires_grad=False)
+                prepack_linears(merged)
+                calls.append(one_row(merged))
                 grouped.update(group)
-                fused = True
-        for name, child in children.items():
-            if isinstance(child, torch.nn.Linear) and name not in grouped:
-                x = torch.randn(1, 1, child.in_features, dtype=child.weight.dtype)
-                calls.append(lambda m=child, x=x: m(x))
-    return calls if fused else None
+        calls += [
+            one_row(child)
+            for name, child in children.items()
+            if isinstance(child, torch.nn.Linear) and name not in grouped
+        ]
+    return calls
 
 
 def measure(engine, steps: int, threads: int) -> dict[str, float | None]:
@@ -115,10 +106,9 @@ def measure(engine, steps: int, threads: int) -> dict[str, float | None]:
     with torch.inference_mode():
         decode()
         step = min(timed_decode() for _ in range(5))
-        plain = linear_calls(model.base)
+        plain, fused = linear_calls(model.base), linear_calls(model.base, fuse=True)
         matmuls = best_ms(lambda: [call() for call in plain])
-        fused = fused_calls(model.base)
-        fused_ms = best_ms(lambda: [call() for call in fused]) if fused else None
+        fused_ms = best_ms(lambda: [call() for call in fused]) if len(fused) < len(plain) else None
     return {"step": step, "matmuls": matmuls, "fused": fused_ms}
 
 

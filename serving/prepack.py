@@ -89,12 +89,12 @@ def prepack_linears(model) -> int:
                 # a oneDNN build without this dtype, or a torch without these internal ops: keep plain layers
                 log.info("not packing %s weights for oneDNN: %s", weight.dtype, exc)
                 return packed
-            module.forward = packed_forward(module, packed_weight)
+            module.forward = _packed_forward(module, packed_weight)
             packed += 1
     return packed
 
 
-def packed_forward(module, packed_weight):
+def _packed_forward(module, packed_weight):
     """A forward for the linear `module` that multiplies by `packed_weight` (its weight as
     `torch.ops.mkldnn._reorder_linear_weight` packs it) where it can, else as the layer did before."""
     import torch
