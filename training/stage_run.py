@@ -54,6 +54,8 @@ class Run:
     hardware: Hardware
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
     precision_reason: str = ""  # why (auto's choice, or "asked for")
+    # the held-out text the perplexity bound is measured on (`perplexity_text`), read once here
+    heldout_text: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -74,7 +76,7 @@ def prepare_run(stage: str, config: StageConfig, kind: str) -> Run:
     hardware = detect_hardware()
     precision, reason = resolve_precision(config.precision, hardware)
     print(f"{stage}: training in {precision} on {hardware.name} ({reason})", flush=True)
-    return Run(stage, config, data, output_dir, parent, hardware, precision, reason)
+    return Run(stage, config, data, output_dir, parent, hardware, precision, reason, perplexity_text(config))
 
 
 def check_parent(path: Path) -> Path:
@@ -110,7 +112,7 @@ def trainer_arguments(run: Run, run_dir: Path, *, metric: str, greater_is_better
     # Early stopping and the drift bounds keep the best weights evaluated (within the bounds), unless the
     # config keeps the weights a run stops with (the drift watch then goes back on its own).
     keep_best = (
-        has_eval and keeps_best_weights(config) and (config.early_stopping_patience > 0 or drifts(config))
+        has_eval and keeps_best_weights(config) and (config.early_stopping_patience > 0 or drifts(run))
     )
     saving: dict[str, Any] = {
         # Early stopping keeps the best evaluated weights: checkpoints are only written on a new best.
@@ -188,10 +190,10 @@ def load_run_model(run: Run, tokenizer, task: str = "causal_lm") -> tuple[Method
     return plan, model, peft_config
 
 
-def drifts(config: StageConfig) -> bool:
+def drifts(run: Run) -> bool:
     """Whether the config bounds the run's drift from where it started: a KL bound (preference stages) or a
     perplexity bound with a held-out text to measure it on (a real model; the demo model has none)."""
-    return getattr(config, "max_kl", 0) > 0 or bool(perplexity_text(config))
+    return getattr(run.config, "max_kl", 0) > 0 or bool(run.heldout_text)
 
 
 def perplexity_text(config: StageConfig) -> str | None:
@@ -209,7 +211,7 @@ def drift_watch(run: Run, metric: str, *, greater_is_better: bool, reference=Non
     up to KL_PROMPTS held-out prompts (`max_kl` above 0), the perplexity of the replay's held-out text
     (`max_perplexity_rise` above 0, a model with a text); else None."""
     max_kl = getattr(run.config, "max_kl", 0)
-    text = perplexity_text(run.config)
+    text = run.heldout_text
     if not run.data.eval or not (max_kl > 0 or text):
         return None
     from training.callbacks import DriftWatch
